@@ -1,0 +1,1 @@
+"""Server-Sent-Events agents service built in: rag, document and task."""

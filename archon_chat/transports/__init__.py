@@ -1,0 +1,1 @@
+"""I/O shells: the only code that touches quart request and websocket objects."""
