@@ -1,0 +1,844 @@
+"""Sessions and messages in one SQLite file: the gateway's :class:`ChatStore`.
+
+Theory of operation
+-------------------
+One ``sqlite3`` connection, owned by the store, in WAL mode with ``synchronous=NORMAL``
+(a commit is durable against a process crash; an OS crash may lose the last
+transactions, never corrupt the file). Every call runs in a worker thread behind one
+``trio.CapacityLimiter(1)``, so the connection is never used by two threads at once.
+
+*Reads* are abandoned on cancellation (the thread finishes on its own and keeps the
+limiter until then, so the connection stays single-threaded).
+
+*Writes* are never abandoned, and are grouped: a write joins a pending list, and whichever
+writer finds no batch running becomes the leader and runs every pending write in one
+transaction (each in its own savepoint, so one failing write fails alone), then wakes the
+others. Under load, a thousand sessions' writes cost a handful of commits instead of a
+thousand thread round trips. A write, once called, lands: its caller waits shielded until
+its batch committed, and only then receives a pending cancellation. A caller therefore
+never leaves a half-done or unknown write behind.
+
+Sequence numbers (see :mod:`actors.chat.store`). Each session row keeps ``last_seq``
+(written by messages, turn ends and ``save_last_seq``) and ``hwm``, the highest seq an
+actor may have emitted (``reserve_seq``, and every stored seq). Both only grow. When the
+store opens it cannot know whether the previous process stopped each actor cleanly, so it
+assumes the worst: a reply still ``STREAMING`` becomes ``FAILED`` with seq ``hwm + 1``,
+and every session's ``last_seq`` moves up to its ``hwm``. Numbers may skip after a
+restart; they never repeat.
+
+History pairs each agent reply with the user message its turn answered. The contract's
+``begin_turn`` does not name that message, so the store infers it when the turn begins:
+the oldest user message not yet answered (turns run in order), except after a turn that
+ended ``cancelled`` or ``failed`` when user messages newer than that end exist: then the
+queue behind it was dropped (the last member left, or the server restarted) and the turn
+answers the oldest message sent after the end.
+
+Expiry. A session expires ``ttl_s`` after its last activity (``updated_at``: a message
+stored, a turn begun or finished), unless a reply is streaming. Expired sessions read as
+unknown; :meth:`SqliteStore.delete_expired` removes them with their messages, in small
+transactions so the sweeper never holds the writer for long. Timestamps are ISO 8601 UTC
+with microseconds and offset (fixed width, so text order is time order).
+
+Errors::
+
+    StoreError                  the file or the database failed (sqlite3 errors mapped)
+    ├── SchemaError             the file is not ours, or a newer version wrote it
+    ├── SessionNotFoundError    a write names a session that is not stored
+    └── ConflictError           a write contradicts what is stored (same message id, seq or
+                                client_message_id twice; a turn finished twice; a
+                                checkpoint for a turn not in progress)
+
+Arguments that break the contract (an unknown agent type, a user message given to
+``finish_turn``) raise ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final, Generic, TypeVar, cast
+
+import trio
+
+from actors.chat.messages import (
+    AGENT_TYPES,
+    AgentType,
+    ChatMessage,
+    ErrorCode,
+    MessageStatus,
+    Sender,
+    SessionRecord,
+)
+
+__all__ = [
+    "INTERRUPTED_TEXT",
+    "SCHEMA_VERSION",
+    "ConflictError",
+    "SchemaError",
+    "SessionNotFoundError",
+    "SqliteStore",
+    "StoreError",
+    "open_store",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+INTERRUPTED_TEXT: Final = "Interrupted by a server restart"
+
+#: "ArCh": marks the file as ours, so a foreign SQLite file is refused instead of altered.
+APPLICATION_ID: Final = 0x41724368
+
+#: Writes committed together at most: bounds one transaction's duration (and so the wait
+#: of a read queued behind it) while still folding a burst into few commits.
+MAX_BATCH: Final = 512
+
+#: Expired sessions deleted per transaction by :meth:`SqliteStore.delete_expired`.
+DELETE_CHUNK: Final = 256
+
+#: How long a statement waits for a lock held by another process before failing.
+BUSY_TIMEOUT_MS: Final = 5000
+
+
+class StoreError(Exception):
+    """The store failed: the file, the disk, or SQLite itself."""
+
+
+class SchemaError(StoreError):
+    """The file is not an archon-chat database, or a newer version of it wrote the file."""
+
+
+class SessionNotFoundError(StoreError):
+    """A write names a session that is not stored (never created, or swept)."""
+
+
+class ConflictError(StoreError):
+    """A write contradicts what is stored."""
+
+
+_SCHEMA_V1: Final = """
+CREATE TABLE sessions (
+    id               TEXT PRIMARY KEY,
+    agent_type       TEXT NOT NULL,
+    project_id       TEXT,
+    created_at       TEXT NOT NULL,
+    updated_at       TEXT NOT NULL,
+    last_seq         INTEGER NOT NULL DEFAULT 0,
+    hwm              INTEGER NOT NULL DEFAULT 0,
+    message_count    INTEGER NOT NULL DEFAULT 0,
+    -- the seq of the latest user message a turn was paired with
+    answered_seq     INTEGER NOT NULL DEFAULT 0,
+    -- seq and status of the latest finished turn
+    last_turn_seq    INTEGER NOT NULL DEFAULT 0,
+    last_turn_status TEXT
+);
+CREATE INDEX sessions_by_updated_at ON sessions (updated_at);
+
+CREATE TABLE messages (
+    id                TEXT PRIMARY KEY,
+    session_id        TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    seq               INTEGER,
+    sender            TEXT NOT NULL CHECK (sender IN ('user', 'agent')),
+    agent_type        TEXT NOT NULL,
+    status            TEXT NOT NULL
+                      CHECK (status IN ('complete', 'cancelled', 'failed', 'streaming')),
+    timestamp         TEXT NOT NULL,
+    content           TEXT NOT NULL,
+    error_code        TEXT,
+    error_text        TEXT,
+    client_message_id TEXT,
+    -- agent replies: the user message the turn answered
+    reply_to          TEXT,
+    CHECK ((status = 'streaming') = (seq IS NULL))
+);
+CREATE UNIQUE INDEX messages_by_seq ON messages (session_id, seq);
+CREATE UNIQUE INDEX messages_by_client_id ON messages (session_id, client_message_id)
+    WHERE client_message_id IS NOT NULL;
+CREATE INDEX messages_streaming ON messages (session_id) WHERE status = 'streaming';
+"""
+
+#: ``_MIGRATIONS[n]`` brings a file from ``user_version`` n to n + 1.
+_MIGRATIONS: Final[Sequence[str]] = (_SCHEMA_V1,)
+SCHEMA_VERSION: Final = len(_MIGRATIONS)
+
+_MSG_COLS: Final = (
+    "id, session_id, seq, content, sender, timestamp, agent_type, status, "
+    "error_code, error_text, client_message_id"
+)
+_SESSION_COLS: Final = "id, agent_type, project_id, created_at, updated_at, last_seq, message_count"
+_NOT_STREAMING: Final = "status != 'streaming'"
+
+
+def _message(row: Sequence[Any]) -> ChatMessage:
+    error = None if row[8] is None else (str(row[8]), str(row[9] or ""))
+    return ChatMessage(
+        id=row[0],
+        session_id=row[1],
+        seq=row[2],
+        content=row[3],
+        sender=cast(Sender, row[4]),
+        timestamp=row[5],
+        agent_type=cast(AgentType, row[6]),
+        status=MessageStatus(row[7]),
+        error=error,
+        client_message_id=row[10],
+    )
+
+
+def _session(row: Sequence[Any]) -> SessionRecord:
+    return SessionRecord(
+        session_id=row[0],
+        agent_type=cast(AgentType, row[1]),
+        project_id=row[2],
+        created_at=row[3],
+        updated_at=row[4],
+        last_seq=row[5],
+        message_count=row[6],
+    )
+
+
+def _check_agent_type(agent_type: str) -> None:
+    if agent_type not in AGENT_TYPES:
+        raise ValueError(f"agent_type must be one of {', '.join(AGENT_TYPES)}, not {agent_type!r}")
+
+
+def _mapped(exc: Exception) -> Exception:
+    """Our exception for one raised by a write or read (ours and ValueError pass)."""
+    if isinstance(exc, (StoreError, ValueError)):
+        return exc
+    err: StoreError
+    if isinstance(exc, sqlite3.IntegrityError):
+        err = ConflictError(f"conflicts with a stored message: {exc}")
+    elif isinstance(exc, sqlite3.Error):
+        err = StoreError(f"database error: {exc}")
+    else:
+        err = StoreError(f"unexpected error in the store: {exc!r}")
+    err.__cause__ = exc
+    return err
+
+
+class _Write(Generic[T]):
+    __slots__ = ("done", "error", "fn", "result")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], T]) -> None:
+        self.fn = fn
+        self.result: T | None = None
+        self.error: Exception | None = None
+        self.done = False
+
+
+def _run_batch(conn: sqlite3.Connection, batch: Sequence[_Write[Any]]) -> None:
+    """Run ``batch`` in one transaction, each write in a savepoint (worker thread)."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        for w in batch:
+            w.error = _mapped(exc)
+        return
+    for w in batch:
+        conn.execute("SAVEPOINT w")
+        try:
+            w.result = w.fn(conn)
+        except Exception as exc:
+            w.error = _mapped(exc)
+            if not conn.in_transaction:
+                # SQLite rolled the whole transaction back (disk full, I/O error): the
+                # writes before this one are gone too.
+                for other in batch:
+                    other.error = other.error or w.error
+                return
+            conn.execute("ROLLBACK TO w")
+        conn.execute("RELEASE w")
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        for w in batch:
+            w.error = _mapped(exc)
+
+
+class SqliteStore:
+    """The SQLite :class:`~actors.chat.store.ChatStore`, plus what the gateway needs.
+
+    Open it with :func:`open_store`. Every method is a checkpoint. Reads are cancellable;
+    a write always lands, and a cancellation arriving meanwhile is delivered once it has.
+    """
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        ttl_s: float,
+        now: Callable[[], datetime],
+        recovered_turns: int,
+    ) -> None:
+        self._conn = conn
+        self._ttl = timedelta(seconds=ttl_s)
+        self._now = now
+        self._limiter = trio.CapacityLimiter(1)
+        self._pending: list[_Write[Any]] = []
+        self._batch_done: trio.Event | None = None
+        self._closed = False
+        #: Replies found ``STREAMING`` at open and stored as ``FAILED``.
+        self.recovered_turns = recovered_turns
+
+    @property
+    def ttl_s(self) -> float:
+        return self._ttl.total_seconds()
+
+    # -- time -------------------------------------------------------------------------
+
+    def _timestamp(self, delta: timedelta = timedelta(0)) -> str:
+        now = self._now()
+        if now.tzinfo is None:
+            raise ValueError("now() must return an aware datetime")
+        return (now.astimezone(UTC) - delta).isoformat(timespec="microseconds")
+
+    # -- running calls ----------------------------------------------------------------
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StoreError("the store is closed")
+        try:
+            return await trio.to_thread.run_sync(
+                fn, self._conn, limiter=self._limiter, abandon_on_cancel=True
+            )
+        except Exception as exc:
+            raise _mapped(exc) from None
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StoreError("the store is closed")
+        op = _Write(fn)
+        self._pending.append(op)
+        with trio.CancelScope(shield=True):
+            while not op.done:
+                await self._next_batch()
+        # The shielded wait swallowed any cancellation; deliver it now that the write is in.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if op.error is not None:
+            raise op.error
+        return cast(T, op.result)
+
+    async def _next_batch(self) -> None:
+        """Wait for the running batch, or run the pending writes as the next one."""
+        if self._batch_done is not None:
+            await self._batch_done.wait()
+            return
+        batch = self._pending[:MAX_BATCH]
+        del self._pending[:MAX_BATCH]
+        done = self._batch_done = trio.Event()
+        try:
+            await trio.to_thread.run_sync(_run_batch, self._conn, batch, limiter=self._limiter)
+        except Exception as exc:
+            for w in batch:
+                w.error = w.error or _mapped(exc)
+        finally:
+            for w in batch:
+                w.done = True
+            self._batch_done = None
+            done.set()
+
+    async def aclose(self) -> None:
+        """Finish the writes already called, then close the file.
+
+        Idempotent. Not cancellable (it runs shielded): the file is always left closed.
+        """
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        with trio.CancelScope(shield=True):
+            while self._pending or self._batch_done is not None:
+                await self._next_batch()
+            await trio.to_thread.run_sync(_close, self._conn, limiter=self._limiter)
+
+    # -- sessions -----------------------------------------------------------------------
+
+    async def create_session(self, agent_type: AgentType, project_id: str | None) -> SessionRecord:
+        """Store a new session with a fresh id of 128 random bits."""
+        _check_agent_type(agent_type)
+        stamp = self._timestamp()
+        record = SessionRecord(
+            session_id=secrets.token_hex(16),
+            agent_type=agent_type,
+            project_id=project_id,
+            created_at=stamp,
+            updated_at=stamp,
+            last_seq=0,
+            message_count=0,
+        )
+
+        def insert(conn: sqlite3.Connection) -> SessionRecord:
+            conn.execute(
+                "INSERT INTO sessions (id, agent_type, project_id, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (record.session_id, agent_type, project_id, stamp, stamp),
+            )
+            return record
+
+        return await self._write(insert)
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        """The session, or ``None`` if unknown or expired."""
+        cutoff = self._timestamp(self._ttl)
+
+        def select(conn: sqlite3.Connection) -> SessionRecord | None:
+            row = conn.execute(
+                f"SELECT {_SESSION_COLS} FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            record = _session(row)
+            if record.updated_at < cutoff and not _streaming(conn, session_id):
+                return None
+            return record
+
+        return await self._read(select)
+
+    async def delete_expired(self) -> int:
+        """Delete the sessions idle for longer than the TTL, and their messages.
+
+        A session with a reply streaming is kept. Returns how many sessions went. Runs in
+        transactions of at most ``DELETE_CHUNK`` sessions, so other writes interleave.
+        """
+        cutoff = self._timestamp(self._ttl)
+
+        def delete_some(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM sessions WHERE id IN ("
+                " SELECT s.id FROM sessions s WHERE s.updated_at < ?"
+                " AND NOT EXISTS (SELECT 1 FROM messages m"
+                "  WHERE m.session_id = s.id AND m.status = 'streaming')"
+                " LIMIT ?)",
+                (cutoff, DELETE_CHUNK),
+            ).rowcount
+
+        total = 0
+        while True:
+            deleted = await self._write(delete_some)
+            total += deleted
+            if deleted < DELETE_CHUNK:
+                return total
+
+    async def stats(self) -> dict[str, int]:
+        """``{"sessions": stored sessions, "messages": their finished messages}``."""
+
+        def select(conn: sqlite3.Connection) -> dict[str, int]:
+            sessions, messages = conn.execute(
+                "SELECT count(*), coalesce(sum(message_count), 0) FROM sessions"
+            ).fetchone()
+            return {"sessions": int(sessions), "messages": int(messages)}
+
+        return await self._read(select)
+
+    # -- messages, read -----------------------------------------------------------------
+
+    async def session_messages(self, session_id: str) -> list[ChatMessage]:
+        """Every finished message of the session (not ``STREAMING``), by seq."""
+
+        def select(conn: sqlite3.Connection) -> list[ChatMessage]:
+            rows = conn.execute(
+                f"SELECT {_MSG_COLS} FROM messages"
+                f" WHERE session_id = ? AND {_NOT_STREAMING} ORDER BY seq",
+                (session_id,),
+            )
+            return [_message(r) for r in rows]
+
+        return await self._read(select)
+
+    async def history(self, session_id: str, max_turns: int) -> list[ChatMessage]:
+        """The last ``max_turns`` complete turns (a user message and the ``COMPLETE``
+        agent reply of its turn), oldest first, flattened: [user, agent, user, agent, ...]."""
+        if max_turns <= 0:
+            await trio.lowlevel.checkpoint()
+            return []
+        user_cols = ", ".join(f"u.{c.strip()}" for c in _MSG_COLS.split(","))
+        agent_cols = ", ".join(f"a.{c.strip()}" for c in _MSG_COLS.split(","))
+        width = len(_MSG_COLS.split(","))
+
+        def select(conn: sqlite3.Connection) -> list[ChatMessage]:
+            rows = conn.execute(
+                f"SELECT {user_cols}, {agent_cols} FROM messages a"
+                " JOIN messages u ON u.id = a.reply_to AND u.session_id = a.session_id"
+                " WHERE a.session_id = ? AND a.sender = 'agent' AND a.status = 'complete'"
+                " ORDER BY a.seq DESC LIMIT ?",
+                (session_id, max_turns),
+            ).fetchall()
+            out: list[ChatMessage] = []
+            for row in reversed(rows):
+                out.append(_message(row[:width]))
+                out.append(_message(row[width:]))
+            return out
+
+        return await self._read(select)
+
+    async def messages_after(
+        self, session_id: str, after_seq: int, limit: int
+    ) -> list[ChatMessage]:
+        """Finished messages (not ``STREAMING``) with ``seq > after_seq``, by seq, at most
+        ``limit``."""
+
+        def select(conn: sqlite3.Connection) -> list[ChatMessage]:
+            rows = conn.execute(
+                f"SELECT {_MSG_COLS} FROM messages"
+                f" WHERE session_id = ? AND seq > ? AND {_NOT_STREAMING} ORDER BY seq LIMIT ?",
+                (session_id, after_seq, max(limit, 0)),
+            )
+            return [_message(r) for r in rows]
+
+        return await self._read(select)
+
+    async def find_by_client_message_id(
+        self, session_id: str, client_message_id: str
+    ) -> ChatMessage | None:
+        """The user message sent earlier with this ``client_message_id``, if any."""
+
+        def select(conn: sqlite3.Connection) -> ChatMessage | None:
+            row = conn.execute(
+                f"SELECT {_MSG_COLS} FROM messages"
+                " WHERE session_id = ? AND client_message_id = ? AND sender = 'user'",
+                (session_id, client_message_id),
+            ).fetchone()
+            return None if row is None else _message(row)
+
+        return await self._read(select)
+
+    # -- messages, write ----------------------------------------------------------------
+
+    async def add_user_message(self, message: ChatMessage) -> None:
+        """Store an accepted user message; bumps ``last_seq``, ``updated_at`` and
+        ``message_count``."""
+        if message.sender != "user" or message.status is not MessageStatus.COMPLETE:
+            raise ValueError("add_user_message takes a COMPLETE user message")
+        _check_agent_type(message.agent_type)
+        stamp = self._timestamp()
+
+        def insert(conn: sqlite3.Connection) -> None:
+            _touch(conn, message.session_id, stamp, message.seq, count=1)
+            _insert_message(conn, message, reply_to=None)
+
+        await self._write(insert)
+
+    async def reserve_seq(self, session_id: str, hwm: int) -> None:
+        """Record that seqs up to ``hwm`` may have been emitted (the mark never goes down)."""
+
+        def update(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(
+                "UPDATE sessions SET hwm = max(hwm, ?) WHERE id = ?", (hwm, session_id)
+            )
+            if cur.rowcount == 0:
+                raise SessionNotFoundError(session_id)
+
+        await self._write(update)
+
+    async def begin_turn(
+        self, session_id: str, agent_message_id: str, agent_type: AgentType, timestamp: str
+    ) -> None:
+        """Store the ``STREAMING`` placeholder of an agent reply; bumps ``updated_at``."""
+        _check_agent_type(agent_type)
+        stamp = self._timestamp()
+
+        def insert(conn: sqlite3.Connection) -> None:
+            _touch(conn, session_id, stamp, None, count=0)
+            conn.execute(
+                "INSERT INTO messages (id, session_id, seq, sender, agent_type, status,"
+                " timestamp, content, reply_to) VALUES (?, ?, NULL, 'agent', ?, 'streaming',"
+                " ?, '', ?)",
+                (agent_message_id, session_id, agent_type, timestamp, _answers(conn, session_id)),
+            )
+
+        await self._write(insert)
+
+    async def checkpoint_turn(self, session_id: str, agent_message_id: str, content: str) -> None:
+        """Save the partial text of the reply in progress (recovered after a crash)."""
+
+        def update(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(
+                "UPDATE messages SET content = ?"
+                " WHERE id = ? AND session_id = ? AND status = 'streaming'",
+                (content, agent_message_id, session_id),
+            )
+            if cur.rowcount == 0:
+                raise ConflictError(f"no reply {agent_message_id} in progress in {session_id}")
+
+        await self._write(update)
+
+    async def finish_turn(self, message: ChatMessage) -> None:
+        """Replace the placeholder with the final agent message (or store it, if no turn
+        was begun); bumps ``last_seq``, ``updated_at`` and ``message_count``."""
+        if message.sender != "agent" or message.status is MessageStatus.STREAMING:
+            raise ValueError("finish_turn takes a finished agent message")
+        _check_agent_type(message.agent_type)
+        stamp = self._timestamp()
+
+        def upsert(conn: sqlite3.Connection) -> None:
+            _touch(conn, message.session_id, stamp, message.seq, count=1)
+            row = conn.execute(
+                "SELECT session_id, status FROM messages WHERE id = ?", (message.id,)
+            ).fetchone()
+            if row is None:
+                _insert_message(conn, message, reply_to=_answers(conn, message.session_id))
+            elif row[0] != message.session_id or row[1] != "streaming":
+                raise ConflictError(f"reply {message.id} is not in progress in this session")
+            else:
+                code, text = message.error if message.error is not None else (None, None)
+                conn.execute(
+                    "UPDATE messages SET seq = ?, content = ?, agent_type = ?, status = ?,"
+                    " timestamp = ?, error_code = ?, error_text = ? WHERE id = ?",
+                    (
+                        message.seq,
+                        message.content,
+                        message.agent_type,
+                        message.status.value,
+                        message.timestamp,
+                        code,
+                        text,
+                        message.id,
+                    ),
+                )
+            conn.execute(
+                "UPDATE sessions SET last_turn_seq = ?, last_turn_status = ? WHERE id = ?",
+                (message.seq, message.status.value, message.session_id),
+            )
+
+        await self._write(upsert)
+
+    async def save_last_seq(self, session_id: str, last_seq: int) -> None:
+        """Persist the actor's last emitted seq (``last_seq`` never goes down)."""
+
+        def update(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(
+                "UPDATE sessions SET last_seq = max(last_seq, ?1), hwm = max(hwm, ?1)"
+                " WHERE id = ?2",
+                (last_seq, session_id),
+            )
+            if cur.rowcount == 0:
+                raise SessionNotFoundError(session_id)
+
+        await self._write(update)
+
+
+# -- statements shared by several writes (worker thread) --------------------------------
+
+
+def _streaming(conn: sqlite3.Connection, session_id: str) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM messages WHERE session_id = ? AND status = 'streaming' LIMIT 1",
+            (session_id,),
+        ).fetchone()
+        is not None
+    )
+
+
+def _touch(
+    conn: sqlite3.Connection, session_id: str, stamp: str, seq: int | None, *, count: int
+) -> None:
+    """Mark activity on the session; with ``seq``, a message with that seq is being
+    stored."""
+    if seq is None:
+        cur = conn.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (stamp, session_id))
+    else:
+        cur = conn.execute(
+            "UPDATE sessions SET updated_at = ?1, last_seq = max(last_seq, ?2),"
+            " hwm = max(hwm, ?2), message_count = message_count + ?3 WHERE id = ?4",
+            (stamp, seq, count, session_id),
+        )
+    if cur.rowcount == 0:
+        raise SessionNotFoundError(session_id)
+
+
+def _insert_message(conn: sqlite3.Connection, m: ChatMessage, *, reply_to: str | None) -> None:
+    code, text = m.error if m.error is not None else (None, None)
+    conn.execute(
+        "INSERT INTO messages (id, session_id, seq, sender, agent_type, status, timestamp,"
+        " content, error_code, error_text, client_message_id, reply_to)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            m.id,
+            m.session_id,
+            m.seq,
+            m.sender,
+            m.agent_type,
+            m.status.value,
+            m.timestamp,
+            m.content,
+            code,
+            text,
+            m.client_message_id,
+            reply_to,
+        ),
+    )
+
+
+def _answers(conn: sqlite3.Connection, session_id: str) -> str | None:
+    """The id of the user message the turn beginning now answers (module docstring)."""
+    answered, last_seq, last_status = conn.execute(
+        "SELECT answered_seq, last_turn_seq, last_turn_status FROM sessions WHERE id = ?",
+        (session_id,),
+    ).fetchone()
+    waiting = conn.execute(
+        "SELECT id, seq FROM messages WHERE session_id = ? AND seq > ? AND sender = 'user'"
+        " ORDER BY seq",
+        (session_id, answered),
+    ).fetchall()
+    if not waiting:
+        return None
+    chosen = waiting[0]
+    if last_status in ("cancelled", "failed") and chosen[1] < last_seq:
+        newer = [w for w in waiting if w[1] > last_seq]
+        if newer:  # the queue behind that turn was dropped
+            chosen = newer[0]
+    conn.execute("UPDATE sessions SET answered_seq = ? WHERE id = ?", (chosen[1], session_id))
+    return str(chosen[0])
+
+
+# -- opening and closing --------------------------------------------------------------
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    if path != ":memory:" and not path.startswith("file:"):
+        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(
+        path,
+        check_same_thread=False,
+        isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+        uri=path.startswith("file:"),
+    )
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        _migrate(conn, path)
+    except sqlite3.OperationalError as exc:  # locked, unreadable, disk I/O
+        conn.close()
+        raise StoreError(f"cannot open {path}: {exc}") from exc
+    except sqlite3.DatabaseError as exc:  # "file is not a database" and kin
+        conn.close()
+        raise SchemaError(f"{path} is not an archon-chat database: {exc}") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection, path: str) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        (app_id,) = conn.execute("PRAGMA application_id").fetchone()
+        if version == 0:
+            (tables,) = conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+            if tables or app_id not in (0, APPLICATION_ID):
+                raise SchemaError(f"{path} holds another application's data")
+        elif app_id != APPLICATION_ID:
+            raise SchemaError(f"{path} holds another application's data")
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"{path} has schema version {version}, written by a newer archon-chat; "
+                f"this one knows up to version {SCHEMA_VERSION}"
+            )
+        for step in range(version, SCHEMA_VERSION):
+            # executescript would commit the open transaction: run statement by statement.
+            for statement in _MIGRATIONS[step].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _recover(conn: sqlite3.Connection) -> int:
+    """Fail the replies a previous process left ``STREAMING``; lift ``last_seq`` to the
+    reserved mark everywhere. Returns how many replies were recovered."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        rows = conn.execute(
+            "SELECT id, session_id FROM messages WHERE status = 'streaming' ORDER BY rowid"
+        ).fetchall()
+        for message_id, session_id in rows:
+            (seq,) = conn.execute(
+                "UPDATE sessions SET hwm = hwm + 1 WHERE id = ? RETURNING hwm", (session_id,)
+            ).fetchall()[0]
+            conn.execute(
+                "UPDATE messages SET status = 'failed', seq = ?, error_code = ?, error_text = ?"
+                " WHERE id = ?",
+                (seq, ErrorCode.INTERNAL_ERROR.value, INTERRUPTED_TEXT, message_id),
+            )
+            conn.execute(
+                "UPDATE sessions SET message_count = message_count + 1, last_turn_seq = ?1,"
+                " last_turn_status = 'failed' WHERE id = ?2",
+                (seq, session_id),
+            )
+        conn.execute("UPDATE sessions SET last_seq = hwm WHERE hwm > last_seq")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return len(rows)
+
+
+def _open(path: str) -> tuple[sqlite3.Connection, int]:
+    conn = _connect(path)
+    try:
+        return conn, _recover(conn)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise StoreError(f"{path}: recovery at open failed: {exc}") from exc
+    except BaseException:
+        conn.close()
+        raise
+
+
+def _close(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("PRAGMA optimize")
+    finally:
+        conn.close()
+
+
+@asynccontextmanager
+async def open_store(
+    path: str, *, ttl_s: float, now: Callable[[], datetime] | None = None
+) -> AsyncIterator[SqliteStore]:
+    """Open (creating it and its folder if needed) the database at ``path``.
+
+    Migrates the schema to :data:`SCHEMA_VERSION` and recovers what a previous process
+    left unfinished (module docstring), then yields the store; on exit, finishes the
+    writes already called and closes the file, even if the block was cancelled.
+    ``now`` (an aware datetime; default the wall clock) drives ``updated_at`` and expiry.
+
+    Raises :class:`SchemaError` for a foreign file or one written by a newer version,
+    :class:`StoreError` if the file cannot be opened.
+    """
+    if ttl_s <= 0:
+        raise ValueError("ttl_s must be positive")
+    try:
+        conn, recovered = await trio.to_thread.run_sync(_open, path)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open {path}: {exc}") from exc
+    except OSError as exc:
+        raise StoreError(f"cannot open {path}: {exc}") from exc
+    if recovered:
+        log.warning("%d replies interrupted by a restart stored as failed", recovered)
+    store = SqliteStore(
+        conn, ttl_s=ttl_s, now=now or (lambda: datetime.now(UTC)), recovered_turns=recovered
+    )
+    try:
+        yield store
+    finally:
+        await store.aclose()
