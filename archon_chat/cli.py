@@ -1,0 +1,76 @@
+"""``archon-chat``: ``serve`` (the gateway, with the built-in agents unless
+``AGENT_SERVICE_URL`` is set), ``agents`` (the agents service alone), ``settings``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from functools import partial
+
+import trio
+
+from archon_chat.config import ConfigError, Settings, add_flags, describe, settings_from_args
+
+SERVE_FLAGS = (
+    "host",
+    "port",
+    "db_path",
+    "agent_service_url",
+    "kb_dir",
+    "cors_origins",
+    "log_level",
+)
+AGENTS_FLAGS = ("agents_host", "agents_port", "kb_dir", "log_level")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="archon-chat",
+        description="Real-time chat gateway between a browser chat panel and AI agents.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway (and the built-in agents)")
+    add_flags(serve, SERVE_FLAGS)
+    agents = sub.add_parser("agents", help="run the built-in agents service alone")
+    add_flags(agents, AGENTS_FLAGS)
+    sub.add_parser("settings", help="list every environment variable and its default")
+    return parser
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "settings":
+        print(describe())
+        return 0
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        print(f"archon-chat: {exc}", file=sys.stderr)
+        return 2
+    _logging(settings)
+    try:
+        if args.command == "serve":
+            from archon_chat.server import serve
+
+            trio.run(partial(serve, settings))
+        else:
+            from archon_chat.agents import run_agents
+
+            run_agents(settings)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

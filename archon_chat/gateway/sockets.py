@@ -1,0 +1,69 @@
+"""Socket.IO event handlers of the gateway: validation errors become ``error`` events.
+
+A refused request gets an ``error`` event to that one socket (no seq) and, if the client
+asked for an acknowledgement, ``{"status": "error", "code", "error"}`` as the ack.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from archon_chat.sio import ConnectInfo, ConnectRefused, SocketIOServer
+
+from .core import Gateway
+from .errors import GatewayError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, Any], Awaitable[dict[str, Any]]]
+
+
+def install(sio: SocketIOServer, gateway: Gateway) -> None:
+    """Register the gateway's handlers on the default namespace."""
+
+    @sio.on("connect")
+    async def connect(sid: str, info: ConnectInfo, auth: Any) -> None:
+        if not await gateway.on_connect(sid, info.recovered, auth):
+            raise ConnectRefused({"message": "unauthorized", "code": "unauthorized"})
+
+    @sio.on("disconnect")
+    async def disconnect(sid: str, reason: str) -> None:
+        await gateway.on_disconnect(sid, reason)
+
+    handlers: dict[str, Handler] = {
+        "join_chat": gateway.on_join_chat,
+        "chat_message": gateway.on_chat_message,
+        "leave_chat": gateway.on_leave_chat,
+        "stop_response": gateway.on_stop_response,
+    }
+    for name, handler in handlers.items():
+        sio.on(name)(_guarded(sio, gateway, name, handler))
+
+
+def _guarded(
+    sio: SocketIOServer, gateway: Gateway, name: str, handler: Handler
+) -> Callable[[str, Any], Awaitable[dict[str, Any]]]:
+    async def run(sid: str, data: Any = None) -> dict[str, Any]:
+        try:
+            return await handler(sid, data)
+        except GatewayError as exc:
+            session_id = data.get("session_id") if isinstance(data, dict) else None
+            if not isinstance(session_id, str):
+                session_id = None
+            gateway.metrics.refusals.labels(code=exc.code.value).inc()
+            sio.emit_nowait(
+                "error",
+                {
+                    "type": "error",
+                    "session_id": session_id,
+                    "error": exc.detail,
+                    "code": exc.code.value,
+                },
+                to=sid,
+            )
+            return {"status": "error", "code": exc.code.value, "error": exc.detail}
+
+    run.__name__ = f"on_{name}"
+    return run

@@ -1,0 +1,232 @@
+"""``archon-chat serve``: the root nursery owning every long-lived part of the gateway.
+
+We own the root nursery (design.md section 2): hypercorn runs inside it beside the store,
+the built-in agents service, the session hub, the Socket.IO server, the fan-out, the
+grace timer and the sweeper. A crash of any of them fails the process loudly; nothing
+important lives in quart's lifespan nursery.
+
+Shutdown (SIGTERM/SIGINT, or :meth:`Running.stop`): stop accepting connections, cancel
+turns in flight (stored ``cancelled``, their end events emitted), give sockets a moment to
+flush, close them, close the store; all within ``shutdown_grace_s``, then cancel.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import trio
+from actors.chat.agents_client import open_agents_client
+from actors.chat.hub import HubSettings, open_session_hub
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from quart_trio import QuartTrio
+
+from actors.chat.messages import SessionEvent
+from archon_chat.agents import serve_agents
+from archon_chat.config import Settings
+from archon_chat.gateway import sockets
+from archon_chat.gateway.core import Gateway, merge_chunks
+from archon_chat.gateway.emitter import LocalEmitter
+from archon_chat.gateway.metrics import Metrics
+from archon_chat.sio import Outgoing, ServerOptions, SocketIOServer
+from archon_chat.store import SqliteStore, open_store
+from archon_chat.transports.rest import configure, create_rest_blueprint
+from archon_chat.transports.static import create_static_blueprint
+
+log = logging.getLogger("archon_chat")
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[
+    [Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]
+]
+
+
+@dataclass
+class Running:
+    """Handed to ``task_status`` once the gateway accepts connections."""
+
+    url: str
+    port: int
+    agents_url: str
+    gateway: Gateway
+    sio: SocketIOServer
+    _stop: trio.Event
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def hub_settings(settings: Settings) -> HubSettings:
+    return HubSettings.from_settings(settings)
+
+
+def socket_options(settings: Settings) -> ServerOptions:
+    return ServerOptions(
+        ping_interval_s=settings.ping_interval_s,
+        ping_timeout_s=settings.ping_timeout_s,
+        max_http_buffer_size=settings.max_http_buffer_size,
+        outbox_size=settings.outbox_size,
+        recovery_buffer=settings.recovery_buffer,
+        grace_s=settings.grace_s,
+        max_attachments=settings.max_attachments,
+        cors_origins=settings.cors_origins,
+    )
+
+
+def compose(sio_app: ASGIApp, web_app: ASGIApp) -> ASGIApp:
+    """Route ``/socket.io/`` to the raw ASGI Engine.IO app, everything else to quart."""
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket") and scope.get("path", "").startswith(
+            "/socket.io"
+        ):
+            await sio_app(scope, receive, send)
+        else:
+            await web_app(scope, receive, send)
+
+    return app
+
+
+def _merger(prev: Outgoing, new: Outgoing) -> Outgoing | None:
+    if prev.namespace != new.namespace:
+        return None
+    merged = merge_chunks(prev.event, prev.data, new.event, new.data)
+    if merged is None:
+        return None
+    return new.with_data(merged)
+
+
+async def _agents_health(client: httpx.AsyncClient, url: str) -> bool:
+    try:
+        response = await client.get(f"{url}/health", timeout=2.0)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
+
+
+async def serve(
+    settings: Settings,
+    *,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the gateway until stopped (signal or :meth:`Running.stop`)."""
+    stop = trio.Event()
+    async with trio.open_nursery() as root:
+        if handle_signals:
+            root.start_soon(_watch_signals, stop)
+        agents_url = settings.agent_service_url
+        if not agents_url:
+            port = await root.start(serve_agents, settings, "127.0.0.1", 0)
+            agents_url = f"http://127.0.0.1:{port}"
+        async with open_store(settings.db_path, ttl_s=settings.session_ttl_hours * 3600) as store:
+            await _serve_gateway(settings, store, agents_url, stop, task_status)
+        root.cancel_scope.cancel()
+
+
+async def _serve_gateway(
+    settings: Settings,
+    store: SqliteStore,
+    agents_url: str,
+    stop: trio.Event,
+    task_status: trio.TaskStatus[Running],
+) -> None:
+    metrics = Metrics()
+    events_send, events_receive = trio.open_memory_channel[SessionEvent](
+        settings.events_channel_size
+    )
+    async with (
+        open_agents_client(agents_url, settings) as agents,
+        httpx.AsyncClient() as probe,
+        trio.open_nursery() as nursery,
+    ):
+        sio = SocketIOServer(socket_options(settings))
+        sio.set_outbox_merger(_merger)
+        async with open_session_hub(store, agents, events_send, hub_settings(settings)) as hub:
+            gateway = Gateway(settings, store, hub, LocalEmitter(sio), metrics)
+            sockets.install(sio, gateway)
+
+            def refresh() -> None:
+                gateway.refresh_gauges()
+                stats = sio.stats()
+                metrics.connected_sockets.set(stats.get("connected", 0))
+                metrics.slow_client_merges.set(stats.get("merges", 0))
+                metrics.slow_client_disconnects.set(stats.get("slow_disconnects", 0))
+                metrics.recoveries.set(stats.get("recoveries", 0))
+
+            metrics.on_scrape(refresh)
+
+            async def health() -> tuple[bool, dict[str, Any]]:
+                agents_ok = await _agents_health(probe, agents_url)
+                counts = await store.stats()
+                metrics.stored_sessions.set(counts.get("sessions", 0))
+                return agents_ok, {
+                    "status": "ok" if agents_ok else "degraded",
+                    "agents": {"url": agents_url, "reachable": agents_ok},
+                    "sessions": counts.get("sessions", 0),
+                    "live_sessions": hub.live_sessions(),
+                    "connected_sockets": sio.stats().get("connected", 0),
+                }
+
+            web = QuartTrio("archon_chat")
+            configure(web, settings.max_http_buffer_size)
+            web.register_blueprint(create_rest_blueprint(gateway, health))
+            web.register_blueprint(create_static_blueprint())
+
+            await nursery.start(sio.serve)
+            nursery.start_soon(gateway.fan_out, events_receive)
+            await nursery.start(gateway.expire_graces)
+            await nursery.start(gateway.sweep)
+
+            config = HypercornConfig()
+            config.bind = [f"{_host(settings.host)}:{settings.port}"]
+            config.backlog = settings.backlog
+            config.graceful_timeout = max(settings.shutdown_grace_s, 0.1)
+            config.accesslog = None
+            config.errorlog = logging.getLogger("hypercorn.error")
+            config.websocket_max_message_size = settings.max_http_buffer_size
+            config.keep_alive_timeout = 75
+            http_closed = trio.Event()
+
+            async def shutdown_trigger() -> None:
+                await http_closed.wait()
+
+            binds: list[str] = await nursery.start(
+                lambda task_status: hypercorn_serve(
+                    compose(sio.asgi, web),
+                    config,
+                    shutdown_trigger=shutdown_trigger,
+                    task_status=task_status,
+                )
+            )
+            url = binds[0]
+            port = int(url.rsplit(":", 1)[1])
+            print(f"archon-chat: serving on {url}", flush=True)
+            task_status.started(Running(url, port, agents_url, gateway, sio, stop))
+
+            await stop.wait()
+            log.info("shutting down")
+            with trio.move_on_after(settings.shutdown_grace_s) as grace:
+                grace.shield = True
+                await hub.shutdown()
+                # Let the sockets' writers send the turns' end events.
+                await trio.sleep(min(0.2, settings.shutdown_grace_s / 4))
+            http_closed.set()
+            nursery.cancel_scope.cancel()
+        events_send.close()
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+async def _watch_signals(stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            stop.set()
+            return

@@ -1,0 +1,154 @@
+"""REST under ``/api/agent-chat``, plus ``/healthz`` and ``/metrics``, on quart-trio.
+
+Every error is JSON ``{"detail", "code"}`` (design.md section 3); bad input is never a 500.
+With an API key configured, ``/api/agent-chat`` needs ``Authorization: Bearer <key>``.
+Requests from a foreign ``Origin`` not in the allowlist are refused (403); allowed ones
+get CORS headers, preflights included.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from quart import Blueprint, Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from actors.chat.messages import ErrorCode
+from archon_chat.gateway.core import Gateway
+from archon_chat.gateway.errors import GatewayError
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/api/agent-chat"
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(
+        json.dumps(body, ensure_ascii=False), status=status, content_type="application/json"
+    )
+
+
+def error_response(status: int, detail: str, code: str) -> Response:
+    return json_response({"detail": detail, "code": code}, status)
+
+
+def origin_allowed(origin: str | None, host: str | None, allowlist: tuple[str, ...]) -> bool:
+    """The page's own origin is always allowed, others only if listed (or ``*``)."""
+    if not origin:
+        return True
+    origin = origin.rstrip("/")
+    if "*" in allowlist or origin in allowlist:
+        return True
+    return bool(host) and urlsplit(origin).netloc.lower() == (host or "").lower()
+
+
+def create_rest_blueprint(
+    gateway: Gateway, health: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
+) -> Blueprint:
+    bp = Blueprint("agent_chat", __name__)
+    settings = gateway.settings
+
+    async def read_json() -> Any:
+        raw = await request.get_data(as_text=False)
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise GatewayError(ErrorCode.INVALID_REQUEST, "Malformed JSON body", 400) from None
+
+    @bp.before_app_request
+    async def guard() -> Response | None:
+        origin = request.headers.get("Origin")
+        allowed = origin_allowed(origin, request.headers.get("Host"), settings.cors_origins)
+        if not allowed and request.path.startswith(PREFIX):
+            return error_response(403, "Origin not allowed", "forbidden_origin")
+        if request.method == "OPTIONS" and origin and allowed:
+            return _with_cors(Response("", status=204), origin, preflight=True)
+        if settings.api_key and request.path.startswith(PREFIX):
+            header = request.headers.get("Authorization", "")
+            token = header[7:] if header.startswith("Bearer ") else ""
+            if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
+                return error_response(401, "Missing or wrong API key", "unauthorized")
+        return None
+
+    @bp.after_app_request
+    async def cors(response: Response) -> Response:
+        origin = request.headers.get("Origin")
+        if origin and origin_allowed(origin, request.headers.get("Host"), settings.cors_origins):
+            _with_cors(response, origin, preflight=False)
+        return response
+
+    @bp.post(f"{PREFIX}/sessions")
+    async def create_session() -> Response:
+        return json_response(await gateway.create_session(await read_json()), 201)
+
+    @bp.get(f"{PREFIX}/sessions/<session_id>")
+    async def get_session(session_id: str) -> Response:
+        return json_response(await gateway.get_session(session_id))
+
+    @bp.post(f"{PREFIX}/sessions/<session_id>/messages")
+    async def send_message(session_id: str) -> Response:
+        if await gateway.store.get_session(session_id) is None:
+            return error_response(404, "Session not found", "session_not_found")
+        body = await read_json()
+        remote = request.remote_addr or "?"
+        outgoing = gateway.validate_rest_message(session_id, body)
+        gateway.rate_limit(f"rest:{remote}")
+        return json_response(await gateway.send(outgoing), 202)
+
+    @bp.get("/healthz")
+    async def healthz() -> Response:
+        ok, body = await health()
+        return json_response(body, 200 if ok else 503)
+
+    @bp.get("/metrics")
+    async def metrics() -> Response:
+        return Response(
+            gateway.metrics.render(), status=200, content_type=gateway.metrics.content_type
+        )
+
+    @bp.app_errorhandler(GatewayError)
+    async def gateway_error(exc: GatewayError) -> Response:
+        return json_response(exc.body(), exc.status)
+
+    @bp.app_errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        codes = {
+            400: "bad_request",
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "message_too_large",
+        }
+        return error_response(status, exc.description or exc.name, codes.get(status, "error"))
+
+    @bp.app_errorhandler(Exception)
+    async def unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return error_response(500, "Internal server error", "internal_error")
+
+    return bp
+
+
+def _with_cors(response: Response, origin: str, *, preflight: bool) -> Response:
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Vary"] = "Origin"
+    response.headers["Access-Control-Allow-Credentials"] = "true"
+    if preflight:
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+        response.headers["Access-Control-Max-Age"] = "600"
+    return response
+
+
+def configure(app: QuartTrio, max_content_length: int) -> None:
+    app.config["MAX_CONTENT_LENGTH"] = max_content_length
+    app.config["RESPONSE_TIMEOUT"] = None
+    app.config["BODY_TIMEOUT"] = 30
