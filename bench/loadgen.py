@@ -1,0 +1,381 @@
+"""One load-generator process: many Socket.IO clients, steered over stdin/stdout.
+
+The controller (:mod:`bench.runner`) starts several of these and moves them through
+the steps of a scenario in lockstep, one JSON line per command, one JSON line per
+answer, so every measurement window starts when all processes are ready:
+
+* ``setup``: create ``count`` sessions over REST, connect a websocket for each and,
+  if asked, ``join_chat``; answers with its failures.
+* ``join``: ``join_chat`` every connected client.
+* ``turn``: every client sends one ``chat_message`` whose prompt tells the mock agent
+  the reply's shape and token, and watches the reply. Modes: ``normal`` (to
+  ``stream_complete``), ``stop`` / ``leave`` (``stop_response`` or ``leave_chat`` after
+  a share of the chunks, then a quiet window in which every late chunk is counted),
+  ``drop`` (the connection is cut after a share of the chunks; the client reconnects
+  and resumes with ``join_chat {last_seq}``). Progress lines go out twice a second.
+* ``close``: disconnect every client. ``exit``: leave.
+
+Every step has a deadline; clients that miss it count as failures, never hang.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+import time
+from array import array
+from collections import Counter
+from typing import Any
+
+import httpx
+import trio
+import trio_websocket
+
+from bench.mock_agent import StreamSpec, spec_prompt
+from bench.sio_client import Client, Turn
+
+CREATE_CONCURRENCY = 32
+CONNECT_CONCURRENCY = 64
+PROGRESS_EVERY_S = 0.5
+
+
+def pack(values: list[float] | array[float]) -> str:
+    return base64.b64encode(array("d", values).tobytes()).decode()
+
+
+def unpack(text: str) -> array[float]:
+    out = array("d")
+    out.frombytes(base64.b64decode(text))
+    return out
+
+
+class Worker:
+    def __init__(self, index: int, out: trio.lowlevel.FdStream) -> None:
+        self.index = index
+        self.out = out
+        self.clients: list[Client] = []
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.url = ""
+        self.nursery: trio.Nursery | None = None
+
+    async def reply(self, message: dict[str, Any]) -> None:
+        await self.out.send_all(json.dumps(message).encode() + b"\n")
+
+    async def run(self, commands: trio.abc.ReceiveStream) -> None:
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            buf = b""
+            while True:
+                data = await commands.receive_some(65536)
+                if not data:
+                    break
+                buf += data
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    command = json.loads(line)
+                    op = command["op"]
+                    if op == "exit":
+                        nursery.cancel_scope.cancel()
+                        return
+                    started = time.monotonic()
+                    result = await getattr(self, f"op_{op}")(command)
+                    result.update(op="done", step=op, elapsed=time.monotonic() - started)
+                    await self.reply(result)
+            nursery.cancel_scope.cancel()
+
+    # -- steps -------------------------------------------------------------------------
+
+    async def op_setup(self, command: dict[str, Any]) -> dict[str, Any]:
+        self.url = command["url"]
+        self.host, port_text = self.url.split("//", 1)[1].split(":")
+        self.port = int(port_text)
+        count = int(command["count"])
+        slow_rate = float(command.get("slow_rate", 0.0))
+        slow_every = int(command.get("slow_every", 0))
+        failures: Counter[str] = Counter()
+        session_ids: list[str | None] = [None] * count
+        with trio.move_on_after(float(command.get("deadline", 120))):
+            await self._create_sessions(session_ids, failures)
+        self.clients = []
+        for i, session_id in enumerate(session_ids):
+            if session_id is None:
+                continue
+            slow = slow_every > 0 and i % slow_every == 0
+            self.clients.append(
+                Client(self.host, self.port, session_id, slow_rate if slow else 0.0)
+            )
+        connected = await self._connect_all(
+            self.clients, failures, float(command.get("deadline", 120))
+        )
+        self.clients = connected
+        if command.get("join"):
+            await self._join_all(failures, float(command.get("deadline", 120)))
+        return {"clients": len(self.clients), "failures": dict(failures)}
+
+    async def op_join(self, command: dict[str, Any]) -> dict[str, Any]:
+        failures: Counter[str] = Counter()
+        await self._join_all(failures, float(command.get("deadline", 120)))
+        return {"clients": len(self.clients), "failures": dict(failures)}
+
+    async def op_close(self, command: dict[str, Any]) -> dict[str, Any]:
+        with trio.move_on_after(float(command.get("deadline", 30))):
+            async with trio.open_nursery() as nursery:
+                for client in self.clients:
+                    nursery.start_soon(client.close)
+        for client in self.clients:
+            if client.stream is not None:
+                await trio.aclose_forcefully(client.stream)
+            client.scope.cancel()
+        closed = len(self.clients)
+        self.clients = []
+        return {"closed": closed}
+
+    async def op_turn(self, command: dict[str, Any]) -> dict[str, Any]:
+        spec = command["spec"]
+        mode = command.get("mode", "normal")
+        prefix = command["prefix"]
+        deadline = float(command.get("deadline", 60))
+        share = float(command.get("stop_share", 0.25))
+        quiet = float(command.get("quiet", 0.3))
+        turns: list[Turn] = []
+        extra: dict[str, Any] = {"stops": {}, "resume_s": [], "resume_total_s": [], "acks": 0}
+        failures: Counter[str] = Counter()
+
+        async def one(i: int, client: Client) -> None:
+            token = f"{prefix}-{self.index}-{i}"
+            n = int(spec["n"])
+            turn = Turn(token, n, threshold=max(1, int(n * share)) if mode != "normal" else 0)
+            turns.append(turn)
+            client.turn = turn
+            prompt = spec_prompt(
+                StreamSpec(
+                    n, int(spec["size"]), float(spec["pace"]), float(spec.get("first", 0)), token
+                )
+            )
+            turn.sent_at = time.monotonic()
+            await client.emit(
+                "chat_message", {"session_id": client.session_id, "message": prompt, "context": {}}
+            )
+            if mode == "normal":
+                await turn.done.wait()
+                return
+            await turn.reached.wait()
+            if client.closed.is_set():
+                return
+            if mode in ("stop", "leave"):
+                await self._stop(client, turn, mode, quiet, extra)
+            elif mode == "drop":
+                await self._drop_and_resume(
+                    client, turn, float(command.get("reconnect_delay", 0.1)), extra
+                )
+
+        async def progress() -> None:
+            while True:
+                await trio.sleep(PROGRESS_EVERY_S)
+                await self.reply(
+                    {
+                        "op": "progress",
+                        "chunks": sum(t.distinct for t in turns),
+                        "done": sum(1 for t in turns if t.done.is_set()),
+                    }
+                )
+
+        async with trio.open_nursery() as outer:
+            outer.start_soon(progress)
+            with trio.move_on_after(deadline):
+                async with trio.open_nursery() as nursery:
+                    for i, client in enumerate(self.clients):
+                        if not client.closed.is_set():
+                            nursery.start_soon(one, i, client)
+                        else:
+                            failures["closed before turn"] += 1
+            outer.cancel_scope.cancel()
+        return self._turn_result(turns, mode, failures, extra)
+
+    # -- helpers -----------------------------------------------------------------------
+
+    async def _stop(
+        self, client: Client, turn: Turn, mode: str, quiet: float, extra: dict[str, Any]
+    ) -> None:
+        turn.stop_at = time.monotonic()
+        extra["stops"][turn.token] = turn.stop_at
+        try:
+            if mode == "stop":
+                await client.emit("stop_response", {"session_id": client.session_id})
+            else:
+                turn.stop_ack_id = client.peek_ack_id
+                _, acked = await client.emit_with_ack(
+                    "leave_chat", {"session_id": client.session_id}
+                )
+                with trio.move_on_after(2):
+                    await acked.wait()
+                    extra["acks"] += 1
+        except trio_websocket.ConnectionClosed:
+            return
+        if mode == "stop":
+            with trio.move_on_after(5):
+                await turn.done.wait()
+        # The quiet window: any chunk of this turn arriving now is counted.
+        await trio.sleep(quiet)
+        turn.done.set()
+
+    async def _drop_and_resume(
+        self, client: Client, turn: Turn, delay: float, extra: dict[str, Any]
+    ) -> None:
+        dropped_at = time.monotonic()
+        await client.drop()
+        await trio.sleep(delay)
+        turn.done = trio.Event()
+        reconnect_at = time.monotonic()
+        assert self.nursery is not None
+        try:
+            await client.connect(self.nursery)
+            client.turn = turn
+            await client.join(client.last_seq if client.last_seq else None)
+        except (OSError, ConnectionError, trio_websocket.HandshakeError) as exc:
+            turn.errors.append(f"reconnect: {type(exc).__name__}")
+            return
+        if client.confirmed_at is not None:
+            extra["resume_s"].append(client.confirmed_at - reconnect_at)
+            extra["resume_total_s"].append(client.confirmed_at - dropped_at)
+        await turn.done.wait()
+
+    def _turn_result(
+        self, turns: list[Turn], mode: str, failures: Counter[str], extra: dict[str, Any]
+    ) -> dict[str, Any]:
+        latencies: array[float] = array("d")
+        ttfc: list[float] = []
+        completed = 0
+        sent = [t.sent_at for t in turns if t.sent_at]
+        ends = [t.completed_at for t in turns if t.completed_at is not None]
+        statuses: Counter[str] = Counter()
+        for turn in turns:
+            latencies.extend(turn.latencies)
+            if turn.first_chunk_at is not None:
+                ttfc.append(turn.first_chunk_at - turn.sent_at)
+            for code in turn.errors:
+                failures[f"error {code}"] += 1
+            if turn.status is not None:
+                statuses[turn.status] += 1
+            if mode in ("normal", "drop"):
+                if turn.completed_at is None:
+                    failures["no stream_complete"] += 1
+                elif turn.missing:
+                    failures["missing chunks"] += 1
+                elif turn.status not in (None, "complete"):
+                    failures[f"status {turn.status}"] += 1
+                elif not turn.errors:
+                    completed += 1
+        return {
+            "turns": len(turns),
+            "completed": completed,
+            "failures": dict(failures),
+            "statuses": dict(statuses),
+            "chunks": sum(t.distinct for t in turns),
+            "frames": sum(t.frames for t in turns),
+            "duplicates": sum(t.duplicates for t in turns),
+            "gaps": sum(t.missing for t in turns) if mode == "drop" else 0,
+            "gap_turns": sum(1 for t in turns if t.missing) if mode == "drop" else 0,
+            "stale_events": sum(t.stale_events for t in turns),
+            "after_stop": sum(t.after_stop for t in turns),
+            "after_request": sum(t.after_request for t in turns),
+            "first_sent": min(sent) if sent else None,
+            "last_complete": max(ends) if ends else None,
+            "lat": pack(latencies),
+            "ttfc": pack(ttfc),
+            "stops": extra["stops"],
+            "acks": extra["acks"],
+            "resume_s": extra["resume_s"],
+            "resume_total_s": extra["resume_total_s"],
+        }
+
+    async def _create_sessions(self, session_ids: list[str | None], failures: Counter[str]) -> None:
+        limits = httpx.Limits(
+            max_connections=CREATE_CONCURRENCY, max_keepalive_connections=CREATE_CONCURRENCY
+        )
+        async with httpx.AsyncClient(base_url=self.url, limits=limits, timeout=30) as http:
+            slots = trio.Semaphore(CREATE_CONCURRENCY)
+
+            async def create(i: int) -> None:
+                async with slots:
+                    try:
+                        response = await http.post(
+                            "/api/agent-chat/sessions", json={"agent_type": "rag"}
+                        )
+                    except httpx.HTTPError as exc:
+                        failures[f"create {type(exc).__name__}"] += 1
+                        return
+                    if response.status_code not in (200, 201):
+                        failures[f"create {response.status_code}"] += 1
+                        return
+                    session_ids[i] = str(response.json()["session_id"])
+
+            async with trio.open_nursery() as nursery:
+                for i in range(len(session_ids)):
+                    nursery.start_soon(create, i)
+
+    async def _connect_all(
+        self, clients: list[Client], failures: Counter[str], deadline: float
+    ) -> list[Client]:
+        assert self.nursery is not None
+        nursery_for_ws = self.nursery
+        slots = trio.Semaphore(CONNECT_CONCURRENCY)
+        ok: list[Client] = []
+
+        async def connect(client: Client) -> None:
+            async with slots:
+                try:
+                    with trio.fail_after(30):
+                        await client.connect(nursery_for_ws)
+                except (
+                    OSError,
+                    ConnectionError,
+                    trio_websocket.HandshakeError,
+                    trio.TooSlowError,
+                ) as exc:
+                    failures[f"connect {type(exc).__name__}"] += 1
+                    return
+                ok.append(client)
+
+        with trio.move_on_after(deadline):
+            async with trio.open_nursery() as nursery:
+                for client in clients:
+                    nursery.start_soon(connect, client)
+        return ok
+
+    async def _join_all(self, failures: Counter[str], deadline: float) -> None:
+        slots = trio.Semaphore(CONNECT_CONCURRENCY * 4)
+
+        async def join(client: Client) -> None:
+            async with slots:
+                try:
+                    with trio.fail_after(30):
+                        await client.join()
+                except (trio_websocket.ConnectionClosed, trio.TooSlowError) as exc:
+                    failures[f"join {type(exc).__name__}"] += 1
+                    return
+                if client.closed.is_set():
+                    failures["join: connection closed"] += 1
+
+        with trio.move_on_after(deadline):
+            async with trio.open_nursery() as nursery:
+                for client in self.clients:
+                    nursery.start_soon(join, client)
+
+
+def main() -> None:
+    index = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+
+    async def run() -> None:
+        commands = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+        out = trio.lowlevel.FdStream(os.dup(sys.stdout.fileno()))
+        await Worker(index, out).run(commands)
+
+    trio.run(run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""The seed's chat server as its documentation describes it: the benchmark's baseline.
+
+python-socketio's ``AsyncServer`` in ASGI mode on uvicorn (asyncio), the documented
+handlers ``join_chat`` / ``chat_message`` / ``leave_chat``, REST ``POST /sessions``,
+``GET /sessions/{id}``, ``POST /sessions/{id}/messages`` under ``/api/agent-chat`` with
+sessions in a dict, and the documented SSE proxy: a new ``httpx.AsyncClient`` per reply,
+every ``data:`` line emitted as a ``stream_chunk`` with ``chunk_data.get('content', '')``.
+
+Kept as the seed has it, on purpose: the SSE event type is ignored (the final
+``stream_complete`` line goes out as an empty chunk), nothing is ever cancelled (a
+client leaving keeps its agent stream running to the end), joins are confirmed for any
+session id, events carry no ``seq`` or ``session_id``, python-socketio's per-socket
+queues are unbounded. Where the seed's snippets stop, the documented events fill in:
+``connection_confirmed {session_id}`` to the joining socket, the user's ``message`` to
+the room, ``typing``, the agent's ``message`` with the whole reply, ``stream_complete``,
+and ``error {"error": "Agent service error: <status>"}`` or ``"Agent response timeout"``.
+
+``--shared-client`` is the labelled variant: one ``httpx.AsyncClient`` for every reply
+(unbounded connections, 20 kept alive: design.md section 6's pool trap).
+
+Run: ``python -m bench.seed_baseline --port 0 --agent-url http://127.0.0.1:8052``; it
+prints ``seed-baseline: serving on http://127.0.0.1:<port>`` once bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import socketio
+import uvicorn
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def create_app(agent_url: str, *, shared_client: bool = False) -> socketio.ASGIApp:
+    sio = socketio.AsyncServer(
+        async_mode="asgi",
+        cors_allowed_origins="*",
+        ping_timeout=int(os.environ.get("SOCKETIO_PING_TIMEOUT", "60")),
+        ping_interval=int(os.environ.get("SOCKETIO_PING_INTERVAL", "25")),
+    )
+    sessions: dict[str, dict[str, Any]] = {}
+    background: set[asyncio.Task[None]] = set()
+    shared = (
+        httpx.AsyncClient(limits=httpx.Limits(max_connections=None, max_keepalive_connections=20))
+        if shared_client
+        else None
+    )
+
+    def chat_message_record(session_id: str, content: str, sender: str) -> dict[str, Any]:
+        session = sessions.get(session_id)
+        message = {
+            "id": str(uuid.uuid4()),
+            "content": content,
+            "sender": sender,
+            "timestamp": _now(),
+            "agent_type": session["agent_type"] if session else "rag",
+        }
+        if session is not None:
+            session["messages"].append(message)
+        return message
+
+    async def stream_reply(
+        client: httpx.AsyncClient, url: str, body: dict[str, Any], room: str
+    ) -> str:
+        content = ""
+        async with client.stream("POST", url, json=body) as response:
+            if response.status_code != 200:
+                await sio.emit(
+                    "error",
+                    {"type": "error", "error": f"Agent service error: {response.status_code}"},
+                    room=room,
+                )
+                return content
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    chunk_data = json.loads(line[6:])
+                    content += chunk_data.get("content", "")
+                    await sio.emit(
+                        "stream_chunk",
+                        {"type": "stream_chunk", "content": chunk_data.get("content", "")},
+                        room=room,
+                    )
+        return content
+
+    async def process_agent_response(
+        session_id: str, message: str, context: dict[str, Any]
+    ) -> None:
+        room = f"chat_{session_id}"
+        session = sessions.get(session_id)
+        agent_type = session["agent_type"] if session else "rag"
+        url = f"{agent_url}/agents/{agent_type}/stream"
+        body = {"prompt": message, "context": context}
+        await sio.emit("typing", {"type": "typing", "is_typing": True}, room=room)
+        content = ""
+        try:
+            if shared is not None:
+                content = await stream_reply(shared, url, body, room)
+            else:
+                async with httpx.AsyncClient() as client:
+                    content = await stream_reply(client, url, body, room)
+        except httpx.ReadTimeout:
+            await sio.emit("error", {"type": "error", "error": "Agent response timeout"}, room=room)
+        except httpx.HTTPError as exc:
+            await sio.emit(
+                "error", {"type": "error", "error": f"Agent service error: {exc}"}, room=room
+            )
+        reply = chat_message_record(session_id, content, "agent")
+        await sio.emit("message", {"type": "message", "data": reply}, room=room)
+        await sio.emit("stream_complete", {"type": "stream_complete"}, room=room)
+        await sio.emit("typing", {"type": "typing", "is_typing": False}, room=room)
+
+    async def handle_message(session_id: str, message: str, context: dict[str, Any]) -> None:
+        user = chat_message_record(session_id, message, "user")
+        await sio.emit("message", {"type": "message", "data": user}, room=f"chat_{session_id}")
+        await process_agent_response(session_id, message, context)
+
+    async def join_chat(sid: str, data: dict[str, Any]) -> None:
+        session_id = data.get("session_id")
+        await sio.enter_room(sid, f"chat_{session_id}")
+        await sio.emit(
+            "connection_confirmed",
+            {"type": "connection_confirmed", "session_id": session_id},
+            to=sid,
+        )
+
+    async def leave_chat(sid: str, data: dict[str, Any]) -> None:
+        await sio.leave_room(sid, f"chat_{data.get('session_id')}")
+
+    async def chat_message(sid: str, data: dict[str, Any]) -> None:
+        await handle_message(
+            data.get("session_id", ""), data.get("message", ""), data.get("context", {})
+        )
+
+    sio.on("join_chat", join_chat)
+    sio.on("leave_chat", leave_chat)
+    sio.on("chat_message", chat_message)
+
+    async def rest(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            event = await receive()
+            body += event.get("body", b"")
+            if not event.get("more_body"):
+                break
+        status, payload = route(scope["method"], scope["path"], body)
+        data = json.dumps(payload).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(data)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": data})
+
+    def route(method: str, path: str, raw: bytes) -> tuple[int, Any]:
+        prefix = "/api/agent-chat/sessions"
+        if not path.startswith(prefix):
+            return 404, {"detail": "Not Found"}
+        try:
+            body = json.loads(raw) if raw else {}
+        except ValueError:
+            return 422, {"detail": "invalid JSON"}
+        rest_path = path[len(prefix) :].strip("/").split("/") if path != prefix else []
+        if method == "POST" and not rest_path:
+            session_id = str(uuid.uuid4())
+            sessions[session_id] = {
+                "session_id": session_id,
+                "project_id": body.get("project_id"),
+                "agent_type": body.get("agent_type", "rag"),
+                "created_at": _now(),
+                "messages": [],
+            }
+            return 200, {"session_id": session_id}
+        session = sessions.get(rest_path[0]) if rest_path else None
+        if session is None:
+            return 404, {"detail": "Session not found"}
+        if method == "GET" and len(rest_path) == 1:
+            return 200, session
+        if method == "POST" and rest_path[1:] == ["messages"]:
+            task = asyncio.ensure_future(
+                handle_message(
+                    session["session_id"], body.get("message", ""), body.get("context", {})
+                )
+            )
+            background.add(task)
+            task.add_done_callback(background.discard)
+            return 200, {"status": "sent"}
+        return 404, {"detail": "Not Found"}
+
+    return socketio.ASGIApp(sio, other_asgi_app=rest)
+
+
+async def serve(host: str, port: int, agent_url: str, shared_client: bool) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    config = uvicorn.Config(
+        create_app(agent_url, shared_client=shared_client),
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        backlog=4096,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.01)
+    if server.started:
+        label = "seed-baseline-shared" if shared_client else "seed-baseline"
+        print(f"{label}: serving on http://{host}:{sock.getsockname()[1]}", flush=True)
+    await task
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.seed_baseline", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--agent-url", default=os.environ.get("AGENT_SERVICE_URL", "http://127.0.0.1:8052")
+    )
+    parser.add_argument(
+        "--shared-client", action="store_true", help="one httpx client for every reply"
+    )
+    args = parser.parse_args(argv)
+    try:
+        asyncio.run(serve(args.host, args.port, args.agent_url.rstrip("/"), args.shared_client))
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
