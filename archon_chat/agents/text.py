@@ -1,0 +1,258 @@
+"""Plain-text machinery of the offline agents: words, sentences, summaries, deltas.
+
+Everything here is pure, deterministic and synchronous: the agents call it from a worker
+thread when the input may be large.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+#: A word: letters and digits, joined by apostrophes or underscores (so that identifiers
+#: such as ``ARCHON_CHAT_KB_DIR`` stay one word, as in the knowledge-base index).
+WORD = re.compile(r"[^\W_]+(?:(?:_+|['’])[^\W_]+)*")
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9`*])")
+_FENCE = re.compile(r"^(```|~~~)")
+_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+_LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
+_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+_INLINE = re.compile(r"(\*\*|__|`|\*(?=\S)|(?<=\S)\*)")
+WORDS_PER_MINUTE = 230
+
+_STOPWORDS = """
+    a about above after again against all also am an and any are aren't as at be because
+    been before being below between both but by can can't cannot could couldn't did didn't
+    do does doesn't doing don't down during each either else etc even ever every few for
+    from further get gets got had hadn't has hasn't have haven't having he her here hers
+    herself him himself his how however i if in into is isn't it it's its itself just let
+    let's like many may me might more most much must mustn't my myself need no nor not now
+    of off on once one only or other ought our ours ourselves out over own per please
+    rather really same shall she should shouldn't since so some such than that that's the
+    their theirs them themselves then there there's these they this those though through
+    thus to too under until up upon us use used using very via was wasn't we were weren't
+    what what's when where which while who whom whose why will with within without won't
+    would wouldn't yes yet you your yours yourself yourselves tell show give explain
+    describe want know
+"""
+STOPWORDS = frozenset(_STOPWORDS.split())
+
+
+def words(text: str) -> list[str]:
+    """The words of ``text``, in order, as written."""
+    return WORD.findall(text)
+
+
+def terms(text: str) -> list[str]:
+    """Lower-cased content words of ``text`` in order, stopwords and single letters dropped."""
+    out = []
+    for word in words(text):
+        low = word.lower().replace("’", "'")
+        if low in STOPWORDS or (len(low) < 2 and not low.isdigit()):
+            continue
+        out.append(low)
+    return out
+
+
+def unique(items: Iterable[str]) -> list[str]:
+    seen: set[str] = set()
+    out = []
+    for item in items:
+        if item not in seen:
+            seen.add(item)
+            out.append(item)
+    return out
+
+
+def strip_inline(text: str) -> str:
+    """``text`` without inline markdown: links keep their text, emphasis and code marks go."""
+    return _INLINE.sub("", _LINK.sub(r"\1", text))
+
+
+def blocks(text: str) -> list[tuple[str, str]]:
+    """Split markdown (or plain text) into ``(kind, text)`` blocks in order.
+
+    Kinds: ``heading`` (text prefixed by ``#`` marks), ``paragraph``, ``list`` (one item),
+    ``code`` (a fenced block, kept verbatim).
+    """
+    out: list[tuple[str, str]] = []
+    para: list[str] = []
+    fence: str | None = None
+    code: list[str] = []
+
+    def flush() -> None:
+        if para:
+            out.append(("paragraph", " ".join(para)))
+            para.clear()
+
+    for line in text.splitlines():
+        stripped = line.strip()
+        if fence is not None:
+            if stripped.startswith(fence):
+                out.append(("code", "\n".join(code)))
+                code.clear()
+                fence = None
+            else:
+                code.append(line)
+            continue
+        fence_match = _FENCE.match(stripped)
+        if fence_match:
+            flush()
+            fence = fence_match.group(1)
+            continue
+        if not stripped:
+            flush()
+            continue
+        heading = _HEADING.match(stripped)
+        if heading:
+            flush()
+            out.append(("heading", stripped))
+            continue
+        if _LIST_ITEM.match(line):
+            flush()
+            out.append(("list", _LIST_ITEM.sub("", line, count=1).strip()))
+            continue
+        if out and out[-1][0] == "list" and not para and line[:1].isspace():
+            # A continuation line of the previous list item.
+            out[-1] = ("list", f"{out[-1][1]} {stripped}")
+            continue
+        para.append(stripped)
+    flush()
+    if fence is not None and code:
+        out.append(("code", "\n".join(code)))
+    return out
+
+
+def heading_level(block: str) -> tuple[int, str]:
+    match = _HEADING.match(block)
+    if match is None:
+        return 0, block
+    return len(match.group(1)), match.group(2)
+
+
+def sentences(text: str) -> list[str]:
+    """Sentences of the prose in ``text`` (markdown marks removed, code blocks skipped)."""
+    out: list[str] = []
+    for kind, body in blocks(text):
+        if kind in ("code", "heading"):
+            continue
+        plain = strip_inline(body).strip()
+        if kind == "list" and plain and plain[-1] not in ".!?:":
+            plain += "."
+        out.extend(s.strip() for s in _SENTENCE_END.split(plain) if s.strip())
+    return out
+
+
+def summarize(text: str, count: int, focus: Sequence[str] = ()) -> list[str]:
+    """The ``count`` most representative sentences of ``text``, in their original order.
+
+    A sentence scores the mean frequency of its content words in the whole text, boosted
+    for words of ``focus`` (query terms) and for the opening sentence; very short and very
+    long sentences are discounted. Ties keep the earlier sentence.
+    """
+    candidates = sentences(text)
+    if len(candidates) <= count:
+        return candidates
+    freq = Counter(terms(text))
+    focus_set = set(focus)
+    scored = []
+    for index, sentence in enumerate(candidates):
+        content = terms(sentence)
+        if not content:
+            continue
+        score = sum(freq[t] for t in content) / math.sqrt(len(content) + 4)
+        score += 3.0 * sum(1 for t in set(content) if t in focus_set)
+        if index == 0:
+            score *= 1.25
+        if len(content) < 4 or len(sentence) > 400:
+            score *= 0.5
+        scored.append((-score, index))
+    chosen = sorted(index for _, index in sorted(scored)[:count])
+    return [candidates[i] for i in chosen]
+
+
+def key_terms(text: str, count: int) -> list[tuple[str, int]]:
+    """The ``count`` most frequent content words and repeated two-word phrases of ``text``.
+
+    A phrase replaces its words when it accounts for most of their uses. Ties keep the term
+    that appears first.
+    """
+    content = terms(" ".join(s for k, s in blocks(text) if k != "code"))
+    if not content:
+        return []
+    first: dict[str, int] = {}
+    for index, term in enumerate(content):
+        first.setdefault(term, index)
+    single = Counter(content)
+    pairs = Counter(f"{a} {b}" for a, b in itertools.pairwise(content) if a != b)
+    for index, pair in enumerate(f"{a} {b}" for a, b in itertools.pairwise(content)):
+        first.setdefault(pair, index)
+    scores: dict[str, int] = {}
+    for pair, n in pairs.items():
+        if n < 2:
+            continue
+        a, b = pair.split(" ")
+        if n * 2 >= min(single[a], single[b]):
+            scores[pair] = n
+    covered = {w for p in scores for w in p.split(" ")}
+    for term, n in single.items():
+        if term not in covered and not term.isdigit():
+            scores[term] = n
+    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], first[kv[0]]))
+    return ranked[:count]
+
+
+def reading_time(word_count: int) -> str:
+    minutes = word_count / WORDS_PER_MINUTE
+    if minutes < 1:
+        return "under a minute"
+    rounded = math.ceil(minutes)
+    return f"about {rounded} minute{'s' if rounded != 1 else ''}"
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut at a word boundary to at most ``limit`` characters, marked with …"""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1].rsplit(" ", 1)[0].rstrip(",;:")
+    return cut + "…"
+
+
+def title_case(phrase: str) -> str:
+    small = {"a", "an", "and", "as", "at", "by", "for", "in", "of", "on", "or", "the", "to"}
+    out = []
+    for index, word in enumerate(phrase.split()):
+        if index and word.lower() in small:
+            out.append(word.lower())
+        elif word[:1].islower():
+            out.append(word[:1].upper() + word[1:])
+        else:
+            out.append(word)
+    return " ".join(out)
+
+
+_TOKEN = re.compile(r"\s*\S+")
+
+
+def deltas(text: str, words_per_delta: int = 2) -> list[str]:
+    """Split ``text`` into word-sized pieces whose concatenation is exactly ``text``.
+
+    Each piece carries up to ``words_per_delta`` words with the whitespace before them,
+    so line breaks travel with the following word; trailing whitespace is the last piece.
+    """
+    pieces: list[str] = []
+    tokens = _TOKEN.findall(text)
+    for index in range(0, len(tokens), words_per_delta):
+        pieces.append("".join(tokens[index : index + words_per_delta]))
+    consumed = sum(len(p) for p in pieces)
+    if consumed < len(text):
+        pieces.append(text[consumed:])
+    return pieces
+
+
+def number(n: int) -> str:
+    return f"{n:,}"
