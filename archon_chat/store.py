@@ -43,7 +43,8 @@ Errors::
 
     StoreError                  the file or the database failed (sqlite3 errors mapped)
     ├── SchemaError             the file is not ours, or a newer version wrote it
-    ├── SessionNotFoundError    a write names a session that is not stored
+    ├── SessionNotFoundError    a write names a session that is not stored (also a
+    │                           LookupError)
     └── ConflictError           a write contradicts what is stored (same message id, seq or
                                 client_message_id twice; a turn finished twice; a
                                 checkpoint for a turn not in progress)
@@ -114,7 +115,7 @@ class SchemaError(StoreError):
     """The file is not an archon-chat database, or a newer version of it wrote the file."""
 
 
-class SessionNotFoundError(StoreError):
+class SessionNotFoundError(StoreError, LookupError):
     """A write names a session that is not stored (never created, or swept)."""
 
 
