@@ -1,0 +1,297 @@
+"""An in-memory :class:`~actors.chat.store.ChatStore` for tests and benchmarks.
+
+It follows the protocol's docstring (sequence high-water mark, turn lifecycle, crash
+recovery) and adds what the gateway's own store offers around it: sessions with a TTL
+counted from the last activity, ``session_messages``, ``delete_expired``, ``stats``.
+Every method is a checkpoint, like a real store's. :meth:`MemoryStore.recover` does what
+opening a real store after a crash does: replies still STREAMING become FAILED.
+
+History pairing. The protocol does not say which user message a turn answers. Turns
+run in the order their messages were accepted, so each reply is paired, when its turn
+begins (its STREAMING placeholder), with the oldest user message not yet paired. Queued
+turns dropped on LEFT/SHUTDOWN (or lost in a crash) leave user messages that this rule
+pairs with later replies; only an explicit link in ``begin_turn`` could tell them apart.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import trio
+
+from actors.chat.messages import AgentType, ChatMessage, MessageStatus, SessionRecord
+
+INTERRUPTED_TEXT = "Interrupted by a server restart"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class _Session:
+    session_id: str
+    agent_type: AgentType
+    project_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    last_seq: int = 0
+    hwm: int = 0
+    message_count: int = 0
+    #: every row in insertion order (placeholders included)
+    rows: list[ChatMessage] = field(default_factory=list)
+    #: agent message id -> index in rows
+    index: dict[str, int] = field(default_factory=dict)
+    #: user message id -> agent message id, fixed when the turn began
+    reply_of: dict[str, str] = field(default_factory=dict)
+    #: user messages not yet answered by a begun turn, oldest first
+    unanswered: collections.deque[str] = field(default_factory=collections.deque)
+
+    def record(self) -> SessionRecord:
+        return SessionRecord(
+            session_id=self.session_id,
+            agent_type=self.agent_type,
+            project_id=self.project_id,
+            created_at=self.created_at.isoformat(),
+            updated_at=self.updated_at.isoformat(),
+            last_seq=self.last_seq,
+            message_count=self.message_count,
+        )
+
+
+class MemoryStore:
+    """Sessions and messages in dictionaries. ``ttl_s`` ``None``: sessions never expire.
+    ``now`` is the wall clock (injectable for expiry tests)."""
+
+    def __init__(
+        self, *, ttl_s: float | None = None, now: Callable[[], datetime] | None = None
+    ) -> None:
+        self._ttl = None if ttl_s is None else timedelta(seconds=ttl_s)
+        self._now = now or utc_now
+        self._sessions: dict[str, _Session] = {}
+        #: how many times each method was called (tests count writes with it)
+        self.calls: collections.Counter[str] = collections.Counter()
+
+    # -- helpers beyond the protocol -----------------------------------------------------
+
+    async def create_session(
+        self,
+        agent_type: AgentType = "rag",
+        project_id: str | None = None,
+        *,
+        session_id: str | None = None,
+    ) -> SessionRecord:
+        """A new empty session (id: 128 random bits unless given). A checkpoint."""
+        await trio.lowlevel.checkpoint()
+        sid = session_id or secrets.token_hex(16)
+        if sid in self._sessions:
+            raise ValueError(f"session {sid!r} exists")
+        now = self._now()
+        session = _Session(sid, agent_type, project_id, now, now)
+        self._sessions[sid] = session
+        return session.record()
+
+    async def session_messages(self, session_id: str) -> list[ChatMessage]:
+        """Every finished message of the session by seq (no STREAMING row)."""
+        await trio.lowlevel.checkpoint()
+        session = self._live(session_id)
+        if session is None:
+            return []
+        return sorted(
+            (m for m in session.rows if m.status is not MessageStatus.STREAMING),
+            key=lambda m: m.seq,
+        )
+
+    async def delete_expired(self) -> int:
+        """Drop sessions idle past the TTL; returns how many."""
+        await trio.lowlevel.checkpoint()
+        expired = [sid for sid, s in self._sessions.items() if self._expired(s)]
+        for sid in expired:
+            del self._sessions[sid]
+        return len(expired)
+
+    async def delete_session(self, session_id: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self._sessions.pop(session_id, None)
+
+    async def stats(self) -> dict[str, int]:
+        await trio.lowlevel.checkpoint()
+        return {
+            "sessions": len(self._sessions),
+            "messages": sum(len(s.rows) for s in self._sessions.values()),
+        }
+
+    def recover(self) -> int:
+        """What opening a real store after a crash does: every STREAMING reply becomes
+        FAILED (``internal_error``, :data:`INTERRUPTED_TEXT`) with its checkpointed text
+        and the seq after the session's reserved mark. Returns how many. Not a checkpoint.
+        """
+        count = 0
+        for session in self._sessions.values():
+            for i, row in enumerate(session.rows):
+                if row.status is not MessageStatus.STREAMING:
+                    continue
+                seq = max(session.hwm, session.last_seq) + 1
+                session.rows[i] = dataclasses.replace(
+                    row,
+                    seq=seq,
+                    status=MessageStatus.FAILED,
+                    error=("internal_error", INTERRUPTED_TEXT),
+                )
+                session.last_seq = session.hwm = seq
+                session.message_count += 1
+                count += 1
+        return count
+
+    def reserved(self, session_id: str) -> int:
+        """The session's seq high-water mark (tests)."""
+        return self._sessions[session_id].hwm
+
+    def rows(self, session_id: str) -> list[ChatMessage]:
+        """Every row, STREAMING placeholders included, in insertion order (tests)."""
+        return list(self._sessions[session_id].rows)
+
+    # -- the ChatStore protocol ----------------------------------------------------------
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        self.calls["get_session"] += 1
+        await trio.lowlevel.checkpoint()
+        session = self._live(session_id)
+        return None if session is None else session.record()
+
+    async def history(self, session_id: str, max_turns: int) -> list[ChatMessage]:
+        self.calls["history"] += 1
+        await trio.lowlevel.checkpoint()
+        session = self._live(session_id)
+        if session is None or max_turns <= 0:
+            return []
+        by_id = {m.id: m for m in session.rows}
+        turns: list[tuple[ChatMessage, ChatMessage]] = []
+        for user_id, agent_id in session.reply_of.items():
+            user, agent = by_id.get(user_id), by_id.get(agent_id)
+            if user is None or agent is None or agent.status is not MessageStatus.COMPLETE:
+                continue
+            turns.append((user, agent))
+        turns.sort(key=lambda pair: pair[0].seq)
+        out: list[ChatMessage] = []
+        for user, agent in turns[-max_turns:]:
+            out += (user, agent)
+        return out
+
+    async def messages_after(
+        self, session_id: str, after_seq: int, limit: int
+    ) -> list[ChatMessage]:
+        self.calls["messages_after"] += 1
+        await trio.lowlevel.checkpoint()
+        session = self._live(session_id)
+        if session is None:
+            return []
+        found = sorted(
+            (
+                m
+                for m in session.rows
+                if m.seq > after_seq and m.status is not MessageStatus.STREAMING
+            ),
+            key=lambda m: m.seq,
+        )
+        return found[:limit]
+
+    async def find_by_client_message_id(
+        self, session_id: str, client_message_id: str
+    ) -> ChatMessage | None:
+        self.calls["find_by_client_message_id"] += 1
+        await trio.lowlevel.checkpoint()
+        session = self._live(session_id)
+        if session is None:
+            return None
+        for m in session.rows:
+            if m.sender == "user" and m.client_message_id == client_message_id:
+                return m
+        return None
+
+    async def add_user_message(self, message: ChatMessage) -> None:
+        self.calls["add_user_message"] += 1
+        await trio.lowlevel.checkpoint()
+        session = self._require(message.session_id)
+        session.rows.append(message)
+        session.unanswered.append(message.id)
+        session.last_seq = max(session.last_seq, message.seq)
+        session.message_count += 1
+        session.updated_at = self._now()
+
+    async def reserve_seq(self, session_id: str, hwm: int) -> None:
+        self.calls["reserve_seq"] += 1
+        await trio.lowlevel.checkpoint()
+        session = self._require(session_id)
+        session.hwm = max(session.hwm, hwm)
+
+    async def begin_turn(
+        self, session_id: str, agent_message_id: str, agent_type: AgentType, timestamp: str
+    ) -> None:
+        self.calls["begin_turn"] += 1
+        await trio.lowlevel.checkpoint()
+        session = self._require(session_id)
+        placeholder = ChatMessage(
+            id=agent_message_id,
+            session_id=session_id,
+            seq=0,
+            content="",
+            sender="agent",
+            timestamp=timestamp,
+            agent_type=agent_type,
+            status=MessageStatus.STREAMING,
+        )
+        session.index[agent_message_id] = len(session.rows)
+        session.rows.append(placeholder)
+        if session.unanswered:
+            session.reply_of[session.unanswered.popleft()] = agent_message_id
+
+    async def checkpoint_turn(self, session_id: str, agent_message_id: str, content: str) -> None:
+        self.calls["checkpoint_turn"] += 1
+        await trio.lowlevel.checkpoint()
+        session = self._require(session_id)
+        i = session.index.get(agent_message_id)
+        if i is not None and session.rows[i].status is MessageStatus.STREAMING:
+            session.rows[i] = dataclasses.replace(session.rows[i], content=content)
+
+    async def finish_turn(self, message: ChatMessage) -> None:
+        self.calls["finish_turn"] += 1
+        await trio.lowlevel.checkpoint()
+        session = self._require(message.session_id)
+        i = session.index.get(message.id)
+        if i is None:
+            session.index[message.id] = len(session.rows)
+            session.rows.append(message)
+        else:
+            session.rows[i] = message
+        session.last_seq = max(session.last_seq, message.seq)
+        session.message_count += 1
+        session.updated_at = self._now()
+
+    async def save_last_seq(self, session_id: str, last_seq: int) -> None:
+        self.calls["save_last_seq"] += 1
+        await trio.lowlevel.checkpoint()
+        session = self._require(session_id)
+        session.last_seq = max(session.last_seq, last_seq)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _expired(self, session: _Session) -> bool:
+        return self._ttl is not None and self._now() - session.updated_at > self._ttl
+
+    def _live(self, session_id: str) -> _Session | None:
+        session = self._sessions.get(session_id)
+        if session is None or self._expired(session):
+            return None
+        return session
+
+    def _require(self, session_id: str) -> _Session:
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise KeyError(f"no session {session_id!r}")
+        return session

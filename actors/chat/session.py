@@ -1,0 +1,612 @@
+"""The session actor: one per live chat session, owner of its turns and agent streams.
+
+Theory of operation. A :class:`SessionActor` holds what must outlive one run of its task
+(its mailbox, the queue of accepted messages, the seq counter, the turn in flight);
+:meth:`SessionActor.run` is the task the supervisor runs, restarts after a crash, and
+lets end when the session has been idle for ``idle_passivate_s`` (passivation: the state
+is in the store, the next command starts a fresh actor).
+
+Inside a run, the *main loop* takes commands from the mailbox one at a time and a
+*worker* task runs the queued turns one after another. Each turn streams the agent's
+reply inside its own :class:`trio.CancelScope`, whose deadline is the earliest of the
+whole-turn deadline and the first-event (then gap) deadline. ``CancelTurn`` cancels that
+scope: the upstream response is closed at once, then the partial reply is stored with
+status ``cancelled``. The end of a turn (storing the reply, emitting its end events) runs
+outside the scope, so nothing of the turn is emitted after its end events, and never
+inside a cancelled scope except shielded with ``save_timeout_s``.
+
+Events and seq. Every event goes out on the shared ``events`` channel with the next
+per-session ``seq``. Seqs are handed out and sent without a checkpoint in between, or
+under ``_emit_lock`` when something must happen between the two (reserving seqs in the
+store, storing the message an event carries), so events leave in seq order. The store is
+kept ahead of the counter by reserving ``seq_block`` numbers at a time.
+
+One turn, in order (messages.py, design.md section 3): ``TurnStarted`` and
+``TypingChanged(True)`` (one seq), ``ChunkStreamed`` x N, [``TurnFailed``], the agent's
+``MessageEmitted`` (status, the text streamed so far), ``StreamCompleted``,
+``TypingChanged(False)`` and ``TurnEnded`` (one seq).
+
+Crashes. If a run raises, the turn in flight is ended as ``failed`` with
+``internal_error`` (shielded, ``save_timeout_s``) before the exception reaches the
+supervisor; if the run was cancelled from outside (forced shutdown) it is ended as
+``cancelled``. If even that fails, the restarted run ends it first.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import trio
+
+from actors.chat.agents_client import (
+    AgentRequest,
+    AgentsClient,
+    AgentsError,
+    ChunkReceived,
+    HistoryEntry,
+    StreamFinished,
+)
+from actors.chat.messages import (
+    AGENT_TYPES,
+    AgentType,
+    CancelReason,
+    CancelTurn,
+    ChatMessage,
+    ChunkStreamed,
+    Command,
+    ErrorCode,
+    GetTurnState,
+    MessageEmitted,
+    MessageStatus,
+    SessionEvent,
+    SessionRecord,
+    StreamCompleted,
+    SubmitMessage,
+    SubmitOutcome,
+    SubmitReply,
+    TurnEnded,
+    TurnFailed,
+    TurnStarted,
+    TurnState,
+    TypingChanged,
+)
+from actors.chat.settings import HubSettings
+from actors.chat.store import ChatStore
+from actors.runtime.mailbox import Mailbox, MailboxClosed
+
+logger = logging.getLogger(__name__)
+
+AGENT_TIMEOUT_TEXT = "Agent response timeout"
+INTERNAL_ERROR_TEXT = "Internal error while answering: please try again"
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def send_reply(channel: trio.MemorySendChannel[Any] | None, value: object) -> None:
+    """Answer a command; a requester that went away is not our problem."""
+    if channel is None:
+        return
+    try:
+        channel.send_nowait(value)
+    except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+        logger.debug("reply %r not delivered: requester gone or channel full", value)
+
+
+def close_unanswered(commands: list[Command]) -> None:
+    """Close the reply channels of commands that will never be handled, so their
+    requesters wake up (with :class:`trio.EndOfChannel`). Not a checkpoint."""
+    for command in commands:
+        if command.reply is not None:
+            command.reply.close()
+
+
+@dataclass(slots=True)
+class _Pending:
+    """An accepted user message waiting for its turn."""
+
+    message: ChatMessage
+    context: dict[str, Any]
+
+
+@dataclass(eq=False, slots=True)
+class _Turn:
+    """The turn in flight."""
+
+    message_id: str
+    user: ChatMessage
+    context: dict[str, Any]
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    #: the placeholder reply row exists in the store
+    begun: bool = False
+    #: seq of TurnStarted / TypingChanged(True); 0 until they were sent
+    start_seq: int = 0
+    #: the streaming part is over; CancelTurn no longer applies
+    stream_over: bool = False
+    cancel_reason: CancelReason | None = None
+    text: list[str] = field(default_factory=list)
+    #: wire events kept for rejoining clients (bounded: older chunks merged)
+    events: list[SessionEvent] = field(default_factory=list)
+    started_at: float = 0.0
+    first_chunk_latency_s: float | None = None
+    last_saved_at: float = 0.0
+    #: the end of the turn, once decided: the final message, its events, progress
+    final: ChatMessage | None = None
+    end_events: list[SessionEvent] = field(default_factory=list)
+    stored: bool = False
+    sent: int = 0
+
+
+class SessionActor:
+    """The actor of one session. Built by the hub; :meth:`run` is its supervised task.
+
+    ``record`` is the session as the hub found it (saves one read on the first run).
+    """
+
+    def __init__(
+        self,
+        session_id: str,
+        *,
+        store: ChatStore,
+        agents: AgentsClient,
+        events: trio.MemorySendChannel[SessionEvent],
+        settings: HubSettings,
+        record: SessionRecord | None = None,
+    ) -> None:
+        self.session_id = session_id
+        self.mailbox: Mailbox[Command] = Mailbox(settings.mailbox_size)
+        self._store = store
+        self._agents = agents
+        self._events = events
+        self._settings = settings
+        self._record = record
+        self._agent_type: AgentType = "rag"
+        self._seq = 0
+        self._hwm = 0
+        self._message_count = 0
+        self._queue: deque[_Pending] = deque()
+        self._turn: _Turn | None = None
+        self._worker_running = False
+        self._emit_lock = trio.Lock()
+        self._stopping = False
+        self._idle_scope: trio.CancelScope | None = None
+        self._last_activity = -math.inf
+        self._nursery: trio.Nursery | None = None
+
+    # -- what the hub calls (synchronously) -----------------------------------------------
+
+    def request_stop(self) -> None:
+        """Ask the actor to finish: cancel its turn (``SHUTDOWN``), drop queued turns,
+        refuse new messages, close the mailbox. The run ends once the turn is saved.
+        Not a checkpoint."""
+        self._stopping = True
+        self._cancel(CancelReason.SHUTDOWN)
+        self.mailbox.close()
+
+    @property
+    def busy(self) -> bool:
+        """A turn runs or waits."""
+        return self._turn is not None or bool(self._queue) or self._worker_running
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    # -- the supervised task ------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the session until it is idle past ``idle_passivate_s`` or asked to stop.
+
+        Returns normally then (the supervisor does not restart it). Raises whatever
+        crashed it, after ending the turn in flight as ``failed``/``internal_error``.
+        Cancellation ends the turn in flight as ``cancelled`` (shielded) and propagates.
+        """
+        try:
+            if not await self._load():
+                return
+            while True:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    if self._turn is not None:
+                        # Left by a run that crashed and could not end it itself.
+                        await self._end_turn(
+                            self._turn,
+                            MessageStatus.FAILED,
+                            (ErrorCode.INTERNAL_ERROR, INTERNAL_ERROR_TEXT),
+                        )
+                    self._start_worker()
+                    await self._serve()
+                self._nursery = None
+                await self._store.save_last_seq(self.session_id, self._seq)
+                # No checkpoint from here to the return: a command delivered during the
+                # save keeps the actor alive; once it returns, the hub has forgotten it
+                # before anyone can deliver again.
+                if self._stopping or (not len(self.mailbox) and not self.busy):
+                    return
+        except BaseException as exc:
+            self._nursery = None
+            await self._after_abnormal_exit(exc)
+            raise
+
+    async def _load(self) -> bool:
+        record = self._record or await self._store.get_session(self.session_id)
+        self._record = None
+        if record is None:
+            logger.info("session %s is gone: its actor ends", self.session_id)
+            self.mailbox.close()
+            for command in self.mailbox.drain_nowait():
+                self._answer_gone(command)
+            return False
+        self._agent_type = record.agent_type if record.agent_type in AGENT_TYPES else "rag"
+        if record.last_seq > self._seq:
+            self._seq = record.last_seq
+            self._hwm = self._seq  # unknown: reserve again before the next event
+        self._message_count = record.message_count
+        self._last_activity = trio.current_time()
+        return True
+
+    @staticmethod
+    def _answer_gone(command: Command) -> None:
+        if isinstance(command, SubmitMessage):
+            send_reply(command.reply, SubmitReply(SubmitOutcome.SESSION_NOT_FOUND))
+        elif isinstance(command, CancelTurn):
+            send_reply(command.reply, False)
+        else:
+            send_reply(command.reply, TurnState(0, False, None, ()))
+        if command.reply is not None:
+            command.reply.close()
+
+    async def _serve(self) -> None:
+        """The main loop; returns when idle past the passivation delay or stopped."""
+        while True:
+            command: Command | None = None
+            with trio.CancelScope() as idle_scope:
+                # Only the wait is bounded by the idle deadline, never handling a command.
+                self._idle_scope = idle_scope
+                idle_scope.deadline = self._idle_deadline()
+                try:
+                    command = await self.mailbox.receive()
+                except MailboxClosed:
+                    return
+                finally:
+                    self._idle_scope = None
+            if command is not None:
+                await self._handle(command)
+                self._last_activity = trio.current_time()
+            elif not self.busy and trio.current_time() >= self._idle_deadline():
+                return
+
+    def _idle_deadline(self) -> float:
+        if self.busy:
+            return math.inf
+        return self._last_activity + self._settings.idle_passivate_s
+
+    async def _after_abnormal_exit(self, exc: BaseException) -> None:
+        turn = self._turn
+        if turn is None or not turn.begun:
+            self._turn = None
+            return
+        crashed = not _only_cancelled(exc)
+        if crashed:
+            status, failure = (
+                MessageStatus.FAILED,
+                (ErrorCode.INTERNAL_ERROR, INTERNAL_ERROR_TEXT),
+            )
+        else:
+            status, failure = MessageStatus.CANCELLED, None
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + self._settings.save_timeout_s
+            try:
+                await self._end_turn(turn, status, failure)
+            except Exception:
+                logger.exception("session %s: could not end its interrupted turn", self.session_id)
+        if scope.cancelled_caught:
+            logger.warning(
+                "session %s: ending the interrupted turn took over %s s",
+                self.session_id,
+                self._settings.save_timeout_s,
+            )
+
+    # -- commands -----------------------------------------------------------------------
+
+    async def _handle(self, command: Command) -> None:
+        try:
+            if isinstance(command, SubmitMessage):
+                await self._submit(command)
+            elif isinstance(command, CancelTurn):
+                send_reply(command.reply, self._cancel(command.reason))
+            elif isinstance(command, GetTurnState):
+                send_reply(command.reply, self.turn_state(command.after_seq))
+            else:
+                raise TypeError(f"not a session command: {command!r}")
+        finally:
+            if command.reply is not None:
+                command.reply.close()
+
+    async def _submit(self, command: SubmitMessage) -> None:
+        if self._stopping:
+            send_reply(command.reply, SubmitReply(SubmitOutcome.SESSION_BUSY))
+            return
+        if command.client_message_id is not None:
+            earlier = await self._store.find_by_client_message_id(
+                self.session_id, command.client_message_id
+            )
+            if earlier is not None:
+                send_reply(command.reply, SubmitReply(SubmitOutcome.DUPLICATE, earlier.id))
+                return
+        if self._message_count >= self._settings.max_messages_per_session:
+            send_reply(command.reply, SubmitReply(SubmitOutcome.SESSION_FULL))
+            return
+        if len(self._queue) >= self._settings.max_queued_turns:
+            send_reply(command.reply, SubmitReply(SubmitOutcome.SESSION_BUSY))
+            return
+        async with self._emit_lock:
+            await self._reserve(1)
+            seq = self._next_seq()
+            message = ChatMessage(
+                id=_new_id(),
+                session_id=self.session_id,
+                seq=seq,
+                content=command.content,
+                sender="user",
+                timestamp=_now_iso(),
+                agent_type=self._agent_type,
+                client_message_id=command.client_message_id,
+            )
+            await self._store.add_user_message(message)
+            self._message_count += 1
+            self._queue.append(_Pending(message, dict(command.context)))
+            send_reply(command.reply, SubmitReply(SubmitOutcome.ACCEPTED, message.id))
+            await self._events.send(MessageEmitted(self.session_id, seq, message))
+        self._start_worker()
+
+    def _cancel(self, reason: CancelReason) -> bool:
+        if reason is not CancelReason.STOP:
+            self._queue.clear()
+        turn = self._turn
+        if turn is None or turn.stream_over:
+            return False
+        if turn.cancel_reason is None:
+            turn.cancel_reason = reason
+        turn.scope.cancel()
+        return True
+
+    def turn_state(self, after_seq: int | None) -> TurnState:
+        """The state a (re)joining client needs: see :class:`TurnState`. Not a checkpoint."""
+        turn = self._turn
+        if turn is None or not turn.start_seq:
+            return TurnState(self._seq, False, None, ())
+        if after_seq is None:
+            events = tuple(turn.events)
+        else:
+            events = tuple(e for e in turn.events if e.seq > after_seq)
+        return TurnState(self._seq, True, (turn.message_id, turn.start_seq), events)
+
+    # -- turns --------------------------------------------------------------------------
+
+    def _start_worker(self) -> None:
+        if self._worker_running or not self._queue or self._nursery is None:
+            return
+        self._worker_running = True
+        self._nursery.start_soon(self._work)
+
+    async def _work(self) -> None:
+        try:
+            while self._queue and not self._stopping:
+                await self._run_turn(self._queue.popleft())
+        finally:
+            self._worker_running = False
+            self._last_activity = trio.current_time()
+            if self._idle_scope is not None:
+                self._idle_scope.deadline = self._idle_deadline()
+
+    async def _run_turn(self, pending: _Pending) -> None:
+        turn = _Turn(_new_id(), pending.message, pending.context)
+        self._turn = turn
+        await self._store.begin_turn(self.session_id, turn.message_id, self._agent_type, _now_iso())
+        turn.begun = True
+        await self._emit_turn_start(turn)
+        failure: tuple[ErrorCode, str] | None = None
+        with turn.scope:
+            failure = await self._stream(turn)
+        turn.stream_over = True
+        if turn.cancel_reason is not None:
+            # Asked to stop (and told so): cancelled, even if the stream ended meanwhile.
+            status, failure = MessageStatus.CANCELLED, None
+        elif turn.scope.cancelled_caught:
+            # Only its deadlines cancel the scope besides CancelTurn.
+            status, failure = MessageStatus.FAILED, (ErrorCode.AGENT_TIMEOUT, AGENT_TIMEOUT_TEXT)
+        elif failure is not None:
+            status = MessageStatus.FAILED
+        else:
+            status = MessageStatus.COMPLETE
+        await self._end_turn(turn, status, failure)
+
+    async def _stream(self, turn: _Turn) -> tuple[ErrorCode, str] | None:
+        """Relay the agent's reply; ``None`` when it completed, else the failure.
+        Runs inside the turn's scope, which carries every deadline."""
+        settings = self._settings
+        scope = turn.scope
+        turn.started_at = now = trio.current_time()
+        turn.last_saved_at = now
+        turn_deadline = now + settings.turn_timeout_s
+        scope.deadline = min(turn_deadline, now + settings.first_event_timeout_s)
+        history = await self._store.history(self.session_id, settings.history_turns)
+        request = AgentRequest(
+            agent_type=self._agent_type,
+            prompt=turn.user.content,
+            session_id=self.session_id,
+            context=turn.context,
+            history=tuple(
+                HistoryEntry("user" if m.sender == "user" else "assistant", m.content)
+                for m in history
+            ),
+        )
+        try:
+            async with self._agents.open_stream(request) as stream:
+                while True:
+                    event = await stream.receive()
+                    if isinstance(event, StreamFinished):
+                        return None
+                    if isinstance(event, ChunkReceived):
+                        # Waiting for the gateway is not the agent's silence: no gap
+                        # deadline while the chunk is relayed.
+                        scope.deadline = turn_deadline
+                        await self._emit_chunk(turn, event.content)
+                    now = trio.current_time()
+                    scope.deadline = min(turn_deadline, now + settings.gap_timeout_s)
+                    if now - turn.last_saved_at >= settings.checkpoint_interval_s:
+                        turn.last_saved_at = now
+                        await self._store.checkpoint_turn(
+                            self.session_id, turn.message_id, "".join(turn.text)
+                        )
+        except AgentsError as exc:
+            return exc.code, str(exc)
+
+    async def _end_turn(
+        self,
+        turn: _Turn,
+        status: MessageStatus,
+        failure: tuple[ErrorCode, str] | None,
+    ) -> None:
+        """Store the reply and emit the turn's end events. Resumable: a second call
+        (after a crash or a cancellation part-way) does only what is left."""
+        turn.stream_over = True
+        async with self._emit_lock:
+            if turn.final is None:
+                await self._reserve(4 if failure else 3)
+                text = "".join(turn.text)
+                events: list[SessionEvent] = []
+                if failure is not None:
+                    code, error = failure
+                    events.append(
+                        TurnFailed(self.session_id, self._next_seq(), turn.message_id, code, error)
+                    )
+                final = ChatMessage(
+                    id=turn.message_id,
+                    session_id=self.session_id,
+                    seq=self._next_seq(),
+                    content=text,
+                    sender="agent",
+                    timestamp=_now_iso(),
+                    agent_type=self._agent_type,
+                    status=status,
+                    error=None if failure is None else (failure[0].value, failure[1]),
+                )
+                events.append(MessageEmitted(self.session_id, final.seq, final))
+                events.append(
+                    StreamCompleted(self.session_id, self._next_seq(), turn.message_id, status)
+                )
+                last = self._next_seq()
+                events.append(TypingChanged(self.session_id, last, False))
+                events.append(
+                    TurnEnded(
+                        self.session_id,
+                        last,
+                        turn.message_id,
+                        status,
+                        None if failure is None else failure[0],
+                        turn.first_chunk_latency_s,
+                    )
+                )
+                turn.final, turn.end_events = final, events
+            if not turn.stored:
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + self._settings.save_timeout_s
+                    await self._store.finish_turn(turn.final)
+                if scope.cancelled_caught:
+                    logger.error(
+                        "session %s: saving reply %s took over %s s: not saved",
+                        self.session_id,
+                        turn.message_id,
+                        self._settings.save_timeout_s,
+                    )
+                turn.stored = True
+                self._message_count += 1
+            while turn.sent < len(turn.end_events):
+                event = turn.end_events[turn.sent]
+                await self._events.send(event)
+                turn.sent += 1
+                if isinstance(event, TurnFailed):
+                    self._buffer(turn, event)
+        if self._turn is turn:
+            self._turn = None
+
+    # -- emitting -----------------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    async def _reserve(self, count: int) -> None:
+        """Make sure the store's high-water mark covers the next ``count`` seqs.
+        Call with ``_emit_lock`` held."""
+        if self._seq + count > self._hwm:
+            hwm = self._seq + count + self._settings.seq_block
+            await self._store.reserve_seq(self.session_id, hwm)
+            self._hwm = hwm
+
+    async def _emit_turn_start(self, turn: _Turn) -> None:
+        async with self._emit_lock:
+            await self._reserve(1)
+            seq = self._next_seq()
+            await self._events.send(TurnStarted(self.session_id, seq, turn.message_id))
+            turn.start_seq = seq
+            await self._events.send(TypingChanged(self.session_id, seq, True))
+
+    async def _emit_chunk(self, turn: _Turn, content: str) -> None:
+        if self._emit_lock.locked() or self._seq >= self._hwm:
+            async with self._emit_lock:
+                await self._reserve(1)
+                event = ChunkStreamed(self.session_id, self._next_seq(), turn.message_id, content)
+                await self._events.send(event)
+        else:
+            # Fast path: nothing can take a seq between these two lines.
+            event = ChunkStreamed(self.session_id, self._next_seq(), turn.message_id, content)
+            await self._events.send(event)
+        if turn.first_chunk_latency_s is None:
+            turn.first_chunk_latency_s = trio.current_time() - turn.started_at
+        turn.text.append(content)
+        self._buffer(turn, event)
+
+    def _buffer(self, turn: _Turn, event: SessionEvent) -> None:
+        turn.events.append(event)
+        bound = self._settings.turn_buffer
+        if len(turn.events) <= bound:
+            return
+        # Merge neighbouring chunks in the older part and keep the newest half as it is:
+        # a rejoining client has usually missed only the last moments. A client whose
+        # last seen seq falls inside a merged chunk gets that chunk whole.
+        old = len(turn.events) - bound // 2
+        merged: list[SessionEvent] = []
+        i = 0
+        while i < old:
+            current = turn.events[i]
+            following = turn.events[i + 1] if i + 1 < old else None
+            if isinstance(current, ChunkStreamed) and isinstance(following, ChunkStreamed):
+                merged.append(current.merged(following))
+                i += 2
+            else:
+                merged.append(current)
+                i += 1
+        merged += turn.events[old:]
+        turn.events = merged
+
+
+def _only_cancelled(exc: BaseException) -> bool:
+    if isinstance(exc, trio.Cancelled):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[1] is None
+    return False

@@ -1,0 +1,217 @@
+"""Fakes shared by the actor tests: a scripted agents upstream over httpx.MockTransport,
+and helpers to run a hub and read what it emits."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from actors.chat.agents_client import AgentsClient
+from actors.chat.hub import SessionHub, open_session_hub
+from actors.chat.memory_store import MemoryStore
+from actors.chat.messages import (
+    CancelReason,
+    CancelTurn,
+    GetTurnState,
+    SessionEvent,
+    SubmitMessage,
+    SubmitReply,
+    TurnEnded,
+    TurnState,
+)
+from actors.chat.settings import HubSettings
+
+BASE_URL = "http://agents.test"
+
+
+def sse(*payloads: dict[str, Any]) -> bytes:
+    """``data:`` events, one per payload."""
+    return b"".join(f"data: {json.dumps(p)}\n\n".encode() for p in payloads)
+
+
+def chunk(text: str) -> bytes:
+    return sse({"type": "stream_chunk", "content": text})
+
+
+COMPLETE = sse({"type": "stream_complete"})
+PING = b": ping\n\n"
+
+
+class Hang:
+    """Script step: never send anything more."""
+
+
+@dataclass
+class Sleep:
+    seconds: float
+
+
+Step = bytes | Sleep | Hang | BaseException
+
+
+class ScriptedBody(httpx.AsyncByteStream):
+    """A response body that plays a script; records whether the client closed it early."""
+
+    def __init__(self, steps: Sequence[Step], on_close: Callable[[bool], None]) -> None:
+        self._steps = list(steps)
+        self._index = 0
+        self._on_close = on_close
+
+    def __aiter__(self) -> ScriptedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while self._index < len(self._steps):
+            step = self._steps[self._index]
+            self._index += 1
+            if isinstance(step, bytes):
+                await trio.lowlevel.checkpoint()
+                return step
+            if isinstance(step, Sleep):
+                await trio.sleep(step.seconds)
+            elif isinstance(step, Hang):
+                await trio.sleep_forever()
+            else:
+                raise step
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        self._on_close(self._index < len(self._steps))
+
+
+@dataclass
+class Upstream:
+    """The fake agents service. ``script(body) -> steps`` decides each reply; requests
+    and early closes (the client going away mid-reply) are recorded."""
+
+    script: Callable[[dict[str, Any]], Sequence[Step]] = lambda body: [chunk("hi"), COMPLETE]
+    status: int = 200
+    content_type: str = "text/event-stream"
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    closed_early: list[dict[str, Any]] = field(default_factory=list)
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        self.requests.append(body)
+        steps = self.script(body)
+
+        def on_close(early: bool) -> None:
+            if early:
+                self.closed_early.append(body)
+
+        return httpx.Response(
+            self.status,
+            headers={"content-type": self.content_type},
+            stream=ScriptedBody(steps, on_close),
+        )
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handle)
+
+
+@asynccontextmanager
+async def agents_over(upstream: Upstream) -> AsyncIterator[AgentsClient]:
+    async with httpx.AsyncClient(transport=upstream.transport()) as client:
+        yield AgentsClient(BASE_URL, client)
+
+
+class Recorder:
+    """Reads the hub's events channel into a list."""
+
+    def __init__(self) -> None:
+        self.events: list[SessionEvent] = []
+        self._changed = trio.Event()
+
+    async def run(self, receive: trio.MemoryReceiveChannel[SessionEvent]) -> None:
+        async for event in receive:
+            self.events.append(event)
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def wait_for(self, predicate: Callable[[list[SessionEvent]], bool]) -> None:
+        while not predicate(self.events):
+            await self._changed.wait()
+
+    async def turns_ended(self, count: int, session_id: str | None = None) -> list[TurnEnded]:
+        def ended() -> list[TurnEnded]:
+            return [
+                e
+                for e in self.events
+                if isinstance(e, TurnEnded) and session_id in (None, e.session_id)
+            ]
+
+        await self.wait_for(lambda _: len(ended()) >= count)
+        return ended()
+
+    def of(self, session_id: str) -> list[SessionEvent]:
+        return [e for e in self.events if e.session_id == session_id]
+
+    def wire(self, session_id: str) -> list[tuple[str, int]]:
+        """(event name, seq) of the session's wire events."""
+        return [(e.name, e.seq) for e in self.of(session_id) if not e.name.startswith("_")]
+
+
+@dataclass
+class Harness:
+    hub: SessionHub
+    store: MemoryStore
+    upstream: Upstream
+    recorder: Recorder
+
+    async def submit(
+        self,
+        session_id: str,
+        content: str,
+        *,
+        client_message_id: str | None = None,
+        context: dict[str, Any] | None = None,
+    ) -> SubmitReply:
+        send, receive = trio.open_memory_channel[SubmitReply](1)
+        await self.hub.deliver(
+            session_id,
+            SubmitMessage(content, context or {}, client_message_id, reply=send),
+        )
+        async with receive:
+            return await receive.receive()
+
+    async def cancel(self, session_id: str, reason: CancelReason = CancelReason.STOP) -> bool:
+        send, receive = trio.open_memory_channel[bool](1)
+        await self.hub.deliver(session_id, CancelTurn(reason, reply=send))
+        async with receive:
+            return await receive.receive()
+
+    async def turn_state(self, session_id: str, after_seq: int | None = None) -> TurnState:
+        send, receive = trio.open_memory_channel[TurnState](1)
+        await self.hub.deliver(session_id, GetTurnState(after_seq, reply=send))
+        async with receive:
+            return await receive.receive()
+
+
+@asynccontextmanager
+async def open_harness(
+    upstream: Upstream | None = None,
+    settings: HubSettings | None = None,
+    store: MemoryStore | None = None,
+    events_size: int = 1024,
+) -> AsyncIterator[Harness]:
+    upstream = upstream or Upstream()
+    store = store or MemoryStore()
+    recorder = Recorder()
+    send, receive = trio.open_memory_channel[SessionEvent](events_size)
+    async with trio.open_nursery() as nursery, agents_over(upstream) as agents:
+        nursery.start_soon(recorder.run, receive)
+        async with open_session_hub(store, agents, send, settings or HubSettings()) as hub:
+            yield Harness(hub, store, upstream, recorder)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def upstream() -> Upstream:
+    return Upstream()
