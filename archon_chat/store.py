@@ -235,13 +235,20 @@ class _Write(Generic[T]):
 
 
 def _run_batch(conn: sqlite3.Connection, batch: Sequence[_Write[Any]]) -> None:
-    """Run ``batch`` in one transaction, each write in a savepoint (worker thread)."""
+    """Run ``batch`` in one transaction, each write in a savepoint (worker thread).
+    Whatever fails, the connection is left outside any transaction."""
     try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error as exc:
+        _run_in_transaction(conn, batch)
+    except Exception as exc:  # BEGIN or a savepoint statement failed: nothing is kept
         for w in batch:
             w.error = _mapped(exc)
-        return
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+
+def _run_in_transaction(conn: sqlite3.Connection, batch: Sequence[_Write[Any]]) -> None:
+    conn.execute("BEGIN IMMEDIATE")
     for w in batch:
         conn.execute("SAVEPOINT w")
         try:
@@ -256,13 +263,7 @@ def _run_batch(conn: sqlite3.Connection, batch: Sequence[_Write[Any]]) -> None:
                 return
             conn.execute("ROLLBACK TO w")
         conn.execute("RELEASE w")
-    try:
-        conn.execute("COMMIT")
-    except sqlite3.Error as exc:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        for w in batch:
-            w.error = _mapped(exc)
+    conn.execute("COMMIT")
 
 
 class SqliteStore:

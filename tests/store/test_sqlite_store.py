@@ -18,6 +18,7 @@ import pytest
 import trio
 import trio.testing
 
+import archon_chat.store as store_module
 from actors.chat.messages import ChatMessage, MessageStatus
 from actors.chat.store import ChatStore
 from archon_chat.store import (
@@ -215,7 +216,6 @@ CRASHING_WRITER = textwrap.dedent(
 )
 
 
-@pytest.mark.slow
 async def test_a_killed_process_loses_nothing(db_path: str) -> None:
     with trio.fail_after(30):
         done = await trio.run_process(
@@ -514,6 +514,22 @@ async def test_one_failing_write_does_not_fail_its_batch(store: SqliteStore, db_
     failed = await store.get_session(sessions[101])
     assert failed is not None
     assert (failed.last_seq, failed.message_count) == (0, 0)
+
+
+async def test_a_file_locked_too_long_fails_the_write_not_the_store(
+    db_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 50)
+    with trio.fail_after(CEILING_S):
+        async with open_store(db_path, ttl_s=TTL_S) as store:
+            sid = (await store.create_session("rag", None)).session_id
+            blocker = lock_the_file(db_path)
+            with pytest.raises(StoreError, match="locked"):
+                await store.add_user_message(user_msg(sid, 1))
+            blocker.execute("COMMIT")
+            blocker.close()
+            await store.add_user_message(user_msg(sid, 2))
+            assert [m.seq for m in await store.session_messages(sid)] == [2]
 
 
 async def test_closing_finishes_writes_already_called(db_path: str) -> None:
