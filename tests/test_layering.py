@@ -50,10 +50,12 @@ def top(module: str) -> str:
 def test_protocol_imports_only_stdlib_and_codecs() -> None:
     bad = []
     for path in files("archon_chat.protocol"):
-        for line, module, _ in imports_of(path):
+        for line, module, names in imports_of(path):
             if module.startswith("archon_chat.protocol") or module == "__future__":
                 continue
             if module in CODECS or top(module) in sys.stdlib_module_names:
+                continue
+            if names and {f"{module}.{name}" for name in names} <= CODECS:
                 continue
             bad.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
     assert not bad, "\n".join(bad)
