@@ -1,0 +1,58 @@
+"""Settings of the Socket.IO server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from archon_chat.config import Settings
+
+__all__ = ["ServerOptions"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    """Bounds and timings; durations in seconds, sizes in bytes or events.
+
+    ``outbox_size``: events queued for one connected socket before it is cut as a slow
+    client. ``recovery_buffer``: events kept for an opted-in socket to replay after a drop
+    (and the most a disconnected one may gather during ``grace_s``). ``inbox_size``: events
+    of one socket waiting for its handler before we stop reading from its transport.
+    ``cors_origins``: origins allowed besides the request's own; ``"*"`` allows any.
+    """
+
+    ping_interval_s: float = 25.0
+    ping_timeout_s: float = 60.0
+    max_http_buffer_size: int = 1_000_000
+    outbox_size: int = 1024
+    recovery_buffer: int = 2048
+    grace_s: float = 30.0
+    max_attachments: int = 10
+    cors_origins: tuple[str, ...] = ()
+    inbox_size: int = 64
+    upgrade_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("ping_interval_s", "ping_timeout_s", "upgrade_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+        for name in ("max_http_buffer_size", "outbox_size", "recovery_buffer", "inbox_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.grace_s < 0 or self.max_attachments < 0:
+            raise ValueError("grace_s and max_attachments must not be negative")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ServerOptions:
+        """The options :class:`~archon_chat.config.Settings` describe."""
+        return cls(
+            ping_interval_s=settings.ping_interval_s,
+            ping_timeout_s=settings.ping_timeout_s,
+            max_http_buffer_size=settings.max_http_buffer_size,
+            outbox_size=settings.outbox_size,
+            recovery_buffer=settings.recovery_buffer,
+            grace_s=settings.grace_s,
+            max_attachments=settings.max_attachments,
+            cors_origins=settings.cors_origins,
+        )

@@ -1,0 +1,567 @@
+"""The Socket.IO server on trio: handlers, rooms, emit, acks, connection state recovery.
+
+Handlers run in the server's own nursery (:meth:`SocketIOServer.serve`), one dispatcher task
+per socket while it has work, so the events of one socket are handled in order, one at a
+time. Emitting never blocks on a client: the event goes into each target socket's bounded
+outbox, encoded once for all of them; a connected socket whose outbox overflows is cut as a
+slow client (``"slow client"``) and, if it opted in to recovery, may resume.
+
+Disconnect handlers run exactly once per sid, when the sid ceases to exist: at once for a
+plain socket; for one that opted in to recovery (``auth: {"recover": true}``), when its grace
+period ends without a recovery. A recovered socket keeps its sid and rooms, and its connect
+handler runs again with ``info.recovered`` set.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import secrets
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
+
+import trio
+
+from archon_chat.protocol.engineio import EngineConfig, EngineSession, Transport
+from archon_chat.protocol.errors import UnknownSid
+from archon_chat.protocol.socketio import (
+    ack_frames,
+    connect_error_frame,
+    connect_frame,
+    disconnect_frame,
+    event_frames,
+)
+from archon_chat.transports.engineio_asgi import EngineIOApp, RequestInfo
+
+from .connection import (
+    Connection,
+    ConnectJob,
+    DisconnectJob,
+    EventJob,
+    Job,
+    PendingCall,
+    Socket,
+    SocketState,
+)
+from .errors import CallTimeout, ConnectRefused, NotConnected
+from .options import ServerOptions
+from .outgoing import Outgoing, Packet, event_args
+from .rooms import Rooms
+from .timers import TimerWheel
+
+__all__ = ["ConnectInfo", "OutboxMerger", "SocketIOServer"]
+
+log = logging.getLogger("archon_chat.sio")
+
+Handler = Callable[..., Awaitable[Any]]
+H = TypeVar("H", bound=Handler)
+OutboxMerger = Callable[[Outgoing, Outgoing], Outgoing | None]
+
+# Transport losses after which an opted-in socket waits for its client to recover it.
+RECOVERABLE: Final = frozenset(
+    {"transport close", "transport error", "ping timeout", "slow client", "forced server close"}
+)
+_RESERVED: Final = frozenset({"connect", "disconnect"})
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectInfo:
+    """What a connect handler knows about the client."""
+
+    transport: str
+    headers: Mapping[str, str]
+    remote_addr: str | None
+    query: Mapping[str, str]
+    recovered: bool = False
+    namespace: str = "/"
+
+
+@dataclass(slots=True)
+class _Registered:
+    fn: Handler
+    min_args: int
+    max_args: float
+    by_name: dict[str, bool] = field(default_factory=dict)
+
+
+def _arity(fn: Handler) -> tuple[int, float]:
+    """How many positional arguments ``fn`` takes (``sid`` included)."""
+    low = 0
+    high: float = 0
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            high += 1
+            if p.default is p.empty:
+                low += 1
+        elif p.kind is p.VAR_POSITIONAL:
+            high = math.inf
+    return low, high
+
+
+def _new_id() -> str:
+    return secrets.token_urlsafe(16)
+
+
+class SocketIOServer:
+    """Engine.IO v4 / Socket.IO v5 server; see the module docstring."""
+
+    def __init__(self, options: ServerOptions | None = None) -> None:
+        self.options = options or ServerOptions()
+        self.engine_config = EngineConfig(
+            ping_interval_s=self.options.ping_interval_s,
+            ping_timeout_s=self.options.ping_timeout_s,
+            max_payload=self.options.max_http_buffer_size,
+            upgrade_timeout_s=self.options.upgrade_timeout_s,
+        )
+        self._handlers: dict[str, dict[str, _Registered]] = {"/": {}}
+        self._conns: dict[str, Connection] = {}
+        self._sockets: dict[str, Socket] = {}
+        self._by_pid: dict[str, Socket] = {}
+        self._rooms = Rooms()
+        self._timers = TimerWheel()
+        self._nursery: trio.Nursery | None = None
+        self._merger: OutboxMerger | None = None
+        self._offset = 0
+        self._counters: Counter[str] = Counter()
+        self._asgi: EngineIOApp | None = None
+
+    # -- registration ----------------------------------------------------------------------
+
+    def on(
+        self, event: str, handler: H | None = None, *, namespace: str = "/"
+    ) -> Callable[[H], H] | H:
+        """Register ``handler`` for ``event`` in ``namespace`` (also usable as a decorator).
+
+        ``connect(sid, info, auth)`` may raise :class:`ConnectRefused`;
+        ``disconnect(sid, reason)``; any other event: ``handler(sid, *args)``, its return
+        value being the acknowledgement (``None``: no arguments, a tuple: several).
+        Registering anything in a namespace makes the namespace exist.
+        """
+
+        def register(fn: H) -> H:
+            low, high = _arity(fn)
+            self._handlers.setdefault(namespace, {})[event] = _Registered(fn, low, high)
+            return fn
+
+        if handler is not None:
+            return register(handler)
+        return register
+
+    def register_namespace(self, namespace: str) -> None:
+        """Let clients connect to ``namespace`` even without handlers."""
+        if not namespace.startswith("/"):
+            raise ValueError("a namespace starts with /")
+        self._handlers.setdefault(namespace, {})
+
+    def set_outbox_merger(self, merger: OutboxMerger | None) -> None:
+        """Install ``merger(prev, new) -> Outgoing | None``.
+
+        Called when ``new`` is queued for a socket whose outbox tail ``prev`` is an event not
+        yet sent; a returned ``Outgoing`` replaces ``prev`` (``new`` is then not queued). It
+        must not modify ``prev`` or ``new``, which other sockets may share.
+        """
+        self._merger = merger
+
+    @property
+    def asgi(self) -> EngineIOApp:
+        """The raw ASGI application serving ``/socket.io/`` (http and websocket scopes)."""
+        if self._asgi is None:
+            self._asgi = EngineIOApp(self)
+        return self._asgi
+
+    # -- lifetime --------------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run heartbeats and handlers until cancelled; cancelling closes every connection."""
+        if self._nursery is not None:
+            raise RuntimeError("this server is already serving")
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._timers.run)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            for conn in list(self._conns.values()):
+                conn.close("server shutting down")
+            for sock in list(self._sockets.values()):
+                self._remove_socket(sock, "server shutting down")
+
+    @property
+    def serving(self) -> bool:
+        return self._nursery is not None
+
+    # -- the application API ---------------------------------------------------------------
+
+    def emit_nowait(
+        self,
+        event: str,
+        data: Any = None,
+        to: str | Iterable[str] | None = None,
+        room: str | Iterable[str] | None = None,
+        skip_sid: str | Iterable[str] | None = None,
+        namespace: str = "/",
+    ) -> None:
+        """Queue ``event`` for every socket of ``to``/``room`` (a sid or room, or several;
+        ``None``: the whole namespace), except ``skip_sid``. Never blocks, no checkpoint.
+
+        Raises ``TypeError``/``ValueError`` if ``data`` is not JSON serialisable (bytes are
+        fine: they travel as binary attachments).
+        """
+        if event in _RESERVED:
+            raise ValueError(f"{event!r} is a reserved event name")
+        item = Outgoing(event, data, namespace)
+        item.frames()
+        self._offset += 1
+        item._offset = self._offset
+        target = to if to is not None else room
+        skip: frozenset[str] = (
+            frozenset()
+            if skip_sid is None
+            else frozenset((skip_sid,) if isinstance(skip_sid, str) else skip_sid)
+        )
+        sockets = self._sockets
+        for sid in self._rooms.targets(namespace, target, skip):
+            sock = sockets.get(sid)
+            if sock is not None:
+                sock.push(item)
+
+    async def emit(
+        self,
+        event: str,
+        data: Any = None,
+        to: str | Iterable[str] | None = None,
+        room: str | Iterable[str] | None = None,
+        skip_sid: str | Iterable[str] | None = None,
+        namespace: str = "/",
+    ) -> None:
+        """:meth:`emit_nowait`, then a checkpoint."""
+        self.emit_nowait(event, data, to=to, room=room, skip_sid=skip_sid, namespace=namespace)
+        await trio.lowlevel.checkpoint()
+
+    async def call(
+        self,
+        event: str,
+        data: Any = None,
+        *,
+        to: str,
+        timeout: float = 5.0,  # noqa: ASYNC109 (python-socketio's signature, kept on purpose)
+        namespace: str = "/",
+    ) -> Any:
+        """Emit ``event`` to the socket ``to`` and wait for its acknowledgement.
+
+        Returns the client's single ack argument, a tuple of several, or ``None``. Raises
+        :class:`NotConnected` if the socket is not connected or goes away first, and
+        :class:`CallTimeout` after ``timeout`` seconds.
+        """
+        sock = self._sockets.get(to)
+        if sock is None or sock.namespace != namespace or sock.state is not SocketState.CONNECTED:
+            raise NotConnected(to)
+        ack_id = sock.next_ack_id()
+        frames = event_frames(namespace, event, event_args(data), ack_id)
+        pending = PendingCall()
+        if sock.calls is None:
+            sock.calls = {}
+        sock.calls[ack_id] = pending
+        sock.push(Packet(frames))
+        with trio.move_on_after(timeout):
+            await pending.done.wait()
+        if sock.calls is not None:
+            sock.calls.pop(ack_id, None)
+        if pending.failed:
+            raise NotConnected(to)
+        if not pending.done.is_set():
+            raise CallTimeout(f"no acknowledgement of {event!r} from {to} in {timeout} s")
+        result = pending.result
+        if not result:
+            return None
+        return result[0] if len(result) == 1 else result
+
+    def enter_room(self, sid: str, room: str, namespace: str = "/") -> None:
+        """Add ``sid`` to ``room``. Raises :class:`NotConnected` for an unknown sid."""
+        sock = self._sockets.get(sid)
+        if sock is None or sock.namespace != namespace:
+            raise NotConnected(sid)
+        self._rooms.join(namespace, room, sid)
+
+    def leave_room(self, sid: str, room: str, namespace: str = "/") -> None:
+        """Remove ``sid`` from ``room`` (nothing happens if it is not a member)."""
+        self._rooms.leave(namespace, room, sid)
+
+    def rooms(self, sid: str, namespace: str = "/") -> set[str]:
+        """The rooms of ``sid``, its own room (named ``sid``) included."""
+        sock = self._sockets.get(sid)
+        if sock is None or sock.namespace != namespace:
+            return set()
+        return set(self._rooms.rooms_of(sid))
+
+    def room_members(self, room: str, namespace: str = "/") -> set[str]:
+        """The sids in ``room``, including sockets waiting to be recovered."""
+        return set(self._rooms.members(namespace, room))
+
+    async def disconnect(self, sid: str, namespace: str = "/") -> None:
+        """Disconnect ``sid`` from ``namespace`` (the client is told; it will not recover)."""
+        sock = self._sockets.get(sid)
+        if sock is not None and sock.namespace == namespace:
+            conn = sock.conn
+            if conn is not None and sock.state is SocketState.CONNECTED:
+                conn.flush_socket(sock)
+                conn.send_now([disconnect_frame(namespace)])
+            self._remove_socket(sock, "server namespace disconnect")
+            if conn is not None and not conn.sockets:
+                conn.close("server namespace disconnect")
+        await trio.lowlevel.checkpoint()
+
+    def stats(self) -> dict[str, int]:
+        """Counters for metrics: sockets by state, connections, merges, cuts, recoveries,
+        Socket.IO packets in and out."""
+        states = Counter(sock.state for sock in self._sockets.values())
+        return {
+            "connected_sockets": states[SocketState.CONNECTED],
+            "recoverable_sockets": states[SocketState.GHOST],
+            "engine_connections": len(self._conns),
+            "merges": self._counters["merges"],
+            "slow_client_disconnects": self._counters["slow_client_disconnects"],
+            "recoveries": self._counters["recoveries"],
+            "recovery_misses": self._counters["recovery_misses"],
+            "packets_in": self._counters["packets_in"],
+            "packets_out": self._counters["packets_out"],
+            "handler_errors": self._counters["handler_errors"],
+        }
+
+    # -- what the transports call ----------------------------------------------------------
+
+    @property
+    def max_http_buffer_size(self) -> int:
+        return self.options.max_http_buffer_size
+
+    def origin_allowed(self, origin: str | None, own_origin: str | None) -> bool:
+        """The request's own origin is always allowed; others only if configured."""
+        if origin is None:
+            return True
+        origin = origin.rstrip("/").lower()
+        allowed = self.options.cors_origins
+        if "*" in allowed or (own_origin is not None and origin == own_origin.lower()):
+            return True
+        return any(origin == o.lower() for o in allowed)
+
+    def open_connection(self, transport: Transport, info: RequestInfo) -> Connection:
+        """A new Engine.IO session (the handshake)."""
+        eio = EngineSession(_new_id(), self.engine_config, transport, trio.current_time())
+        conn = Connection(self, eio, info)
+        self._conns[conn.sid] = conn
+        self._timers.schedule(conn)
+        return conn
+
+    def get_connection(self, sid: str) -> Connection:
+        """Raises :class:`UnknownSid` for a sid that does not exist (any more)."""
+        conn = self._conns.get(sid)
+        if conn is None:
+            raise UnknownSid(sid[:64])
+        return conn
+
+    # -- internals, called by connections and sockets --------------------------------------
+
+    def _connect_requested(self, conn: Connection, namespace: str, auth: Any) -> None:
+        if namespace not in self._handlers:
+            conn.sio.forget(namespace)
+            conn.send_now([connect_error_frame(namespace, {"message": "Invalid namespace"})])
+            return
+        handler_auth = auth
+        opted_in = False
+        if isinstance(auth, dict):
+            opted_in = auth.get("recover") is True
+            if "pid" in auth or "offset" in auth:
+                handler_auth = {k: v for k, v in auth.items() if k not in ("pid", "offset")}
+                pid = auth.get("pid")
+                old = self._by_pid.get(pid) if isinstance(pid, str) else None
+                if old is not None and old.namespace == namespace:
+                    resume_from = old.resume_offset(auth.get("offset"))
+                    if resume_from is not None:
+                        self._resume(old, conn, handler_auth, resume_from)
+                        return
+                    self._remove_socket(old, old.lost_reason or "transport close")
+                self._counters["recovery_misses"] += 1
+        sock = Socket(self, _new_id(), namespace, conn, self._offset)
+        if opted_in:
+            sock.pid = _new_id()
+            sock.log = deque()
+            self._by_pid[sock.pid] = sock
+        self._sockets[sock.sid] = sock
+        self._rooms.add_socket(namespace, sock.sid)
+        conn.sockets[namespace] = sock
+        sock.enqueue(ConnectJob(handler_auth, None))
+
+    def _resume(self, sock: Socket, conn: Connection, auth: Any, offset: int) -> None:
+        old_conn = sock.conn
+        if old_conn is not None:
+            # The ping-timeout race: the client is back before we noticed it had gone.
+            # The socket moves over; its old transport closes without it.
+            old_conn.flush_socket(sock)
+            del old_conn.sockets[sock.namespace]
+            old_conn.sio.forget(sock.namespace)
+            if not old_conn.sockets:
+                old_conn.cut("transport close")
+        sock.conn = conn
+        sock.state = SocketState.CONNECTING
+        sock.held = True
+        sock.ghost_deadline = None
+        conn.sockets[sock.namespace] = sock
+        sock.enqueue(ConnectJob(auth, offset))
+
+    async def _run_job(self, sock: Socket, job: Job) -> None:
+        if isinstance(job, EventJob):
+            await self._run_event(sock, job)
+        elif isinstance(job, ConnectJob):
+            await self._run_connect(sock, job)
+        else:
+            await self._run_disconnect(sock, job.reason)
+
+    async def _run_connect(self, sock: Socket, job: ConnectJob) -> None:
+        conn = sock.conn
+        if conn is None or sock.state is not SocketState.CONNECTING:
+            return
+        registered = self._handlers.get(sock.namespace, {}).get("connect")
+        refusal: dict[str, Any] | None = None
+        if registered is not None:
+            info = ConnectInfo(
+                transport=conn.eio.transport.value,
+                headers=conn.info.headers,
+                remote_addr=conn.info.remote_addr,
+                query=conn.info.query,
+                recovered=job.resume_from is not None,
+                namespace=sock.namespace,
+            )
+            args: tuple[Any, ...] = (sock.sid, info, job.auth)[: int(min(3, registered.max_args))]
+            try:
+                await registered.fn(*args)
+            except ConnectRefused as exc:
+                refusal = exc.data
+            except Exception:
+                self._counters["handler_errors"] += 1
+                log.exception("connect handler failed (sid %s)", sock.sid)
+                refusal = {"message": "Connection refused"}
+        if sock.gone:
+            if refusal is None and not sock.accepted:
+                # The transport went away while we decided: the app saw a connect, so it
+                # sees the matching disconnect.
+                sock.accepted = True
+                await self._run_disconnect(sock, sock.lost_reason or "transport close")
+            return
+        conn = sock.conn
+        if sock.state is not SocketState.CONNECTING or conn is None:
+            return
+        if refusal is not None:
+            conn.sio.forget(sock.namespace)
+            conn.send_now([connect_error_frame(sock.namespace, refusal)])
+            self._remove_socket(sock, "server namespace disconnect")
+            return
+        reply: dict[str, Any] = {"sid": sock.sid}
+        if sock.pid is not None:
+            resume = job.resume_from
+            reply["pid"] = sock.pid
+            reply["offset"] = format(sock.initial_offset if resume is None else resume, "x")
+            if resume is not None:
+                sock.outbox.extendleft(reversed(sock.take_replay(resume)))
+                self._counters["recoveries"] += 1
+        sock.outbox.appendleft(Packet((connect_frame(sock.namespace, reply),)))
+        conn.sio.accept(sock.namespace)
+        sock.state = SocketState.CONNECTED
+        sock.accepted = True
+        sock.held = False
+        conn.wake()
+
+    async def _run_event(self, sock: Socket, job: EventJob) -> None:
+        registered = self._handlers.get(sock.namespace, {}).get(job.event)
+        if registered is None or job.event in _RESERVED:
+            return
+        nargs = 1 + len(job.args)
+        if not registered.min_args <= nargs <= registered.max_args:
+            log.warning(
+                "event %r from sid %s: %d arguments, the handler takes %d to %s",
+                job.event,
+                sock.sid,
+                len(job.args),
+                registered.min_args - 1,
+                registered.max_args - 1,
+            )
+            return
+        try:
+            result = await registered.fn(sock.sid, *job.args)
+        except Exception:
+            self._counters["handler_errors"] += 1
+            log.exception("handler for %r failed (sid %s)", job.event, sock.sid)
+            return
+        if job.ack_id is not None and sock.state is SocketState.CONNECTED:
+            sock.push(Packet(ack_frames(sock.namespace, job.ack_id, event_args(result))))
+
+    async def _run_disconnect(self, sock: Socket, reason: str) -> None:
+        registered = self._handlers.get(sock.namespace, {}).get("disconnect")
+        if registered is None:
+            return
+        args: tuple[Any, ...] = (sock.sid, reason)[: int(min(2, registered.max_args))]
+        try:
+            await registered.fn(*args)
+        except Exception:
+            self._counters["handler_errors"] += 1
+            log.exception("disconnect handler failed (sid %s)", sock.sid)
+
+    def _connection_closed(self, conn: Connection, reason: str) -> None:
+        if self._conns.get(conn.sid) is conn:
+            del self._conns[conn.sid]
+        for sock in list(conn.sockets.values()):
+            self._socket_lost(sock, reason)
+        conn.sockets.clear()
+
+    def _socket_lost(self, sock: Socket, reason: str) -> None:
+        if (
+            sock.pid is not None
+            and sock.accepted
+            and self.options.grace_s > 0
+            and reason in RECOVERABLE
+            and self._nursery is not None
+            and sock.state in (SocketState.CONNECTED, SocketState.CONNECTING)
+        ):
+            if sock.conn is not None:
+                sock.conn.sio.forget(sock.namespace)
+            sock.conn = None
+            sock.state = SocketState.GHOST
+            sock.lost_reason = reason
+            sock.ghost_deadline = trio.current_time() + self.options.grace_s
+            sock.fail_calls()
+            self._timers.schedule(sock)
+            return
+        self._remove_socket(sock, reason)
+
+    def _remove_socket(self, sock: Socket, reason: str) -> None:
+        if sock.state is SocketState.GONE:
+            return
+        sock.state = SocketState.GONE
+        sock.lost_reason = reason
+        self._rooms.remove_socket(sock.namespace, sock.sid)
+        self._sockets.pop(sock.sid, None)
+        if sock.pid is not None:
+            self._by_pid.pop(sock.pid, None)
+        conn = sock.conn
+        if conn is not None:
+            if conn.sockets.get(sock.namespace) is sock:
+                del conn.sockets[sock.namespace]
+            conn.sio.forget(sock.namespace)
+        sock.conn = None
+        sock.outbox.clear()
+        sock.log = None
+        sock.fail_calls()
+        if sock.accepted:
+            sock.enqueue(DisconnectJob(reason))
+
+    def _outbox_overflow(self, sock: Socket) -> None:
+        if sock.state is SocketState.CONNECTED and sock.conn is not None:
+            self._counters["slow_client_disconnects"] += 1
+            log.info("sid %s cannot keep up: %d events queued", sock.sid, len(sock.outbox))
+            sock.conn.cut("slow client")
+        else:
+            self._remove_socket(sock, sock.lost_reason or "slow client")

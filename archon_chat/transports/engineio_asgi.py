@@ -1,0 +1,407 @@
+"""The raw ASGI application serving Engine.IO: long-polling (http) and websocket scopes.
+
+Raw ASGI rather than quart because a websocket costs a third less memory this way
+(design.md section 6). Everything protocol-related is decided by the sans-IO core; this
+module only moves bytes between ASGI messages and a connection of the :class:`EngineHub`:
+
+- ``GET`` without ``sid``: handshake; ``GET`` with ``sid``: long poll (abandoned if the
+  client hangs up); ``POST``: packets from the client; ``OPTIONS``: CORS preflight.
+- websocket without ``sid``: a websocket-only session; with ``sid``: the upgrade probe of a
+  polling session, then the same loop. Each websocket has one reader (this task) and one
+  writer task, which owns every send.
+- Refusals are Engine.IO's JSON ``{"code": N, "message": "..."}`` with the status hint of
+  the :class:`~archon_chat.protocol.errors.ProtocolError`; a websocket handshake is refused
+  the same way through the ``websocket.http.response`` extension where the server has it.
+  Each refusal is logged once, at INFO.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+
+from archon_chat.protocol.codecs import Frame
+from archon_chat.protocol.engineio import Transport, parse_request
+from archon_chat.protocol.errors import (
+    BadRequest,
+    Forbidden,
+    PayloadTooLarge,
+    ProtocolError,
+)
+
+__all__ = ["EngineConnection", "EngineHub", "EngineIOApp", "RequestInfo"]
+
+log = logging.getLogger("archon_chat.transports.engineio")
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_TEXT = b"text/plain; charset=UTF-8"
+_JSON = b"application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """What the handshake request tells about the client."""
+
+    headers: dict[str, str]
+    query: dict[str, str]
+    remote_addr: str | None
+
+
+class EngineConnection(Protocol):
+    """One Engine.IO session, as the transports drive it."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def upgraded(self) -> bool: ...
+
+    ws_scope: trio.CancelScope | None
+
+    def take_handshake(self) -> bytes: ...
+
+    async def poll(self) -> bytes: ...
+
+    async def receive_payload(self, body: bytes) -> None: ...
+
+    async def receive_frame(self, frame: Frame) -> None: ...
+
+    async def next_frames(self) -> list[Frame] | None: ...
+
+    def fault(self, exc: ProtocolError) -> None: ...
+
+    def transport_lost(self, reason: str = ...) -> None: ...
+
+    def begin_upgrade(self) -> None: ...
+
+    def open_probe(self) -> trio.CancelScope: ...
+
+    def take_probe_frames(self) -> list[Frame]: ...
+
+    def receive_probe_frame(self, frame: Frame) -> None: ...
+
+    def abort_upgrade(self) -> None: ...
+
+
+class EngineHub(Protocol):
+    """The server the transports hand sessions to."""
+
+    @property
+    def serving(self) -> bool: ...
+
+    @property
+    def max_http_buffer_size(self) -> int: ...
+
+    def origin_allowed(self, origin: str | None, own_origin: str | None) -> bool: ...
+
+    def open_connection(self, transport: Transport, info: RequestInfo) -> EngineConnection: ...
+
+    def get_connection(self, sid: str) -> EngineConnection: ...
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for raw_name, raw_value in scope.get("headers", ()):
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
+        out[name] = f"{out[name]}, {value}" if name in out else value
+    return out
+
+
+def _own_origin(scope: Scope, headers: dict[str, str]) -> str | None:
+    scheme = {"ws": "http", "wss": "https"}.get(scope.get("scheme", "http"), scope.get("scheme"))
+    host = headers.get("host")
+    if host is None:
+        server = scope.get("server")
+        if not server:
+            return None
+        host = f"{server[0]}:{server[1]}"
+    return f"{scheme}://{host}"
+
+
+def _info(scope: Scope, headers: dict[str, str], query: dict[str, str]) -> RequestInfo:
+    client = scope.get("client")
+    return RequestInfo(headers=headers, query=query, remote_addr=client[0] if client else None)
+
+
+class _NotServing(ProtocolError):
+    status_hint = 503
+    message = "Server not ready"
+    close_code = 1013
+
+
+class EngineIOApp:
+    """ASGI app (http, websocket, lifespan scopes) for the Engine.IO endpoint of ``hub``."""
+
+    def __init__(self, hub: EngineHub) -> None:
+        self.hub = hub
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await self._websocket(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    @staticmethod
+    async def _lifespan(receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- long-polling ----------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = _headers(scope)
+        method = scope["method"]
+        origin = headers.get("origin")
+        cors: list[tuple[bytes, bytes]] = []
+        if origin is not None:
+            if not self.hub.origin_allowed(origin, _own_origin(scope, headers)):
+                await self._refuse(send, Forbidden(f"origin {origin[:100]!r}"), [])
+                return
+            cors = [
+                (b"access-control-allow-origin", origin.encode("latin-1")),
+                (b"access-control-allow-credentials", b"true"),
+                (b"vary", b"Origin"),
+            ]
+        if method == "OPTIONS":
+            await self._preflight(send, headers, cors)
+            return
+        try:
+            if not self.hub.serving:
+                raise _NotServing("not serving")
+            req = parse_request(method, scope.get("query_string", b""), websocket=False)
+            if req.sid is None:
+                conn = self.hub.open_connection(Transport.POLLING, _info(scope, headers, req.query))
+                body = conn.take_handshake()
+            elif method == "GET":
+                polled = await self._long_poll(self.hub.get_connection(req.sid), receive)
+                if polled is None:
+                    return
+                body = polled
+            else:
+                conn = self.hub.get_connection(req.sid)
+                data = await self._read_body(conn, headers, receive)
+                if data is None:
+                    return
+                await conn.receive_payload(data)
+                body = b"ok"
+        except ProtocolError as exc:
+            await self._refuse(send, exc, cors)
+            return
+        await _respond(send, 200, body, _TEXT, cors)
+
+    async def _long_poll(self, conn: EngineConnection, receive: Receive) -> bytes | None:
+        body: bytes | None = None
+        error: ProtocolError | None = None
+        async with trio.open_nursery() as nursery:
+
+            async def watch_disconnect() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch_disconnect)
+            try:
+                body = await conn.poll()
+            except ProtocolError as exc:
+                error = exc
+            nursery.cancel_scope.cancel()
+        if error is not None:
+            raise error
+        return body
+
+    async def _read_body(
+        self, conn: EngineConnection, headers: dict[str, str], receive: Receive
+    ) -> bytes | None:
+        limit = self.hub.max_http_buffer_size
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            exc = PayloadTooLarge(f"content-length {declared}")
+            conn.fault(exc)
+            raise exc
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                exc = PayloadTooLarge(f"more than {limit} bytes")
+                conn.fault(exc)
+                raise exc
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    @staticmethod
+    async def _preflight(
+        send: Send, headers: dict[str, str], cors: list[tuple[bytes, bytes]]
+    ) -> None:
+        extra = [
+            *cors,
+            (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+            (b"access-control-max-age", b"86400"),
+        ]
+        requested = headers.get("access-control-request-headers")
+        if requested:
+            extra.append((b"access-control-allow-headers", requested.encode("latin-1")))
+        await send({"type": "http.response.start", "status": 204, "headers": extra})
+        await send({"type": "http.response.body", "body": b""})
+
+    @staticmethod
+    async def _refuse(send: Send, exc: ProtocolError, cors: list[tuple[bytes, bytes]]) -> None:
+        log.info("refused: %s (%s)", exc.message, exc.detail)
+        body = json.dumps(exc.body()).encode()
+        await _respond(send, exc.status_hint, body, _JSON, cors)
+
+    # -- websocket -------------------------------------------------------------------------
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (await receive())["type"] != "websocket.connect":
+            return
+        headers = _headers(scope)
+        try:
+            origin = headers.get("origin")
+            if not self.hub.origin_allowed(origin, _own_origin(scope, headers)):
+                raise Forbidden(f"origin {(origin or '')[:100]!r}")
+            if not self.hub.serving:
+                raise _NotServing("not serving")
+            req = parse_request("GET", scope.get("query_string", b""), websocket=True)
+            if req.sid is None:
+                conn = self.hub.open_connection(
+                    Transport.WEBSOCKET, _info(scope, headers, req.query)
+                )
+            else:
+                conn = self.hub.get_connection(req.sid)
+                conn.begin_upgrade()
+        except ProtocolError as exc:
+            await self._refuse_websocket(scope, send, exc)
+            return
+        await send({"type": "websocket.accept"})
+        if req.sid is not None and not await self._probe(conn, receive, send):
+            await send({"type": "websocket.close", "code": 1000})
+            return
+        await self._run(conn, receive, send)
+
+    @staticmethod
+    async def _refuse_websocket(scope: Scope, send: Send, exc: ProtocolError) -> None:
+        log.info("refused websocket: %s (%s)", exc.message, exc.detail)
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            await send({"type": "websocket.close", "code": exc.close_code})
+            return
+        body = json.dumps(exc.body()).encode()
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": exc.status_hint,
+                "headers": [
+                    (b"content-type", _JSON),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": body})
+
+    @staticmethod
+    async def _probe(conn: EngineConnection, receive: Receive, send: Send) -> bool:
+        """Run the upgrade probe; True once the websocket carries the session."""
+        with conn.open_probe():
+            while not conn.upgraded:
+                for frame in conn.take_probe_frames():
+                    await _send_frame(send, frame)
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    conn.abort_upgrade()
+                    return False
+                if message["type"] != "websocket.receive":
+                    continue
+                try:
+                    conn.receive_probe_frame(_frame_of(message))
+                except ProtocolError as exc:
+                    log.info("upgrade refused: %s", exc.detail)
+                    conn.abort_upgrade()
+                    return False
+            return True
+        return False
+
+    @staticmethod
+    async def _run(conn: EngineConnection, receive: Receive, send: Send) -> None:
+        close_code = 1000
+
+        async def writer(scope: trio.CancelScope) -> None:
+            while (frames := await conn.next_frames()) is not None:
+                for frame in frames:
+                    await _send_frame(send, frame)
+            await send({"type": "websocket.close", "code": close_code})
+            scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            conn.ws_scope = nursery.cancel_scope
+            nursery.start_soon(writer, nursery.cancel_scope)
+            try:
+                while True:
+                    message = await receive()
+                    kind = message["type"]
+                    if kind == "websocket.disconnect":
+                        conn.transport_lost("transport close")
+                        break
+                    if kind != "websocket.receive":
+                        continue
+                    try:
+                        await conn.receive_frame(_frame_of(message))
+                    except ProtocolError as exc:
+                        close_code = exc.close_code
+                        break
+            finally:
+                conn.ws_scope = None
+                if not conn.closed:
+                    conn.transport_lost("transport error")
+
+
+def _frame_of(message: Message) -> Frame:
+    text = message.get("text")
+    if text is not None:
+        return str(text)
+    raw = message.get("bytes")
+    if raw is None:
+        raise BadRequest("websocket message without data")
+    return bytes(raw)
+
+
+async def _send_frame(send: Send, frame: Frame) -> None:
+    if isinstance(frame, str):
+        await send({"type": "websocket.send", "text": frame})
+    else:
+        await send({"type": "websocket.send", "bytes": frame})
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, content_type: bytes, extra: list[tuple[bytes, bytes]]
+) -> None:
+    headers = [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
