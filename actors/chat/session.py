@@ -270,22 +270,33 @@ class SessionActor:
     async def _serve(self) -> None:
         """The main loop; returns when idle past the passivation delay or stopped."""
         while True:
-            command: Command | None = None
-            with trio.CancelScope() as idle_scope:
-                # Only the wait is bounded by the idle deadline, never handling a command.
-                self._idle_scope = idle_scope
-                idle_scope.deadline = self._idle_deadline()
-                try:
-                    command = await self.mailbox.receive()
-                except MailboxClosed:
-                    return
-                finally:
-                    self._idle_scope = None
+            try:
+                command = await self._next_command()
+            except MailboxClosed:
+                return
             if command is not None:
                 await self._handle(command)
                 self._last_activity = trio.current_time()
             elif not self.busy and trio.current_time() >= self._idle_deadline():
                 return
+
+    async def _next_command(self) -> Command | None:
+        """The next command, or ``None`` at the idle deadline (which the worker moves
+        when it finishes). Raises :class:`MailboxClosed` once closed and drained."""
+        try:
+            # Queued commands first: past the idle deadline a wait would be cancelled
+            # before it could take them.
+            return self.mailbox.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        with trio.CancelScope() as idle_scope:
+            self._idle_scope = idle_scope
+            idle_scope.deadline = self._idle_deadline()
+            try:
+                return await self.mailbox.receive()
+            finally:
+                self._idle_scope = None
+        return None
 
     def _idle_deadline(self) -> float:
         if self.busy:

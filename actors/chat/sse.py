@@ -89,7 +89,7 @@ class SSEDecoder:
             self._line(buffer[pos : match.start()], out)
             pos = match.end()
         self._buffer = buffer[pos:]
-        if pos and buffer[pos - 1] == "\r":
+        if pos == len(buffer) and buffer.endswith("\r"):
             self._pending_cr = True
         if len(self._buffer) > self._max_chars:
             raise SSEDecodeError(f"event stream line longer than {self._max_chars} characters")

@@ -281,6 +281,7 @@ class Supervisor:
         if handle is None:
             raise ChildNotFound(f"{self.name}: no child {child_id!r}")
         await self._stop([handle])
+        await trio.lowlevel.checkpoint()
 
     async def shutdown(self) -> None:
         """Stop every child (stop callbacks in reverse start order, graces, then cancel)
@@ -289,6 +290,10 @@ class Supervisor:
         A checkpoint, shielded like :meth:`terminate_child`; returns once every child has
         ended.
         """
+        await self._shutdown()
+        await trio.lowlevel.checkpoint()
+
+    async def _shutdown(self) -> None:
         self._closing = True
         await self._stop(list(reversed(self._children.values())))
 
@@ -442,4 +447,6 @@ async def open_supervisor(
                 await supervisor.add_child(spec)
             yield supervisor
         finally:
-            await supervisor.shutdown()
+            # Without the trailing checkpoint: a pending cancellation must not replace
+            # the exception the body may be raising.
+            await supervisor._shutdown()

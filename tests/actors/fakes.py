@@ -62,6 +62,7 @@ class ScriptedBody(httpx.AsyncByteStream):
     def __init__(self, steps: Sequence[Step], on_close: Callable[[bool], None]) -> None:
         self._steps = list(steps)
         self._index = 0
+        self._ended = False
         self._on_close = on_close
 
     def __aiter__(self) -> ScriptedBody:
@@ -80,10 +81,11 @@ class ScriptedBody(httpx.AsyncByteStream):
                 await trio.sleep_forever()
             else:
                 raise step
+        self._ended = True
         raise StopAsyncIteration
 
     async def aclose(self) -> None:
-        self._on_close(self._index < len(self._steps))
+        self._on_close(not self._ended)
 
 
 @dataclass

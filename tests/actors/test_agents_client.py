@@ -1,0 +1,224 @@
+"""The agents client over ``httpx.MockTransport``: the request it sends, incremental
+events, and every failure mapped to our own exceptions (no httpx exception escapes).
+
+Pure trio on ``autojump_clock``; every test runs under ``trio.fail_after(10)`` (virtual).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+
+import httpx
+import pytest
+import trio
+
+from actors.chat.agents_client import (
+    AgentEvent,
+    AgentProtocolError,
+    AgentReportedError,
+    AgentRequest,
+    AgentsClient,
+    AgentsError,
+    AgentTimeout,
+    AgentUnavailable,
+    ChunkReceived,
+    Heartbeat,
+    HistoryEntry,
+    StreamFinished,
+    make_http_client,
+    open_agents_client,
+)
+from actors.chat.messages import ErrorCode
+
+from .fakes import COMPLETE, PING, Hang, Sleep, Step, Upstream, agents_over, chunk, sse
+
+CEILING_S = 10
+
+REQUEST = AgentRequest(
+    agent_type="document",
+    prompt="Summarise it",
+    session_id="s-1",
+    context={"format": "markdown"},
+    history=(HistoryEntry("user", "hi"), HistoryEntry("assistant", "hello")),
+)
+
+
+def scripted(steps: Sequence[Step]) -> Upstream:
+    return Upstream(script=lambda body: steps)
+
+
+async def read_all(upstream: Upstream) -> list[AgentEvent]:
+    async with agents_over(upstream) as agents, agents.open_stream(REQUEST) as stream:
+        return [event async for event in stream]
+
+
+async def test_request_and_events(autojump_clock: object) -> None:
+    seen: list[httpx.Request] = []
+    upstream = scripted([chunk("Hel") + PING, chunk("lo") + chunk(""), COMPLETE, chunk("late")])
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return await upstream.handle(request)
+
+    with trio.fail_after(CEILING_S):
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            agents = AgentsClient("http://agents.test/base/", client)
+            async with agents.open_stream(REQUEST) as stream:
+                events = [event async for event in stream]
+    assert events == [ChunkReceived("Hel"), Heartbeat(), ChunkReceived("lo"), Heartbeat(),
+                      StreamFinished()]  # fmt: skip
+    (request,) = seen
+    assert request.method == "POST"
+    assert str(request.url) == "http://agents.test/base/agents/document/stream"
+    assert request.headers["accept"] == "text/event-stream"
+    assert json.loads(request.content) == {
+        "agent_type": "document",
+        "prompt": "Summarise it",
+        "context": {"format": "markdown"},
+        "history": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+        ],
+        "session_id": "s-1",
+    }
+
+
+async def test_reading_past_the_end_is_a_protocol_error(autojump_clock: object) -> None:
+    with trio.fail_after(CEILING_S):
+        async with agents_over(scripted([COMPLETE])) as agents:
+            async with agents.open_stream(REQUEST) as stream:
+                assert await stream.receive() == StreamFinished()
+                with pytest.raises(AgentProtocolError, match="past stream_complete"):
+                    await stream.receive()
+
+
+@pytest.mark.parametrize(
+    ("steps", "error", "text"),
+    [
+        ([chunk("partial")], AgentProtocolError, "Agent stream ended without stream_complete"),
+        ([b"data: not json\n\n"], AgentProtocolError, "Agent sent an event that is not JSON"),
+        ([b"data: [1, 2]\n\n"], AgentProtocolError, "not a JSON object"),
+        ([sse({"type": "bonus"})], AgentProtocolError, "unknown type 'bonus'"),
+        ([sse({"type": "stream_chunk", "content": 5})], AgentProtocolError, "without text"),
+        ([b"data: \xff\xfe\n\n"], AgentProtocolError, "malformed stream"),
+        ([b"data: caf\xc3"], AgentProtocolError, "malformed stream"),
+        (
+            [chunk("a"), sse({"type": "error", "error": "Model overloaded"})],
+            AgentReportedError,
+            "Model overloaded",
+        ),
+        ([sse({"type": "error"})], AgentReportedError, "Agent error"),
+        (
+            [chunk("a"), httpx.RemoteProtocolError("peer closed")],
+            AgentProtocolError,
+            "broke off",
+        ),
+        ([chunk("a"), httpx.ReadError("reset")], AgentUnavailable, "connection lost"),
+        ([httpx.ReadTimeout("slow")], AgentTimeout, "Agent response timeout"),
+    ],
+)
+async def test_stream_failures_are_mapped(
+    autojump_clock: object, steps: list[Step], error: type[AgentsError], text: str
+) -> None:
+    with trio.fail_after(CEILING_S), pytest.raises(error, match=text) as info:
+        await read_all(scripted(steps))
+    assert not isinstance(info.value, httpx.HTTPError)
+    assert (
+        info.value.code
+        is {
+            AgentProtocolError: ErrorCode.AGENT_PROTOCOL_ERROR,
+            AgentReportedError: ErrorCode.AGENT_ERROR,
+            AgentUnavailable: ErrorCode.AGENT_UNAVAILABLE,
+            AgentTimeout: ErrorCode.AGENT_TIMEOUT,
+        }[error]
+    )
+
+
+async def test_non_2xx_is_agent_service_error(autojump_clock: object) -> None:
+    upstream = scripted([b"busy"])
+    upstream.status = 503
+    upstream.content_type = "text/plain"
+    with trio.fail_after(CEILING_S), pytest.raises(AgentUnavailable) as info:
+        await read_all(upstream)
+    assert str(info.value) == "Agent service error: 503"
+    assert info.value.code is ErrorCode.AGENT_UNAVAILABLE
+
+
+async def test_a_body_that_is_not_an_event_stream_is_a_protocol_error(
+    autojump_clock: object,
+) -> None:
+    upstream = scripted([b"{}"])
+    upstream.content_type = "application/json"
+    with trio.fail_after(CEILING_S), pytest.raises(AgentProtocolError, match="not an event"):
+        await read_all(upstream)
+
+
+def failing_transport(exc: Exception) -> Callable[[httpx.Request], httpx.Response]:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise exc
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("exc", "error", "text"),
+    [
+        (httpx.ConnectError("[Errno 111] refused"), AgentUnavailable, "unreachable"),
+        (httpx.ConnectTimeout("slow"), AgentUnavailable, "connect timeout"),
+        (httpx.PoolTimeout("full"), AgentUnavailable, "no free connection"),
+        (httpx.ReadError("reset"), AgentUnavailable, "connection lost"),
+        (httpx.RemoteProtocolError("no response"), AgentUnavailable, "connection lost"),
+        (httpx.ReadTimeout("slow"), AgentTimeout, "Agent response timeout"),
+        (httpx.UnsupportedProtocol("ftp"), AgentUnavailable, "URL is invalid"),
+    ],
+)
+async def test_request_failures_are_mapped(
+    autojump_clock: object, exc: Exception, error: type[AgentsError], text: str
+) -> None:
+    with trio.fail_after(CEILING_S):
+        async with httpx.AsyncClient(transport=httpx.MockTransport(failing_transport(exc))) as c:
+            agents = AgentsClient("http://agents.test", c)
+            with pytest.raises(error, match=text) as info:
+                async with agents.open_stream(REQUEST):
+                    pytest.fail("no stream expected")
+    assert info.value.__cause__ is exc
+
+
+async def test_cancelling_the_reader_closes_the_response(autojump_clock: object) -> None:
+    upstream = scripted([chunk("a"), Hang()])
+    with trio.fail_after(CEILING_S):
+        async with agents_over(upstream) as agents:
+            with trio.move_on_after(2):
+                async with agents.open_stream(REQUEST) as stream:
+                    assert await stream.receive() == ChunkReceived("a")
+                    await stream.receive()
+            assert trio.current_time() == 2
+    assert len(upstream.closed_early) == 1
+
+
+async def test_body_exceptions_are_not_mapped(autojump_clock: object) -> None:
+    upstream = scripted([chunk("a"), Sleep(1), COMPLETE])
+    with trio.fail_after(CEILING_S), pytest.raises(KeyError):
+        async with agents_over(upstream) as agents, agents.open_stream(REQUEST):
+            raise KeyError("ours")
+    assert len(upstream.closed_early) == 1
+
+
+async def test_shared_client_pool_settings() -> None:
+    with trio.fail_after(CEILING_S):
+        client = make_http_client(
+            max_connections=5000, max_keepalive_connections=20, connect_timeout_s=2.5
+        )
+        async with client:
+            assert client.timeout == httpx.Timeout(connect=2.5, read=None, write=2.5, pool=None)
+            pool = client._transport._pool  # type: ignore[attr-defined]
+            assert pool._max_connections == 5000
+            assert pool._max_keepalive_connections == 20
+        upstream = scripted([COMPLETE])
+        async with open_agents_client(
+            "http://agents.test", transport=upstream.transport()
+        ) as agents:
+            async with agents.open_stream(REQUEST) as stream:
+                assert [e async for e in stream] == [StreamFinished()]
+            assert agents.base_url == "http://agents.test"
