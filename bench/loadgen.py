@@ -95,9 +95,10 @@ class Worker:
         count = int(command["count"])
         slow_rate = float(command.get("slow_rate", 0.0))
         slow_every = int(command.get("slow_every", 0))
+        deadline = float(command.get("deadline", 120))
         failures: Counter[str] = Counter()
         session_ids: list[str | None] = [None] * count
-        with trio.move_on_after(float(command.get("deadline", 120))):
+        with trio.move_on_after(deadline):
             await self._create_sessions(session_ids, failures)
         self.clients = []
         for i, session_id in enumerate(session_ids):
@@ -107,12 +108,16 @@ class Worker:
             self.clients.append(
                 Client(self.host, self.port, session_id, slow_rate if slow else 0.0)
             )
-        connected = await self._connect_all(
-            self.clients, failures, float(command.get("deadline", 120))
-        )
-        self.clients = connected
-        if command.get("join"):
-            await self._join_all(failures, float(command.get("deadline", 120)))
+        if command.get("connect", True):
+            self.clients = await self._connect_all(self.clients, failures, deadline)
+            if command.get("join"):
+                await self._join_all(failures, deadline)
+        return {"clients": len(self.clients), "failures": dict(failures)}
+
+    async def op_connect(self, command: dict[str, Any]) -> dict[str, Any]:
+        failures: Counter[str] = Counter()
+        deadline = float(command.get("deadline", 120))
+        self.clients = await self._connect_all(self.clients, failures, deadline)
         return {"clients": len(self.clients), "failures": dict(failures)}
 
     async def op_join(self, command: dict[str, Any]) -> dict[str, Any]:
@@ -148,6 +153,7 @@ class Worker:
             token = f"{prefix}-{self.index}-{i}"
             n = int(spec["n"])
             turn = Turn(token, n, threshold=max(1, int(n * share)) if mode != "normal" else 0)
+            turn.slow = bool(client.slow_rate)
             turns.append(turn)
             client.turn = turn
             prompt = spec_prompt(
@@ -183,17 +189,31 @@ class Worker:
                     }
                 )
 
+        slow_grace = float(command.get("slow_grace", 1.0))
         async with trio.open_nursery() as outer:
             outer.start_soon(progress)
             with trio.move_on_after(deadline):
+                # Slow clients do not hold the step up: once every other reply is in,
+                # they get a grace, then whatever they have is what they got.
                 async with trio.open_nursery() as nursery:
                     for i, client in enumerate(self.clients):
-                        if not client.closed.is_set():
-                            nursery.start_soon(one, i, client)
-                        else:
+                        if client.closed.is_set():
                             failures["closed before turn"] += 1
+                        else:
+                            (outer if client.slow_rate else nursery).start_soon(one, i, client)
+                await trio.sleep(slow_grace if any(c.slow_rate for c in self.clients) else 0)
             outer.cancel_scope.cancel()
-        return self._turn_result(turns, mode, failures, extra)
+        slow_clients = [c for c in self.clients if c.slow_rate]
+        result = self._turn_result([t for t in turns if not t.slow], mode, failures, extra)
+        slow_turns = [t for t in turns if t.slow]
+        result["slow"] = {
+            "clients": len(slow_clients),
+            "completed": sum(1 for t in slow_turns if t.completed_at is not None),
+            "disconnected": sum(1 for c in slow_clients if c.closed.is_set()),
+            "chunks": sum(t.distinct for t in slow_turns),
+            "latency_p50_s": _median([x for t in slow_turns for x in t.latencies]),
+        }
+        return result
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -364,6 +384,10 @@ class Worker:
             async with trio.open_nursery() as nursery:
                 for client in self.clients:
                     nursery.start_soon(join, client)
+
+
+def _median(values: list[float]) -> float | None:
+    return sorted(values)[len(values) // 2] if values else None
 
 
 def main() -> None:

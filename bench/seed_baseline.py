@@ -120,7 +120,9 @@ def create_app(agent_url: str, *, shared_client: bool = False) -> socketio.ASGIA
             await sio.emit("error", {"type": "error", "error": "Agent response timeout"}, room=room)
         except httpx.HTTPError as exc:
             await sio.emit(
-                "error", {"type": "error", "error": f"Agent service error: {exc}"}, room=room
+                "error",
+                {"type": "error", "error": f"Agent service error: {type(exc).__name__}"},
+                room=room,
             )
         reply = chat_message_record(session_id, content, "agent")
         await sio.emit("message", {"type": "message", "data": reply}, room=room)

@@ -76,6 +76,7 @@ class Turn:
     #: set once the stop was acknowledged; chunks after it are counted in after_stop
     stop_acked: bool = False
     stop_ack_id: int | None = None
+    slow: bool = False
     after_stop: int = 0
     after_request: int = 0
     stop_at: float | None = None

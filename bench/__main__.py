@@ -1,0 +1,161 @@
+"""``python -m bench --quick | --full``: the load benchmark, ours against the seed's design.
+
+Starts the mock agents service, the load-generator processes and the gateways (ours:
+``archon-chat serve``; the seed baseline and its shared-client variant: ``bench.seed_baseline``),
+runs the scenarios, prints a table per scenario and the targets, and writes
+``bench/results/<mode>-<time>.json``, ``bench/results/latest.json`` and
+``bench/results/latest.png``. If our gateway does not start, the baselines still run and
+the JSON says why ours is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bench import report, scenarios
+from bench.runner import (
+    BenchError,
+    Server,
+    gateway_command,
+    open_worker_pool,
+    python,
+    remove_db,
+    start_server,
+    temp_db,
+)
+
+ALL_GATEWAYS = ("ours", "seed", "seed-shared")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="a few minutes (the default)")
+    size.add_argument("--full", action="store_true", help="the whole sweep")
+    size.add_argument("--smoke", action="store_true", help="seconds: does the harness work")
+    parser.add_argument(
+        "--scenarios", default="1,2,3,4,5", help="which scenarios, e.g. 1,3 (default all)"
+    )
+    parser.add_argument(
+        "--gateways", default=",".join(ALL_GATEWAYS), help="ours,seed,seed-shared (default all)"
+    )
+    parser.add_argument(
+        "--sessions", default="", help="override the sweep's session counts, e.g. 100,1000"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for JSON and PNG")
+    parser.add_argument("--no-latest", action="store_true", help="do not update latest.*")
+    return parser.parse_args(argv)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    plan = scenarios.FULL if args.full else scenarios.SMOKE if args.smoke else scenarios.QUICK
+    if args.sessions:
+        sweep = tuple(int(x) for x in args.sessions.split(","))
+        plan = dataclasses.replace(plan, sweep_sessions=sweep)
+    wanted = {int(s) for s in args.scenarios.split(",") if s.strip()}
+    kinds = [g for g in ALL_GATEWAYS if g in args.gateways.split(",")]
+    progress = report.Progress()
+    started = time.monotonic()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    document: dict[str, Any] = {
+        "mode": plan.mode,
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": report.machine(),
+        "plan": scenarios.plan_json(plan),
+        "generator_processes": args.workers,
+        "gateways": {k: report.LABELS[k] for k in kinds},
+        "unavailable": {},
+    }
+    out_json = args.out / f"{plan.mode}-{stamp}.json"
+
+    def save() -> None:
+        document["duration_s"] = round(time.monotonic() - started, 1)
+        document["targets"] = report.targets(document)
+        report.write_json(out_json, document)
+        if not args.no_latest:
+            report.write_json(args.out / "latest.json", document)
+
+    async with AsyncExitStack() as stack:
+        progress.status("starting the mock agents service")
+        mock = await stack.enter_async_context(
+            start_server("mock-agent", [python(), "-m", "bench.mock_agent", "--port", "0"])
+        )
+        pool = await stack.enter_async_context(open_worker_pool(args.workers))
+        bench = scenarios.Bench(pool, mock, plan, progress.status)
+        available = list(kinds)
+
+        if wanted & {1, 3, 4, 5}:
+            async with AsyncExitStack() as gateways_stack:
+                running: list[Server] = []
+                for kind in kinds:
+                    db = temp_db()
+                    gateways_stack.callback(remove_db, db)
+                    argv, env = gateway_command(kind, mock.url, db)
+                    progress.status(f"starting gateway {kind}")
+                    try:
+                        running.append(
+                            await gateways_stack.enter_async_context(start_server(kind, argv, env))
+                        )
+                    except BenchError as exc:
+                        progress.line(f"gateway {kind} unavailable: {exc}")
+                        document["unavailable"][kind] = str(exc)
+                        available.remove(kind)
+                labels = [g.label for g in running]
+                steps = (
+                    (1, "throughput", scenarios.throughput),
+                    (3, "cancel", scenarios.cancel),
+                    (4, "resume", scenarios.resume),
+                    (5, "slow", scenarios.slow),
+                )
+                for number, key, scenario in steps:
+                    if number not in wanted:
+                        continue
+                    document[key] = await scenario(bench, running)
+                    save()
+                    progress.line(report.tables({key: document[key]}, labels)[0])
+                    progress.line()
+        if 2 in wanted:
+            idle_kinds = [k for k in available if k != "seed-shared"]
+            document["idle"] = await scenarios.idle(bench, idle_kinds, mock.url)
+            save()
+            progress.line(report.tables({"idle": document["idle"]}, idle_kinds)[0])
+            progress.line()
+    save()
+    progress.line(report.targets_table(document["targets"]))
+    title = (
+        f"archon-chat load benchmark ({plan.mode}), {document['machine']['cpu_model']}, "
+        f"{document['machine']['logical_cores']} cores, Python {document['machine']['python']}"
+    )
+    chart_path = args.out / f"{plan.mode}-{stamp}.png"
+    if report.chart(chart_path, document, title):
+        if not args.no_latest:
+            report.chart(args.out / "latest.png", document, title)
+    progress.line(f"wrote {out_json} and {chart_path} ({document['duration_s']} s)")
+    return document
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        trio.run(run, args)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,414 @@
+"""What the benchmark shows: a progress line, tables, the JSON file and the PNG chart."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import psutil
+
+PACKAGES = (
+    "trio",
+    "trio-websocket",
+    "wsproto",
+    "hypercorn",
+    "h11",
+    "quart-trio",
+    "python-socketio",
+    "python-engineio",
+    "httpx",
+    "httpcore",
+    "uvicorn",
+    "psutil",
+)
+LABELS = {
+    "ours": "archon-chat serve (trio, hypercorn)",
+    "seed": "seed design: python-socketio ASGI on uvicorn, new httpx client per reply",
+    "seed-shared": "seed design with one shared httpx client (20 kept alive)",
+}
+
+
+class Progress:
+    """One status line rewritten in place on a terminal; plain lines otherwise."""
+
+    def __init__(self, stream: TextIO = sys.stdout) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self._last = ""
+
+    def status(self, text: str) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[K" + text[: os.get_terminal_size().columns - 1])
+            self.stream.flush()
+        elif text.split(":")[0:2] != self._last.split(":")[0:2]:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+        self._last = text
+
+    def line(self, text: str = "") -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[K")
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "cpu_model": model,
+        "logical_cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "python_implementation": platform.python_implementation(),
+        "packages": versions,
+    }
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def ratio(ours: Any, base: Any) -> str:
+    if not isinstance(ours, int | float) or not isinstance(base, int | float) or not base:
+        return "-"
+    return f"{ours / base:.2f}x"
+
+
+Metric = tuple[str, Callable[[dict[str, Any]], Any]]
+
+
+def table(
+    title: str,
+    rows: Sequence[dict[str, Any]],
+    point_of: Callable[[dict[str, Any]], str],
+    metrics: Sequence[Metric],
+    gateways: Sequence[str],
+) -> str:
+    """Rows grouped by point, one line per metric, one column per gateway, then the
+    ratio ours / seed."""
+    points: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        points.setdefault(point_of(row), {})[row["gateway"]] = row
+    show_ratio = "ours" in gateways and "seed" in gateways
+    head = ["", ""] + list(gateways) + (["ours/seed"] if show_ratio else [])
+    lines = [head]
+    for point, by_gateway in points.items():
+        for i, (name, get) in enumerate(metrics):
+            values = [get(by_gateway[g]) if g in by_gateway else None for g in gateways]
+            cells = [point if i == 0 else "", name] + [fmt(v) for v in values]
+            if show_ratio:
+                cells.append(ratio(values[gateways.index("ours")], values[gateways.index("seed")]))
+            lines.append(cells)
+    widths = [max(len(line[c]) for line in lines) for c in range(len(head))]
+    out = [title]
+    for n, line in enumerate(lines):
+        out.append(
+            "  ".join(
+                cell.ljust(widths[c]) if c < 2 else cell.rjust(widths[c])
+                for c, cell in enumerate(line)
+            )
+        )
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def max_util(row: dict[str, Any]) -> float | None:
+    utils = row.get("generator_cpu_util") or []
+    return round(100 * max(utils), 0) if utils else None
+
+
+THROUGHPUT: list[Metric] = [
+    ("chunks/s", lambda r: r["chunks_per_s"]),
+    ("latency p50 ms", lambda r: r["latency_p50_ms"]),
+    ("latency p99 ms", lambda r: r["latency_p99_ms"]),
+    ("first chunk p50 ms", lambda r: r["ttfc_p50_ms"]),
+    ("first chunk p99 ms", lambda r: r["ttfc_p99_ms"]),
+    ("failures", lambda r: r["failures"]),
+    ("gateway CPU us/chunk", lambda r: r["gateway_cpu_per_chunk_us"]),
+    ("gateway CPU %", lambda r: round(100 * r["gateway_cpu_util"])),
+    ("generator CPU % (max)", max_util),
+    ("mock CPU us/chunk", lambda r: r["mock_cpu_per_chunk_us"]),
+]
+IDLE: list[Metric] = [
+    ("KiB per connected", lambda r: r["per_connected_kib"]),
+    ("KiB per joined", lambda r: r["per_joined_kib"]),
+    ("RSS joined MiB", lambda r: r["rss_joined_mib"]),
+    ("failures", lambda r: r["failures"]),
+]
+CANCEL: list[Metric] = [
+    ("upstream cancelled", lambda r: f"{r['upstream_cancelled']}/{r['stops']}"),
+    ("cancel-to-quiet p50 ms", lambda r: r["cancel_to_quiet_p50_ms"]),
+    ("cancel-to-quiet p99 ms", lambda r: r["cancel_to_quiet_p99_ms"]),
+    ("chunks after the stop", lambda r: r["after_stop"]),
+    ("chunks after request", lambda r: r["after_request"]),
+    (
+        "reply statuses",
+        lambda r: ",".join(f"{k}:{v}" for k, v in sorted(r["statuses"].items())) or "-",
+    ),
+]
+RESUME: list[Metric] = [
+    ("resumed", lambda r: r.get("resumed", 0)),
+    ("gaps (chunks)", lambda r: r["gaps"]),
+    ("turns with gaps", lambda r: r["gap_turns"]),
+    ("duplicates", lambda r: r["duplicates"]),
+    ("resume p50 ms", lambda r: r.get("resume_p50_ms")),
+    ("resume p99 ms", lambda r: r.get("resume_p99_ms")),
+    ("failures", lambda r: r["failures"]),
+]
+SLOW: list[Metric] = [
+    ("others: latency p50 ms", lambda r: r["latency_p50_ms"]),
+    ("others: latency p99 ms", lambda r: r["latency_p99_ms"]),
+    ("others: failures", lambda r: r["failures"]),
+    ("RSS peak growth MiB", lambda r: r["rss_peak_growth_mib"]),
+    ("slow: completed", lambda r: (r.get("slow") or {}).get("completed")),
+    ("slow: disconnected", lambda r: (r.get("slow") or {}).get("disconnected")),
+]
+
+
+def tables(results: dict[str, Any], gateways: Sequence[str]) -> list[str]:
+    out = []
+    if results.get("throughput"):
+        out.append(
+            table(
+                "[1] Throughput sweep",
+                results["throughput"],
+                lambda r: f"{r['sessions']} sess, pace {r['pace_s'] * 1000:g} ms, {r['n']} chunks",
+                THROUGHPUT,
+                gateways,
+            )
+        )
+    if results.get("idle"):
+        out.append(
+            table(
+                "[2] Idle footprint",
+                results["idle"],
+                lambda r: f"{r['sessions']} sessions",
+                IDLE,
+                [g for g in gateways if g != "seed-shared"],
+            )
+        )
+    if results.get("cancel"):
+        out.append(
+            table(
+                "[3] Cancel mid-stream",
+                results["cancel"],
+                lambda r: f"{r['mode']}, {r['sessions']} sess",
+                CANCEL,
+                gateways,
+            )
+        )
+    if results.get("resume"):
+        out.append(
+            table(
+                "[4] Drop and resume",
+                results["resume"],
+                lambda r: f"{r['sessions']} sessions",
+                RESUME,
+                gateways,
+            )
+        )
+    if results.get("slow"):
+        out.append(
+            table(
+                "[5] Slow clients",
+                results["slow"],
+                lambda r: (
+                    f"{r['sessions']} sess, {'1 in ' + str(r['slow_every']) if r['slow_every'] else 'none'} slow"
+                ),
+                SLOW,
+                gateways,
+            )
+        )
+    return out
+
+
+def _find(rows: Sequence[dict[str, Any]], gateway: str, **match: Any) -> dict[str, Any] | None:
+    best = None
+    for row in rows:
+        if row["gateway"] == gateway and all(row.get(k) == v for k, v in match.items()):
+            # Several repetitions: keep the best throughput (the least disturbed run).
+            if best is None or (row.get("chunks_per_s") or 0) > (best.get("chunks_per_s") or 0):
+                best = row
+    return best
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured value and whether it holds."""
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, target: str, value: Any, met: bool | None) -> None:
+        out.append({"name": name, "target": target, "value": value, "met": met})
+
+    rows = results.get("throughput") or []
+    for pace in sorted({r["pace_s"] for r in rows}):
+        for sessions, need in ((100, 2.0), (1000, 10.0)):
+            ours = _find(rows, "ours", sessions=sessions, pace_s=pace)
+            seed = _find(rows, "seed", sessions=sessions, pace_s=pace)
+            if not ours or not seed or not ours["chunks_per_s"] or not seed["chunks_per_s"]:
+                continue
+            value = round(ours["chunks_per_s"] / seed["chunks_per_s"], 2)
+            add(
+                f"chunks/s vs seed, {sessions} sessions, pace {pace * 1000:g} ms",
+                f">= {need:g}x",
+                value,
+                value >= need,
+            )
+            if sessions == 1000:
+                add(
+                    f"failures, 1000 sessions, pace {pace * 1000:g} ms",
+                    "0",
+                    ours["failures"],
+                    ours["failures"] == 0,
+                )
+                ttfc = ours["ttfc_p99_ms"]
+                add(
+                    f"first chunk p99 ms, 1000 sessions, pace {pace * 1000:g} ms",
+                    "< 1000",
+                    ttfc,
+                    ttfc is not None and ttfc < 1000,
+                )
+    idle_rows = results.get("idle") or []
+    for sessions in sorted({r["sessions"] for r in idle_rows}):
+        ours = _find(idle_rows, "ours", sessions=sessions)
+        seed = _find(idle_rows, "seed", sessions=sessions)
+        if ours and seed and seed["per_joined_kib"] > 0:
+            value = round(ours["per_joined_kib"] / seed["per_joined_kib"], 2)
+            add(
+                f"idle memory per joined session vs seed, {sessions} sessions",
+                "<= 0.55x",
+                value,
+                value <= 0.55,
+            )
+    for row in results.get("cancel") or []:
+        if row["gateway"] == "ours":
+            p99 = row["cancel_to_quiet_p99_ms"]
+            all_cancelled = row["upstream_cancelled"] == row["stops"]
+            add(
+                f"cancel-to-quiet p99 ms ({row['mode']})",
+                "< 50, every stream cancelled",
+                p99,
+                p99 is not None and p99 < 50 and all_cancelled,
+            )
+            add(
+                f"chunks after the stop ({row['mode']})",
+                "0",
+                row["after_stop"],
+                row["after_stop"] == 0,
+            )
+    for row in results.get("resume") or []:
+        if row["gateway"] == "ours":
+            value = row["gaps"] + row["duplicates"]
+            add(
+                "resume: gaps + duplicates",
+                "0",
+                value,
+                value == 0 and row.get("resumed", 0) == row["turns"],
+            )
+    return out
+
+
+def targets_table(items: Sequence[dict[str, Any]]) -> str:
+    lines = ["Targets (ours)"]
+    width = max((len(t["name"]) for t in items), default=10)
+    for t in items:
+        mark = "met" if t["met"] else "NOT met"
+        lines.append(
+            f"  {t['name'].ljust(width)}  {fmt(t['value'], 2):>10}  target {t['target']:<30} {mark}"
+        )
+    return "\n".join(lines)
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(document, indent=1, sort_keys=False) + "\n")
+    tmp.replace(path)
+
+
+def chart(path: Path, results: dict[str, Any], title: str) -> bool:
+    """Throughput and p99 latency against sessions, one line per gateway and pace."""
+    rows = results.get("throughput") or []
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    styles = {
+        "ours": ("tab:blue", "o"),
+        "seed": ("tab:red", "s"),
+        "seed-shared": ("tab:orange", "^"),
+    }
+    for gateway in dict.fromkeys(r["gateway"] for r in rows):
+        for pace in sorted({r["pace_s"] for r in rows}):
+            points = {}
+            for row in rows:
+                if row["gateway"] == gateway and row["pace_s"] == pace:
+                    best = _find(rows, gateway, sessions=row["sessions"], pace_s=pace)
+                    points[row["sessions"]] = best
+            xs = sorted(points)
+            color, marker = styles.get(gateway, ("gray", "x"))
+            dash = "-" if pace == 0 else "--"
+            label = f"{gateway}, pace {pace * 1000:g} ms"
+            left.plot(
+                xs,
+                [points[x]["chunks_per_s"] or 0 for x in xs],
+                dash,
+                color=color,
+                marker=marker,
+                label=label,
+            )
+            right.plot(
+                xs,
+                [points[x]["latency_p99_ms"] or 0 for x in xs],
+                dash,
+                color=color,
+                marker=marker,
+                label=label,
+            )
+    for axis, name in ((left, "chunks delivered per second"), (right, "chunk latency p99 (ms)")):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("concurrent sessions")
+        axis.set_ylabel(name)
+        axis.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=8)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
