@@ -19,11 +19,14 @@ from actors.chat.memory_store import MemoryStore
 from actors.chat.messages import (
     CancelReason,
     CancelTurn,
+    ChatMessage,
     GetTurnState,
     SessionEvent,
+    SessionRecord,
     SubmitMessage,
     SubmitReply,
     TurnEnded,
+    TurnStarted,
     TurnState,
 )
 from actors.chat.settings import HubSettings
@@ -129,11 +132,14 @@ class Recorder:
 
     def __init__(self) -> None:
         self.events: list[SessionEvent] = []
+        #: (trio time, event) of every event, as it was received
+        self.timed: list[tuple[float, SessionEvent]] = []
         self._changed = trio.Event()
 
     async def run(self, receive: trio.MemoryReceiveChannel[SessionEvent]) -> None:
         async for event in receive:
             self.events.append(event)
+            self.timed.append((trio.current_time(), event))
             self._changed.set()
             self._changed = trio.Event()
 
@@ -158,6 +164,66 @@ class Recorder:
     def wire(self, session_id: str) -> list[tuple[str, int]]:
         """(event name, seq) of the session's wire events."""
         return [(e.name, e.seq) for e in self.of(session_id) if not e.name.startswith("_")]
+
+
+class FaultyStore(MemoryStore):
+    """A MemoryStore that crashes or stalls where a test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: sessions whose next history() read raises (crashing their actor)
+        self.crash_history: set[str] = set()
+        #: sessions whose every get_session() raises
+        self.broken: set[str] = set()
+        #: sessions that become broken when their history() read crashes
+        self.break_on_crash: set[str] = set()
+        #: method name -> event the method waits for before doing its work
+        self.gates: dict[str, trio.Event] = {}
+
+    async def _gate(self, name: str) -> None:
+        gate = self.gates.get(name)
+        if gate is not None:
+            await gate.wait()
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        if session_id in self.broken:
+            await trio.lowlevel.checkpoint()
+            raise RuntimeError("store is broken for this session")
+        return await super().get_session(session_id)
+
+    async def history(self, session_id: str, max_turns: int) -> list[ChatMessage]:
+        if session_id in self.crash_history:
+            self.crash_history.discard(session_id)
+            if session_id in self.break_on_crash:
+                self.broken.add(session_id)
+            await trio.lowlevel.checkpoint()
+            raise RuntimeError("disk on fire")
+        return await super().history(session_id, max_turns)
+
+    async def add_user_message(self, message: ChatMessage) -> None:
+        await self._gate("add_user_message")
+        await super().add_user_message(message)
+
+    async def finish_turn(self, message: ChatMessage) -> None:
+        await self._gate("finish_turn")
+        await super().finish_turn(message)
+
+
+def assert_wire_order(events: Sequence[SessionEvent]) -> None:
+    """Per session, wire events leave in strictly increasing seq order, and each marker
+    shares the seq of the wire event it goes with."""
+    last: dict[str, int] = {}
+    for event in events:
+        previous = last.get(event.session_id, 0)
+        if isinstance(event, TurnStarted):
+            assert event.seq > previous, (event, previous)
+            last[event.session_id] = event.seq - 1  # its typing event comes next
+            continue
+        if isinstance(event, TurnEnded):
+            assert event.seq == previous, (event, previous)  # typing off's seq
+            continue
+        assert event.seq > previous, (event, previous)
+        last[event.session_id] = event.seq
 
 
 @dataclass

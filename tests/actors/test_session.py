@@ -1,0 +1,584 @@
+"""The session hub and actors against a scripted agents upstream (``httpx.MockTransport``):
+turn order and seq, history, timeouts at their exact virtual times, cancellation,
+queueing and refusals, turn state for rejoining clients, passivation, crashes, shutdown.
+
+Pure trio on ``autojump_clock`` (no sockets, no threads); every test runs under
+``trio.fail_after(1000)`` (virtual seconds).
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from actors.chat.hub import HubClosed, SessionBusy, SessionNotFound
+from actors.chat.memory_store import MemoryStore
+from actors.chat.messages import (
+    CancelReason,
+    ChunkStreamed,
+    ErrorCode,
+    MessageEmitted,
+    MessageStatus,
+    SessionEvent,
+    StreamCompleted,
+    SubmitMessage,
+    SubmitOutcome,
+    TurnEnded,
+    TurnFailed,
+    TurnStarted,
+    TypingChanged,
+)
+from actors.chat.settings import HubSettings
+from actors.runtime import MailboxFull
+
+from .fakes import (
+    COMPLETE,
+    PING,
+    FaultyStore,
+    Hang,
+    Sleep,
+    Step,
+    Upstream,
+    assert_wire_order,
+    chunk,
+    open_harness,
+    sse,
+)
+
+CEILING_S = 1000
+
+
+def script(*steps: Step) -> Upstream:
+    return Upstream(script=lambda body: steps)
+
+
+def names(events: list[SessionEvent]) -> list[str]:
+    return [e.name for e in events]
+
+
+async def test_one_turn_in_order_with_seq_and_store(autojump_clock: object) -> None:
+    upstream = script(chunk("Hel"), Sleep(1), PING, chunk("lo"), COMPLETE)
+    with trio.fail_after(CEILING_S):
+        async with open_harness(upstream) as h:
+            sid = (await h.store.create_session("task")).session_id
+            reply = await h.submit(sid, "hi there")
+            assert reply.outcome is SubmitOutcome.ACCEPTED
+            (ended,) = await h.recorder.turns_ended(1)
+            events = h.recorder.of(sid)
+    assert names(events) == [
+        "message", "_turn_started", "typing", "stream_chunk", "stream_chunk", "message",
+        "stream_complete", "typing", "_turn_ended",
+    ]  # fmt: skip
+    assert [e.seq for e in events] == [1, 2, 2, 3, 4, 5, 6, 7, 7]
+    assert_wire_order(events)
+    user, started, typing_on, c1, c2, agent, complete, typing_off, _ = events
+    assert isinstance(user, MessageEmitted)
+    assert user.message.id == reply.message_id
+    assert (user.message.sender, user.message.content, user.message.agent_type) == (
+        "user", "hi there", "task",
+    )  # fmt: skip
+    assert isinstance(started, TurnStarted)
+    assert typing_on == TypingChanged(sid, 2, True)
+    assert isinstance(agent, MessageEmitted)
+    message_id = agent.message.id
+    assert started.message_id == message_id
+    assert c1 == ChunkStreamed(sid, 3, message_id, "Hel")
+    assert c2 == ChunkStreamed(sid, 4, message_id, "lo")
+    assert (agent.message.content, agent.message.status, agent.message.sender) == (
+        "Hello", MessageStatus.COMPLETE, "agent",
+    )  # fmt: skip
+    assert complete == StreamCompleted(sid, 6, message_id, MessageStatus.COMPLETE)
+    assert typing_off == TypingChanged(sid, 7, False)
+    assert ended == TurnEnded(sid, 7, message_id, MessageStatus.COMPLETE, None, 0.0)
+    assert await h.store.session_messages(sid) == [user.message, agent.message]
+    assert h.store.reserved(sid) >= 7
+
+
+async def test_history_context_and_prompt_reach_the_agent(autojump_clock: object) -> None:
+    upstream = Upstream(script=lambda body: [chunk(f"re: {body['prompt']}"), COMPLETE])
+    with trio.fail_after(CEILING_S):
+        async with open_harness(upstream, HubSettings(history_turns=2)) as h:
+            sid = (await h.store.create_session("document")).session_id
+            for n, text in enumerate(["one", "two", "three", "four"], start=1):
+                await h.submit(sid, text, context={"format": "markdown", "n": n})
+                await h.recorder.turns_ended(n)
+    first, _, _, last = upstream.requests
+    assert first == {
+        "agent_type": "document",
+        "prompt": "one",
+        "context": {"format": "markdown", "n": 1},
+        "history": [],
+        "session_id": sid,
+    }
+    # Capped at the last two complete turns, oldest first.
+    assert last["history"] == [
+        {"role": "user", "content": "two"},
+        {"role": "assistant", "content": "re: two"},
+        {"role": "user", "content": "three"},
+        {"role": "assistant", "content": "re: three"},
+    ]
+    assert last["prompt"] == "four"
+
+
+TIMEOUTS = HubSettings(first_event_timeout_s=7, gap_timeout_s=3, turn_timeout_s=50)
+
+
+@pytest.mark.parametrize(
+    ("steps", "failed_at", "partial"),
+    [
+        pytest.param([Hang()], 7, "", id="first-event"),
+        pytest.param([Sleep(6), PING, Hang()], 9, "", id="gap-after-heartbeat"),
+        pytest.param([chunk("a"), Sleep(2), chunk("b"), Hang()], 5, "ab", id="gap-after-chunk"),
+        pytest.param([chunk("a"), *[Sleep(2), PING] * 40], 50, "a", id="whole-turn"),
+    ],
+)
+async def test_each_timeout_fails_the_turn_at_its_exact_time(
+    autojump_clock: object, steps: list[Step], failed_at: float, partial: str
+) -> None:
+    upstream = script(*steps)
+    with trio.fail_after(CEILING_S):
+        async with open_harness(upstream, TIMEOUTS) as h:
+            sid = (await h.store.create_session()).session_id
+            await h.submit(sid, "hello?")
+            (ended,) = await h.recorder.turns_ended(1)
+    failed_time, failed = next((t, e) for t, e in h.recorder.timed if isinstance(e, TurnFailed))
+    assert failed_time == failed_at
+    assert (failed.code, failed.error) == (ErrorCode.AGENT_TIMEOUT, "Agent response timeout")
+    assert failed.message_id == ended.message_id
+    assert (ended.status, ended.code) == (MessageStatus.FAILED, ErrorCode.AGENT_TIMEOUT)
+    assert names(h.recorder.of(sid))[-5:] == [
+        "error", "message", "stream_complete", "typing", "_turn_ended",
+    ]  # fmt: skip
+    agent = (await h.store.session_messages(sid))[-1]
+    assert (agent.status, agent.content, agent.error) == (
+        MessageStatus.FAILED, partial, ("agent_timeout", "Agent response timeout"),
+    )  # fmt: skip
+    assert len(upstream.closed_early) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "steps", "code", "text", "partial"),
+    [
+        (503, [b"down"], ErrorCode.AGENT_UNAVAILABLE, "Agent service error: 503", ""),
+        (
+            200,
+            [chunk("so far"), sse({"type": "error", "error": "Model overloaded"})],
+            ErrorCode.AGENT_ERROR,
+            "Model overloaded",
+            "so far",
+        ),
+        (
+            200,
+            [chunk("x"), b"data: {oops\n\n"],
+            ErrorCode.AGENT_PROTOCOL_ERROR,
+            "Agent sent an event that is not JSON",
+            "x",
+        ),
+        (
+            200,
+            [chunk("x")],
+            ErrorCode.AGENT_PROTOCOL_ERROR,
+            "Agent stream ended without stream_complete",
+            "x",
+        ),
+    ],
+)
+async def test_agent_failures_end_the_turn_failed(
+    autojump_clock: object,
+    status: int,
+    steps: list[Step],
+    code: ErrorCode,
+    text: str,
+    partial: str,
+) -> None:
+    upstream = script(*steps)
+    upstream.status = status
+    with trio.fail_after(CEILING_S):
+        async with open_harness(upstream) as h:
+            sid = (await h.store.create_session()).session_id
+            await h.submit(sid, "hi")
+            await h.recorder.turns_ended(1)
+    events = h.recorder.of(sid)
+    failed = next(e for e in events if isinstance(e, TurnFailed))
+    assert (failed.code, failed.error) == (code, text)
+    assert failed.payload() == {
+        "type": "error",
+        "session_id": sid,
+        "seq": failed.seq,
+        "message_id": failed.message_id,
+        "error": text,
+        "code": code.value,
+    }
+    agent = (await h.store.session_messages(sid))[-1]
+    assert (agent.status, agent.content, agent.error) == (
+        MessageStatus.FAILED, partial, (code.value, text),
+    )  # fmt: skip
+    assert_wire_order(events)
+
+
+async def test_stop_cancels_at_once_saves_the_partial_reply_and_closes_upstream(
+    autojump_clock: object,
+) -> None:
+    upstream = script(chunk("partial "), chunk("answer"), Sleep(5), chunk("never"), COMPLETE)
+    with trio.fail_after(CEILING_S):
+        async with open_harness(upstream) as h:
+            sid = (await h.store.create_session()).session_id
+            await h.submit(sid, "long question")
+            await h.recorder.wait_for(
+                lambda events: sum(isinstance(e, ChunkStreamed) for e in events) == 2
+            )
+            await trio.sleep(1)
+            assert await h.cancel(sid) is True
+            (ended,) = await h.recorder.turns_ended(1)
+            cancelled_at = trio.current_time()
+            assert cancelled_at == 1
+            assert await h.cancel(sid) is False  # nothing left to cancel
+            await trio.sleep(10)
+    events = h.recorder.of(sid)
+    complete = next(i for i, e in enumerate(events) if isinstance(e, StreamCompleted))
+    assert not any(isinstance(e, ChunkStreamed) for e in events[complete:])
+    assert ended.status is MessageStatus.CANCELLED
+    agent = (await h.store.session_messages(sid))[-1]
+    assert (agent.status, agent.content, agent.error) == (
+        MessageStatus.CANCELLED, "partial answer", None,
+    )  # fmt: skip
+    assert len(upstream.closed_early) == 1
+    assert_wire_order(events)
+
+
+async def test_cancel_for_an_idle_session_starts_no_actor(autojump_clock: object) -> None:
+    with trio.fail_after(CEILING_S):
+        async with open_harness() as h:
+            sid = (await h.store.create_session()).session_id
+            assert await h.cancel(sid, CancelReason.LEFT) is False
+            assert not h.hub.is_live(sid)
+            assert h.hub.live_sessions() == 0
+
+
+async def test_queued_turns_run_in_order_and_the_bound_refuses(autojump_clock: object) -> None:
+    upstream = Upstream(script=lambda body: [Sleep(1), chunk(body["prompt"].upper()), COMPLETE])
+    with trio.fail_after(CEILING_S):
+        async with open_harness(upstream, HubSettings(max_queued_turns=2)) as h:
+            sid = (await h.store.create_session()).session_id
+            outcomes = [(await h.submit(sid, text)).outcome for text in ["a", "b", "c", "d"]]
+            ended = await h.recorder.turns_ended(3)
+            assert trio.current_time() == 3
+    assert outcomes == [SubmitOutcome.ACCEPTED] * 3 + [SubmitOutcome.SESSION_BUSY]
+    assert [r["prompt"] for r in upstream.requests] == ["a", "b", "c"]
+    agents = [m for m in await h.store.session_messages(sid) if m.sender == "agent"]
+    assert [m.content for m in agents] == ["A", "B", "C"]
+    assert [e.message_id for e in ended] == [m.id for m in agents]
+    assert_wire_order(h.recorder.of(sid))
+
+
+async def test_left_cancels_the_turn_and_drops_queued_ones(autojump_clock: object) -> None:
+    upstream = script(chunk("x"), Hang())
+    with trio.fail_after(CEILING_S):
+        async with open_harness(upstream) as h:
+            sid = (await h.store.create_session()).session_id
+            for text in ["a", "b", "c"]:
+                await h.submit(sid, text)
+            await h.recorder.wait_for(lambda ev: any(isinstance(e, ChunkStreamed) for e in ev))
+            assert await h.cancel(sid, CancelReason.LEFT) is True
+            await h.recorder.turns_ended(1)
+            await trio.sleep(30)
+            ended = await h.recorder.turns_ended(1)
+    assert len(ended) == 1
+    assert len(upstream.requests) == 1
+    stored = await h.store.session_messages(sid)
+    assert [(m.sender, m.content) for m in stored] == [
+        ("user", "a"), ("user", "b"), ("user", "c"), ("agent", "x"),
+    ]  # fmt: skip
+
+
+async def test_session_full_and_duplicates(autojump_clock: object) -> None:
+    with trio.fail_after(CEILING_S):
+        async with open_harness(settings=HubSettings(max_messages_per_session=3)) as h:
+            sid = (await h.store.create_session()).session_id
+            first = await h.submit(sid, "hi", client_message_id="c-1")
+            await h.recorder.turns_ended(1)
+            again = await h.submit(sid, "hi", client_message_id="c-1")
+            second = await h.submit(sid, "next", client_message_id="c-2")
+            await h.recorder.turns_ended(2)
+            full = await h.submit(sid, "one more")
+            # A retry of an accepted message is still recognised when full.
+            retry = await h.submit(sid, "next", client_message_id="c-2")
+    assert first.outcome is SubmitOutcome.ACCEPTED
+    assert (again.outcome, again.message_id) == (SubmitOutcome.DUPLICATE, first.message_id)
+    assert second.outcome is SubmitOutcome.ACCEPTED
+    assert (full.outcome, full.message_id) == (SubmitOutcome.SESSION_FULL, None)
+    assert (retry.outcome, retry.message_id) == (SubmitOutcome.DUPLICATE, second.message_id)
+    assert len(h.upstream.requests) == 2
+    record = await h.store.get_session(sid)
+    assert record is not None
+    assert record.message_count == 4
+
+
+async def test_unknown_session_and_full_mailbox(autojump_clock: object) -> None:
+    store = FaultyStore()
+    with trio.fail_after(CEILING_S):
+        async with open_harness(store=store, settings=HubSettings(mailbox_size=1)) as h:
+            with pytest.raises(SessionNotFound):
+                await h.hub.deliver("no-such-session", SubmitMessage("hi"))
+            assert h.hub.live_sessions() == 0
+            sid = (await store.create_session()).session_id
+            store.gates["add_user_message"] = gate = trio.Event()
+            await h.hub.deliver(sid, SubmitMessage("blocks the actor"))
+            await trio.sleep(1)
+            await h.hub.deliver(sid, SubmitMessage("waits in the mailbox"))
+            with pytest.raises(SessionBusy) as busy:
+                await h.hub.deliver(sid, SubmitMessage("one too many"))
+            assert isinstance(busy.value, MailboxFull)
+            gate.set()
+            await h.recorder.turns_ended(2)
+
+
+async def test_turn_state_for_rejoining_clients(autojump_clock: object) -> None:
+    upstream = script(chunk("a"), chunk("b"), chunk("c"), Sleep(10), COMPLETE)
+    with trio.fail_after(CEILING_S):
+        async with open_harness(upstream) as h:
+            sid = (await h.store.create_session()).session_id
+            idle = await h.turn_state(sid)
+            assert (idle.last_seq, idle.typing, idle.turn, idle.events) == (0, False, None, ())
+            await h.submit(sid, "q")
+            await trio.sleep(5)
+            whole = await h.turn_state(sid)
+            since = await h.turn_state(sid, after_seq=3)
+            await h.recorder.turns_ended(1)
+            after = await h.turn_state(sid)
+    # user message 1, typing 2, chunks 3..5
+    assert whole.typing is True
+    assert whole.last_seq == 5
+    assert whole.turn is not None
+    message_id, start_seq = whole.turn
+    assert start_seq == 2
+    assert [(e.seq, e.content) for e in whole.events if isinstance(e, ChunkStreamed)] == [
+        (3, "a"), (4, "b"), (5, "c"),
+    ]  # fmt: skip
+    assert all(e.message_id == message_id for e in whole.events if isinstance(e, ChunkStreamed))
+    assert [e.seq for e in since.events] == [4, 5]
+    assert (after.typing, after.turn, after.events, after.last_seq) == (False, None, (), 8)
+
+
+async def test_turn_buffer_merges_older_chunks_and_keeps_the_text(
+    autojump_clock: object,
+) -> None:
+    pieces = [f"{n} " for n in range(40)]
+    upstream = script(*[chunk(p) for p in pieces], Hang())
+    with trio.fail_after(CEILING_S):
+        async with open_harness(upstream, HubSettings(turn_buffer=8)) as h:
+            sid = (await h.store.create_session()).session_id
+            await h.submit(sid, "count")
+            await h.recorder.wait_for(
+                lambda ev: sum(isinstance(e, ChunkStreamed) for e in ev) == len(pieces)
+            )
+            state = await h.turn_state(sid)
+            recent = await h.turn_state(sid, after_seq=state.last_seq - 3)
+            await h.cancel(sid)
+    chunks = [e for e in state.events if isinstance(e, ChunkStreamed)]
+    assert len(chunks) <= 8
+    assert "".join(c.content for c in chunks) == "".join(pieces)
+    assert chunks[-1].seq == state.last_seq
+    # The newest chunks keep their own seq.
+    assert [c.content for c in recent.events if isinstance(c, ChunkStreamed)] == pieces[-3:]
+
+
+async def test_passivation_and_reactivation_keep_seq(autojump_clock: object) -> None:
+    settings = HubSettings(idle_passivate_s=10)
+    with trio.fail_after(CEILING_S):
+        async with open_harness(settings=settings) as h:
+            sid = (await h.store.create_session()).session_id
+            await h.submit(sid, "one")
+            await h.recorder.turns_ended(1)
+            assert trio.current_time() == 0
+            await trio.sleep(9.999)
+            assert h.hub.is_live(sid)
+            await trio.sleep(0.002)  # passivated at 10
+            assert not h.hub.is_live(sid)
+            assert h.hub.live_sessions() == 0
+            record = await h.store.get_session(sid)
+            assert record is not None
+            assert record.last_seq == 6  # typing off had seq 6
+            await h.submit(sid, "two")
+            assert h.hub.is_live(sid)
+            await h.recorder.turns_ended(2)
+    seqs = [e.seq for e in h.recorder.of(sid)]
+    assert seqs == [1, 2, 2, 3, 4, 5, 6, 6, 7, 8, 8, 9, 10, 11, 12, 12]
+    assert_wire_order(h.recorder.of(sid))
+
+
+async def test_a_busy_session_is_not_passivated(autojump_clock: object) -> None:
+    upstream = script(*[x for _ in range(30) for x in (Sleep(1), PING)], COMPLETE)
+    with trio.fail_after(CEILING_S):
+        async with open_harness(upstream, HubSettings(idle_passivate_s=5)) as h:
+            sid = (await h.store.create_session()).session_id
+            await h.submit(sid, "slow one")
+            await h.recorder.turns_ended(1)
+            assert trio.current_time() == 30
+            await trio.sleep(4.999)
+            assert h.hub.is_live(sid)
+            await trio.sleep(0.002)  # idle from the end of its turn: passivated at 35
+            assert not h.hub.is_live(sid)
+
+
+async def test_a_crash_fails_its_turn_restarts_and_spares_the_sibling(
+    autojump_clock: object,
+) -> None:
+    store = FaultyStore()
+    upstream = Upstream(
+        script=lambda body: [x for n in range(5) for x in (chunk(f"{n}"), Sleep(1))] + [COMPLETE]
+    )
+    with trio.fail_after(CEILING_S):
+        async with open_harness(upstream, store=store) as h:
+            crashing = (await store.create_session()).session_id
+            sibling = (await store.create_session()).session_id
+            await h.submit(sibling, "keep going")
+            await trio.sleep(2)
+            store.crash_history.add(crashing)
+            await h.submit(crashing, "this one crashes")
+            (crashed,) = await h.recorder.turns_ended(1, crashing)
+            assert trio.current_time() == 2
+            assert h.hub.is_live(crashing)  # restarted
+            (finished,) = await h.recorder.turns_ended(1, sibling)
+            assert trio.current_time() == 5
+            again = await h.submit(crashing, "and now?")
+            assert again.outcome is SubmitOutcome.ACCEPTED
+            ended = await h.recorder.turns_ended(2, crashing)
+    assert (crashed.status, crashed.code) == (MessageStatus.FAILED, ErrorCode.INTERNAL_ERROR)
+    failed = next(e for e in h.recorder.of(crashing) if isinstance(e, TurnFailed))
+    assert failed.code is ErrorCode.INTERNAL_ERROR
+    assert (finished.status, ended[1].status) == (MessageStatus.COMPLETE, MessageStatus.COMPLETE)
+    sibling_text = "".join(
+        e.content for e in h.recorder.of(sibling) if isinstance(e, ChunkStreamed)
+    )
+    assert sibling_text == "01234"
+    assert_wire_order(h.recorder.events)
+    stored = [m.status for m in await store.session_messages(crashing) if m.sender == "agent"]
+    assert stored == [MessageStatus.FAILED, MessageStatus.COMPLETE]
+
+
+async def test_a_session_that_keeps_crashing_is_given_up_alone(
+    autojump_clock: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FaultyStore()
+    upstream = script(chunk("a"), Sleep(1), chunk("b"), COMPLETE)
+    settings = HubSettings(restart_intensity=2, restart_period_s=10)
+    with trio.fail_after(CEILING_S):
+        async with open_harness(upstream, settings, store=store) as h:
+            bad = (await store.create_session()).session_id
+            good = (await store.create_session()).session_id
+            # The turn crashes the actor, and then every restart crashes loading it.
+            store.crash_history.add(bad)
+            store.break_on_crash.add(bad)
+            await h.submit(good, "fine")
+            await h.submit(bad, "boom")
+            (crashed,) = await h.recorder.turns_ended(1, bad)
+            await trio.sleep(0.5)
+            assert not h.hub.is_live(bad)
+            assert h.hub.is_live(good)
+            (finished,) = await h.recorder.turns_ended(1, good)
+            assert trio.current_time() == 1
+            store.broken.discard(bad)  # repaired: the next use starts it afresh
+            assert (await h.submit(bad, "again")).outcome is SubmitOutcome.ACCEPTED
+            await h.recorder.turns_ended(2, bad)
+    assert (crashed.status, crashed.code) == (MessageStatus.FAILED, ErrorCode.INTERNAL_ERROR)
+    assert finished.status is MessageStatus.COMPLETE
+    assert any("giving it up" in r.getMessage() for r in caplog.records)
+
+
+async def test_shutdown_cancels_turns_and_stores_them_cancelled(autojump_clock: object) -> None:
+    upstream = script(chunk("half"), Hang())
+    with trio.fail_after(CEILING_S):
+        async with open_harness(upstream) as h:
+            sids = [(await h.store.create_session()).session_id for _ in range(3)]
+            for sid in sids:
+                await h.submit(sid, "go")
+            await h.recorder.wait_for(lambda ev: sum(isinstance(e, ChunkStreamed) for e in ev) == 3)
+            await h.hub.shutdown()
+            assert trio.current_time() == 0
+            assert h.hub.live_sessions() == 0
+            with pytest.raises(HubClosed):
+                await h.hub.deliver(sids[0], SubmitMessage("late"))
+            ended = await h.recorder.turns_ended(3)
+    assert {e.status for e in ended} == {MessageStatus.CANCELLED}
+    for sid in sids:
+        agent = (await h.store.session_messages(sid))[-1]
+        assert (agent.status, agent.content) == (MessageStatus.CANCELLED, "half")
+        record = await h.store.get_session(sid)
+        assert record is not None
+        assert record.last_seq == 6  # user 1, typing 2, chunk 3, 4 5 6: the end events
+    assert len(upstream.closed_early) == 3
+
+
+@pytest.mark.parametrize(
+    ("store_answers_at", "shutdown_done_at", "saved"),
+    [
+        pytest.param(2.5, 2.5, True, id="save-lands-after-the-grace"),
+        pytest.param(None, 3, False, id="save-abandoned-at-its-deadline"),
+    ],
+)
+async def test_forced_shutdown_bounds_the_shielded_save(
+    autojump_clock: object, store_answers_at: float | None, shutdown_done_at: float, saved: bool
+) -> None:
+    store = FaultyStore()
+    upstream = script(chunk("half"), Hang())
+    settings = HubSettings(shutdown_grace_s=2, save_timeout_s=3)
+    with trio.fail_after(CEILING_S):
+        async with open_harness(upstream, settings, store=store) as h:
+            sid = (await store.create_session()).session_id
+            await h.submit(sid, "go")
+            await h.recorder.wait_for(lambda ev: any(isinstance(e, ChunkStreamed) for e in ev))
+            store.gates["finish_turn"] = gate = trio.Event()
+            async with trio.open_nursery() as nursery:
+                if store_answers_at is not None:
+                    nursery.start_soon(sleep_then_set, store_answers_at, gate)
+                # The grace (2 s) runs out while the save is stuck; the save itself is
+                # shielded with its own 3 s deadline.
+                await h.hub.shutdown()
+                assert trio.current_time() == shutdown_done_at
+            ended = await h.recorder.turns_ended(1)
+    assert ended[0].status is MessageStatus.CANCELLED
+    (row,) = [m for m in store.rows(sid) if m.sender == "agent"]
+    if saved:
+        assert (row.status, row.content) == (MessageStatus.CANCELLED, "half")
+    else:
+        assert row.status is MessageStatus.STREAMING  # failed at the next start
+        assert store.recover() == 1
+
+
+async def sleep_then_set(seconds: float, event: trio.Event) -> None:
+    await trio.sleep(seconds)
+    event.set()
+
+
+async def test_a_message_sent_during_a_turn_keeps_seq_order(autojump_clock: object) -> None:
+    upstream = Upstream(
+        script=lambda body: [x for n in range(3) for x in (chunk(f"{n}"), Sleep(1))] + [COMPLETE]
+    )
+    with trio.fail_after(CEILING_S):
+        async with open_harness(upstream) as h:
+            sid = (await h.store.create_session()).session_id
+            await h.submit(sid, "first")
+            await trio.sleep(1.5)
+            await h.submit(sid, "second")
+            await h.recorder.turns_ended(2)
+    events = h.recorder.of(sid)
+    assert_wire_order(events)
+    users = [e for e in events if isinstance(e, MessageEmitted) and e.message.sender == "user"]
+    assert [u.message.content for u in users] == ["first", "second"]
+    assert len({e.seq for e in events if not e.name.startswith("_")}) == len(
+        [e for e in events if not e.name.startswith("_")]
+    )
+
+
+async def test_a_session_deleted_while_passive_is_not_found(autojump_clock: object) -> None:
+    store = MemoryStore()
+    with trio.fail_after(CEILING_S):
+        async with open_harness(store=store, settings=HubSettings(idle_passivate_s=1)) as h:
+            sid = (await store.create_session()).session_id
+            await h.submit(sid, "hi")
+            await h.recorder.turns_ended(1)
+            await trio.sleep(2)
+            await store.delete_session(sid)
+            with pytest.raises(SessionNotFound):
+                await h.hub.deliver(sid, SubmitMessage("anyone?"))
