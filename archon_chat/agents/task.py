@@ -82,6 +82,7 @@ _LESS = re.compile(
     re.IGNORECASE,
 )
 _ALSO = re.compile(r"^\s*(?:also|and also|plus|additionally|and)\b[\s,:]*", re.IGNORECASE)
+_CONNECTIVE = re.compile(r"^(?:also|and|then|plus|finally|next|and then)\s+", re.IGNORECASE)
 _POINTS_BACK = re.compile(r"\b(it|this|that|the plan|the same|again)\b", re.IGNORECASE)
 
 KIND_WORDS: dict[str, tuple[str, ...]] = {
@@ -528,6 +529,7 @@ def resolve(request: AgentRequest) -> tuple[str, str, str]:
         return previous, level, f"Re-planned your previous request at detail level {level}."
     if also:
         extra = prompt[also.end() :].strip()
+        extra = extra[:1].upper() + extra[1:]
         return f"{previous.rstrip(' .')}. {extra}", level, "Your previous request, extended."
     if _POINTS_BACK.search(prompt) and not _work_items(prompt)[1:]:
         return previous, level, "Re-planned your previous request."
@@ -571,7 +573,8 @@ def _work_items(text: str) -> list[str]:
     for sentence in tx.sentences(_strip_lead(text)) or [text]:
         for clause in re.split(r";|\s+(?:and\s+)?then\s+", _strip_lead(sentence)):
             items.extend(_enumeration(clause))
-    return [i for i in (s.strip(" .,;:!?") for s in items) if i]
+    cleaned = (_CONNECTIVE.sub("", s.strip(" .,;:!?")) for s in items)
+    return [i for i in cleaned if i]
 
 
 def _enumeration(clause: str) -> list[str]:
@@ -582,7 +585,8 @@ def _enumeration(clause: str) -> list[str]:
         parts = parts[:-1] + [p for p in last if p and p.strip()]
         return [re.sub(r"^(?:and|or)\s+", "", p) for p in parts]
     halves = re.split(r"\s+and\s+", clause, maxsplit=1)
-    if len(halves) == 2 and _verb(halves[1]):
+    # "fix X and add Y" is two items; "search and replace" is one (a verb needs an object).
+    if len(halves) == 2 and _verb(halves[1]) and len(halves[1].split()) >= 2:
         return [halves[0], *_enumeration(halves[1])]
     return [clause]
 

@@ -180,24 +180,27 @@ def key_terms(text: str, count: int) -> list[tuple[str, int]]:
     A phrase replaces its words when it accounts for most of their uses. Ties keep the term
     that appears first.
     """
-    content = terms(" ".join(s for k, s in blocks(text) if k != "code"))
+    prose = " ".join(s for k, s in blocks(text) if k != "code")
+    content = terms(prose)
     if not content:
         return []
     first: dict[str, int] = {}
     for index, term in enumerate(content):
         first.setdefault(term, index)
     single = Counter(content)
-    pairs = Counter(f"{a} {b}" for a, b in itertools.pairwise(content) if a != b)
-    for index, pair in enumerate(f"{a} {b}" for a, b in itertools.pairwise(content)):
-        first.setdefault(pair, index)
+    # Phrases are two content words written next to each other (no stopword between).
+    lowered = [w.lower().replace("’", "'") for w in words(prose)]
+    pairs = Counter(
+        f"{a} {b}" for a, b in itertools.pairwise(lowered) if a != b and a in single and b in single
+    )
     scores: dict[str, int] = {}
     for pair, n in pairs.items():
-        if n < 2:
-            continue
         a, b = pair.split(" ")
-        if n * 2 >= min(single[a], single[b]):
+        if n >= 2 and n * 2 >= min(single[a], single[b]):
             scores[pair] = n
-    covered = {w for p in scores for w in p.split(" ")}
+            first[pair] = min(first[a], first[b])
+    # A word most of whose uses are inside a kept phrase is represented by the phrase.
+    covered = {w for p, n in scores.items() for w in p.split(" ") if n * 2 >= single[w]}
     for term, n in single.items():
         if term not in covered and not term.isdigit():
             scores[term] = n

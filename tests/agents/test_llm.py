@@ -1,0 +1,216 @@
+"""The LLM path: the agents service streaming from a fake OpenAI-compatible server (real
+HTTP on 127.0.0.1 port 0, see ``support.FakeLLM``), its failures turned into ``error``
+events, and a client disconnect closing the upstream request.
+
+Ceiling: every test runs under ``trio.fail_after(10)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from archon_chat.agents.llm import completions_url
+
+from .support import (
+    FakeLLM,
+    agents_settings,
+    ask,
+    running_llm,
+    running_service,
+    sources_of,
+    wait_idle,
+    write_kb,
+)
+
+CEILING = 10
+
+
+def llm_settings(tmp_path: Path, fake: FakeLLM, **changes: Any) -> Any:
+    return agents_settings(
+        tmp_path,
+        kb_dir=str(write_kb(tmp_path / "kb")),
+        llm_base_url=fake.base_url,
+        llm_model="fake-model",
+        llm_api_key="sk-test",
+        **changes,
+    )
+
+
+async def test_tokens_stream_as_deltas(tmp_path: Path) -> None:
+    fake = FakeLLM(tokens=["Plan", ":", " first", " do", " this", "."])
+    with trio.fail_after(CEILING):
+        async with (
+            running_llm(fake),
+            running_service(llm_settings(tmp_path, fake)) as url,
+            httpx.AsyncClient(base_url=url) as client,
+        ):
+            stream = await ask(client, "task", "Add a login page", {"detail_level": "high"})
+            listing = (await client.get("/agents")).json()
+            health = (await client.get("/health")).json()
+    stream.check_shape()
+    assert stream.chunks == ["Plan", ":", " first", " do", " this", "."]
+    assert stream.last == {"type": "stream_complete"}
+    assert {a["backend"] for a in listing["agents"]} == {"llm"}
+    assert health["backend"] == "llm"
+    assert health["model"] == "fake-model"
+
+    (request,) = fake.requests
+    assert request["path"] == "/v1/chat/completions"
+    assert request["headers"]["authorization"] == "Bearer sk-test"
+    body = request["body"]
+    assert body["model"] == "fake-model"
+    assert body["stream"] is True
+    system, user = body["messages"]
+    assert system["role"] == "system"
+    assert "Detail level high" in system["content"]
+    assert user == {"role": "user", "content": "Add a login page"}
+
+
+async def test_history_goes_to_the_model_between_system_and_prompt(tmp_path: Path) -> None:
+    fake = FakeLLM()
+    history = [
+        {"role": "user", "content": "What is trio?"},
+        {"role": "assistant", "content": "A concurrency library."},
+    ]
+    with trio.fail_after(CEILING):
+        async with (
+            running_llm(fake),
+            running_service(llm_settings(tmp_path, fake)) as url,
+            httpx.AsyncClient(base_url=url) as client,
+        ):
+            stream = await ask(client, "document", "Write a short guide to it", history=history)
+    assert stream.last == {"type": "stream_complete"}
+    messages = fake.requests[0]["body"]["messages"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[1:3] == history
+    assert "technical style" in messages[0]["content"]
+
+
+async def test_rag_gives_the_model_its_passages_and_cites_them(tmp_path: Path) -> None:
+    fake = FakeLLM(tokens=["Nurseries supervise tasks [1]."])
+    with trio.fail_after(CEILING):
+        async with (
+            running_llm(fake),
+            running_service(llm_settings(tmp_path, fake)) as url,
+            httpx.AsyncClient(base_url=url) as client,
+        ):
+            stream = await ask(client, "rag", "How do trio nurseries work?", {"match_count": 2})
+    assert stream.last == {"type": "stream_complete"}
+    assert stream.chunks[0] == "Nurseries supervise tasks [1]."
+    assert stream.text.startswith("Nurseries supervise tasks [1].\n\n**Sources**")
+    assert sources_of(stream.text)[0] == "trio.md"
+    assert len(sources_of(stream.text)) == 2
+    prompt = fake.requests[0]["body"]["messages"][-1]["content"]
+    assert "[1] Trio › Nurseries (trio.md)" in prompt
+    assert "A nursery supervises child tasks" in prompt
+    assert prompt.endswith("Question: How do trio nurseries work?")
+
+
+async def test_a_plain_json_completion_is_accepted(tmp_path: Path) -> None:
+    fake = FakeLLM(mode="json", tokens=["All ", "at ", "once."])
+    with trio.fail_after(CEILING):
+        async with (
+            running_llm(fake),
+            running_service(llm_settings(tmp_path, fake)) as url,
+            httpx.AsyncClient(base_url=url) as client,
+        ):
+            stream = await ask(client, "task", "Fix the crash")
+    assert stream.text == "All at once."
+    assert stream.last == {"type": "stream_complete"}
+
+
+@pytest.mark.parametrize(
+    ("fake", "expected"),
+    [
+        (FakeLLM(mode="status", status=500), "LLM service error: 500: model overloaded"),
+        (FakeLLM(mode="status", status=404), "check ARCHON_CHAT_LLM_BASE_URL"),
+        (FakeLLM(mode="status", status=401), "check ARCHON_CHAT_LLM_API_KEY"),
+        (FakeLLM(mode="hang"), "timed out (no data for 0.3 s)"),
+        (FakeLLM(mode="garbage"), "sent a malformed stream: unexpected line"),
+        (FakeLLM(mode="badjson"), "sent a malformed stream: invalid JSON"),
+        (FakeLLM(mode="truncated"), "ended the stream before the reply was done"),
+        (FakeLLM(mode="cut"), "broke the connection: peer closed connection"),
+    ],
+    ids=["500", "404", "401", "hang", "garbage", "badjson", "truncated", "cut"],
+)
+async def test_upstream_failures_become_error_events(
+    tmp_path: Path, fake: FakeLLM, expected: str
+) -> None:
+    with trio.fail_after(CEILING):
+        async with (
+            running_llm(fake),
+            running_service(llm_settings(tmp_path, fake, llm_timeout_s=0.3)) as url,
+            httpx.AsyncClient(base_url=url) as client,
+        ):
+            stream = await ask(client, "task", "Fix the crash")
+            assert (await client.get("/health")).json()["active_streams"] == 0
+    stream.check_shape()
+    assert stream.last["type"] == "error"
+    assert expected in stream.last["error"]
+    assert "sk-test" not in stream.last["error"]
+    if fake.mode in ("badjson", "truncated", "cut"):
+        assert stream.chunks == ["Hello"]  # what came before the failure is kept
+
+
+async def test_an_unreachable_llm_is_an_error_event(tmp_path: Path) -> None:
+    fake = FakeLLM()
+    async with running_llm(fake):
+        pass  # the port is now closed: nothing listens there
+    with trio.fail_after(CEILING):
+        async with (
+            running_service(llm_settings(tmp_path, fake)) as url,
+            httpx.AsyncClient(base_url=url) as client,
+        ):
+            stream = await ask(client, "task", "Fix the crash")
+    assert stream.last["type"] == "error"
+    assert f"LLM service at http://127.0.0.1:{fake.port} is unreachable" in stream.last["error"]
+
+
+async def test_pings_flow_while_the_model_thinks(tmp_path: Path) -> None:
+    fake = FakeLLM(first_delay_s=0.5)
+    with trio.fail_after(CEILING):
+        async with (
+            running_llm(fake),
+            running_service(llm_settings(tmp_path, fake, agent_ping_interval_s=0.05)) as url,
+            httpx.AsyncClient(base_url=url) as client,
+        ):
+            stream = await ask(client, "task", "Fix the crash")
+    assert stream.pings >= 1
+    assert stream.text == "Hello, world!"
+    assert stream.last == {"type": "stream_complete"}
+
+
+async def test_a_client_disconnect_closes_the_llm_request(tmp_path: Path) -> None:
+    fake = FakeLLM(mode="hold")
+    with trio.fail_after(CEILING):
+        async with (
+            running_llm(fake),
+            running_service(llm_settings(tmp_path, fake)) as url,
+            httpx.AsyncClient(base_url=url) as client,
+        ):
+            body = {"prompt": "Fix the crash"}
+            async with client.stream("POST", "/agents/task/stream", json=body) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("data: "):
+                        assert '"Hello"' in line
+                        break
+                assert not fake.closed.is_set()
+            await fake.closed.wait()
+            await wait_idle(client)
+
+
+@pytest.mark.parametrize(
+    ("base", "url"),
+    [
+        ("http://h:1/v1", "http://h:1/v1/chat/completions"),
+        ("http://h:1/v1/", "http://h:1/v1/chat/completions"),
+        ("http://h:1/v1/chat/completions", "http://h:1/v1/chat/completions"),
+    ],
+)
+def test_completions_url(base: str, url: str) -> None:
+    assert completions_url(base) == url
