@@ -32,7 +32,7 @@ const AGENTS = {
     placeholder: 'Ask the knowledge base…',
     suggestions: ['What is Archon?', 'How does resume after a reconnect work?'],
     options: [
-      { key: 'match_count', label: 'Passages to retrieve', type: 'number', min: 1, max: 20, value: '5' },
+      { key: 'match_count', label: 'Passages to cite', type: 'number', min: 1, max: 50, value: '5' },
       { key: 'source_filter', label: 'Only sources matching', type: 'text', placeholder: 'e.g. configuration' },
     ],
   },
@@ -45,7 +45,9 @@ const AGENTS = {
     suggestions: ['Draft a guide to configuring archon-chat', 'Summarise the wire contract'],
     options: [
       { key: 'format', label: 'Format', type: 'select', choices: ['markdown', 'plain'], value: 'markdown' },
-      { key: 'style', label: 'Style', type: 'select', choices: ['technical', 'concise', 'tutorial'], value: 'technical' },
+      { key: 'style', label: 'Style', type: 'select', choices: ['technical', 'concise', 'friendly', 'formal'], value: 'technical' },
+      { key: 'mode', label: 'Mode', type: 'select', choices: ['auto', 'analyze', 'draft'], value: 'auto' },
+      { key: 'document', label: 'Knowledge-base document', type: 'text', placeholder: 'path or title (optional)' },
     ],
   },
   task: {

@@ -239,7 +239,11 @@ ol { list-style: none; margin: 0; padding: 0; }
 .msg.failed .bubble { background: var(--archon-danger-bg); color: var(--archon-text); }
 .msg.agent[data-status="failed"] .bubble { border: 1px solid color-mix(in srgb, var(--archon-danger) 35%, transparent); }
 
-.streaming .bubble > :last-child::after, .streaming .bubble:empty::after {
+/* the caret sits at the end of the text, inside the last paragraph, item or code block */
+.streaming .bubble > :last-child:not(ul, ol, pre, table, hr)::after,
+.streaming .bubble > :is(ul, ol):last-child > li:last-child::after,
+.streaming .bubble > pre:last-child > code::after,
+.streaming .bubble:empty::after {
   content: ""; display: inline-block; width: 7px; height: 1.05em; margin-left: 2px;
   vertical-align: -0.15em; border-radius: 1px; background: var(--archon-accent);
   animation: blink 1s steps(2, start) infinite;

@@ -1,0 +1,445 @@
+"""The browser panel in a real Chromium, against the real gateway and a scripted agents
+service.
+
+Each test drives the page the way a user does (type, Enter, Stop, reload) and checks what
+the user sees, plus what the panel received (its ``archon-chat:*`` events, recorded by an
+init script) and what the agents service saw. The gateway runs as an ``archon-chat serve``
+subprocess (Playwright's sync API would block a trio loop); the agents service is a
+threaded HTTP server in this process streaming slow scripted replies.
+
+Ceilings: every browser wait is bounded by the context's default timeout
+(``panel_support.WAIT_MS``, 15 s); starting the gateway by 30 s, stopping it by 10 s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Dialog, Page, Playwright, sync_playwright
+
+from .panel_support import (
+    Gateway,
+    Panel,
+    Reply,
+    ScriptedAgents,
+    iter_prefix_violations,
+    launch_chromium,
+    new_context,
+    words,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    browser = launch_chromium(playwright)
+    yield browser
+    browser.close()
+
+
+@pytest.fixture(scope="module")
+def agents() -> Iterator[ScriptedAgents]:
+    service = ScriptedAgents()
+    service.start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, agents: ScriptedAgents) -> Iterator[Gateway]:
+    gw = Gateway(tmp_path_factory.mktemp("gateway"), agents.url)
+    gw.start()
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = new_context(browser)
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def open_panel(page: Page, url: str) -> Panel:
+    page.goto(url)
+    panel = Panel(page)
+    panel.wait_status("online")
+    return panel
+
+
+def test_reply_streams_in_progressively(
+    gateway: Gateway, agents: ScriptedAgents, page: Page
+) -> None:
+    reply = agents.script("Tell me a story", Reply(words(24), first_delay_s=0.6))
+    panel = open_panel(page, gateway.url)
+
+    panel.send("Tell me a story")
+    panel.typing.wait_for(state="visible")
+    assert "typing" in panel.typing.inner_text()
+    assert panel.stop_button.is_visible()
+    states = panel.watch_text(until=reply.text.strip())
+    panel.wait_turn_done()
+
+    assert len(states) >= 4, f"the reply did not stream in: {states}"
+    assert not list(iter_prefix_violations(states, reply.text))
+    assert panel.user_bubbles.count() == 1
+    assert panel.user_bubbles.locator(".bubble").inner_text() == "Tell me a story"
+    message = panel.last_message("agent")
+    assert message["content"] == reply.text
+    assert message["status"] == "complete"
+    assert panel.chunks_of(message["id"]) == reply.text
+    assert page.evaluate("window.__chat.typing.map((t) => t.isTyping)") == [True, False]
+    assert panel.stop_button.is_hidden()
+    assert agents.prompts().count("Tell me a story") == 1
+
+
+def test_stop_ends_the_reply_and_reaches_the_agent(
+    gateway: Gateway, agents: ScriptedAgents, page: Page
+) -> None:
+    reply = agents.script("Write a long essay", Reply(words(300, "e"), delay_s=0.05))
+    panel = open_panel(page, gateway.url)
+
+    panel.send("Write a long essay")
+    panel.wait_agent_text("e03")
+    panel.stop_button.click()
+
+    stopped = panel.host.locator(".log .msg.agent[data-status='cancelled']")
+    stopped.wait_for()
+    agents.wait_disconnect("Write a long essay")
+    panel.wait_turn_done()
+    assert "Stopped" in stopped.locator(".note").inner_text()
+    shown = squash(panel.agent_text())
+    assert squash(reply.text).startswith(shown)
+    assert len(shown) < len(squash(reply.text))
+    assert panel.stop_button.is_hidden()
+    stored = gateway.session(panel.session_id())["messages"][-1]
+    assert stored["status"] == "cancelled"
+    assert squash(stored["content"]) == shown
+
+
+def test_cut_connection_mid_reply_resumes_without_gap_or_duplicate(
+    gateway: Gateway, agents: ScriptedAgents, page: Page
+) -> None:
+    reply = agents.script("Count slowly", Reply(words(40, "n"), delay_s=0.08))
+    panel = open_panel(page, gateway.url)
+
+    panel.send("Count slowly")
+    panel.wait_agent_text("n04")
+    before = panel.agent_text()
+    page.context.set_offline(True)
+    panel.wait_status("offline", "connecting")
+    # While the browser is cut off, the agent keeps writing (the gateway holds the turn
+    # for the grace period); the panel must catch up with exactly what it missed.
+    received = page.evaluate("window.__chat.chunks.length")
+    page.wait_for_timeout(1000)
+    assert page.evaluate("window.__chat.chunks.length") == received, "the cut did not cut"
+    page.context.set_offline(False)
+    panel.wait_status("online")
+    after = panel.watch_text(until=reply.text.strip())
+    panel.wait_turn_done()
+
+    assert not list(iter_prefix_violations([before, *after], reply.text))
+    message = panel.last_message("agent")
+    assert message["content"] == reply.text
+    assert panel.chunks_of(message["id"]) == reply.text
+    statuses = [s["status"] for s in page.evaluate("window.__chat.statuses")]
+    assert statuses[-1] == "online"
+    assert "online" in statuses[:-1]
+    assert panel.agent_bubbles.count() == 1
+    assert agents.prompts().count("Count slowly") == 1
+
+
+def test_server_restart_sends_the_pending_message_once(
+    tmp_path: Path, agents: ScriptedAgents, page: Page
+) -> None:
+    reply = agents.script("Sent while the server was down", Reply(words(8, "r")))
+    gw = Gateway(tmp_path, agents.url)
+    gw.start()
+    try:
+        panel = open_panel(page, gw.url)
+        panel.send("First question")
+        panel.wait_turn_done()
+        panel.wait_agent_text("agent.")
+
+        gw.stop()
+        panel.wait_status("connecting", "offline")
+        panel.send("Sent while the server was down")
+        pending = panel.pending.filter(has_text="Sent while the server was down")
+        pending.wait_for()
+        assert pending.get_attribute("data-state") == "pending"
+        assert "waiting for the connection" in pending.locator(".note").inner_text()
+        assert "Sent while the server was down" not in agents.prompts()
+
+        gw.start()  # same port, same database
+        panel.wait_status("online")
+        panel.pending.first.wait_for(state="detached")
+        panel.wait_agent_text("r07", index=1)
+        panel.wait_turn_done()
+
+        texts = panel.user_bubbles.locator(".bubble").all_inner_texts()
+        assert texts == ["First question", "Sent while the server was down"]
+        assert panel.agent_text() == reply.text.strip()
+        assert agents.prompts().count("Sent while the server was down") == 1
+        stored = gw.session(panel.session_id())["messages"]
+        sent = [m for m in stored if m["content"] == "Sent while the server was down"]
+        assert len(sent) == 1
+    finally:
+        gw.stop()
+
+
+def test_reload_keeps_the_conversation_even_mid_reply(
+    gateway: Gateway, agents: ScriptedAgents, page: Page
+) -> None:
+    first = agents.script("Remember the number 42", Reply(["Noted: ", "42."]))
+    second = agents.script("Keep talking", Reply(words(30, "k"), delay_s=0.08))
+    panel = open_panel(page, gateway.url)
+    panel.send("Remember the number 42")
+    panel.wait_agent_text("Noted: 42.")
+    panel.wait_turn_done()
+    session_id = panel.session_id()
+
+    panel.send("Keep talking")
+    panel.wait_agent_text("k03")
+    page.reload()
+    panel.wait_status("online")
+    assert panel.session_id() == session_id
+    panel.watch_text(until=second.text.strip())
+    panel.wait_turn_done()
+
+    texts = panel.user_bubbles.locator(".bubble").all_inner_texts()
+    assert texts == ["Remember the number 42", "Keep talking"]
+    assert panel.agent_text(0) == first.text
+    assert panel.agent_text(1) == second.text.strip()
+    ids = page.evaluate(
+        """() => [...document.querySelector('archon-chat-panel').shadowRoot
+                  .querySelectorAll('.log .msg')].map((li) => li.dataset.messageId)"""
+    )
+    assert len(ids) == 4 and len(set(ids)) == 4
+
+    page.reload()
+    panel.wait_status("online")
+    assert panel.agent_bubbles.count() == 2
+    assert panel.agent_text(1) == second.text.strip()
+
+
+def test_agent_markup_is_inert(gateway: Gateway, agents: ScriptedAgents, page: Page) -> None:
+    hostile = (
+        "Look: <img src=x onerror=\"window.__xss='img'\"> and "
+        "<script>window.__xss='script'</script> and "
+        "[a link](javascript:window.__xss='link') and **bold** text."
+    )
+    # Cut mid-tag so that partial markup is rendered while streaming, too.
+    agents.script("Show me HTML", Reply([hostile[i : i + 9] for i in range(0, len(hostile), 9)]))
+    dialogs: list[str] = []
+
+    def on_dialog(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    panel = open_panel(page, gateway.url)
+
+    user_text = "<img src=x onerror=\"window.__xss='user'\">"
+    panel.send(user_text)
+    panel.send("Show me HTML")
+    panel.wait_agent_text("bold", index=1)
+    panel.wait_turn_done()
+
+    bubble = panel.agent_bubbles.last.locator(".bubble")
+    assert bubble.locator("strong").inner_text() == "bold"
+    assert bubble.locator("script").count() == 0
+    for img in bubble.locator("img").all():
+        assert img.get_attribute("onerror") is None
+    for link in bubble.locator("a").all():
+        assert not (link.get_attribute("href") or "").lower().startswith("javascript:")
+    if bubble.locator("a").count():
+        bubble.locator("a").first.click()
+    assert panel.user_bubbles.first.locator(".bubble").inner_text() == user_text
+    assert panel.user_bubbles.first.locator("img").count() == 0
+    assert page.evaluate("window.__xss") is None
+    assert dialogs == []
+
+
+def test_agent_error_is_shown_in_the_conversation(
+    gateway: Gateway, agents: ScriptedAgents, page: Page
+) -> None:
+    agents.script("Break please", Reply(["Partial "], error="the model is unavailable"))
+    panel = open_panel(page, gateway.url)
+    panel.send("Break please")
+    failed = panel.host.locator(".log .msg.agent[data-status='failed']")
+    failed.wait_for()
+    panel.wait_turn_done()
+    assert "the model is unavailable" in failed.locator(".note").inner_text()
+    assert failed.locator(".note").get_attribute("role") == "alert"
+    assert panel.agent_text() == "Partial"
+
+
+def test_switching_agent_starts_a_session_of_that_type(
+    gateway: Gateway, agents: ScriptedAgents, page: Page
+) -> None:
+    panel = open_panel(page, gateway.url)
+    first = panel.session_id()
+    panel.host.locator(".agent-picker label", has_text="Task").click()
+    page.wait_for_function(
+        "(first) => { const p = document.querySelector('archon-chat-panel');"
+        " return p.sessionId && p.sessionId !== first && p.agentType === 'task'; }",
+        arg=first,
+    )
+    panel.wait_status("online")
+    assert gateway.session(panel.session_id())["agent_type"] == "task"
+
+    panel.host.locator(".options-toggle").click()
+    panel.host.locator("select[name='detail_level']").select_option("high")
+    panel.send("Plan a CSV export")
+    panel.wait_turn_done()
+    panel.wait_agent_text("agent.")
+    request = next(r for r in reversed(agents.requests) if r.body["prompt"] == "Plan a CSV export")
+    assert request.path == "/agents/task/stream"
+    assert request.body["context"] == {"detail_level": "high"}
+
+
+def test_auto_scroll_pauses_while_the_reader_scrolls_up(
+    gateway: Gateway, agents: ScriptedAgents, page: Page
+) -> None:
+    lines = [f"line {i}\n\n" for i in range(60)]
+    reply = agents.script("Many lines", Reply(lines, delay_s=0.06))
+    panel = open_panel(page, gateway.url)
+    scroller = panel.host.locator(".scroller")
+    panel.send("Many lines")
+    panel.wait_agent_text("line 25")
+    at_bottom = scroller.evaluate("(s) => s.scrollHeight - s.scrollTop - s.clientHeight")
+    assert at_bottom < 50
+    # The reader scrolls up (and keeps at it until the panel has noticed, as a person
+    # scrolling with a wheel would): new text must no longer pull the view down.
+    page.wait_for_function(
+        """() => {
+            const root = document.querySelector('archon-chat-panel').shadowRoot;
+            const s = root.querySelector('.scroller');
+            const jump = root.querySelector('button.jump');
+            if (s.scrollTop !== 0 && jump.hidden) s.scrollTo(0, 0);
+            return s.scrollTop === 0 && !jump.hidden;
+        }"""
+    )
+    panel.wait_agent_text("line 40")
+    assert scroller.evaluate("(s) => s.scrollTop") == 0
+    jump = panel.host.locator("button.jump")
+    assert jump.is_visible()
+    panel.wait_agent_text("line 59")
+    panel.wait_turn_done()
+    assert scroller.evaluate("(s) => s.scrollTop") == 0
+    assert panel.last_message("agent")["content"] == reply.text
+    jump.click()
+    assert scroller.evaluate("(s) => s.scrollHeight - s.scrollTop - s.clientHeight") < 50
+
+
+def test_hidden_panel_does_not_connect(gateway: Gateway, page: Page) -> None:
+    traffic: list[str] = []
+    page.on(
+        "request",
+        lambda r: traffic.append(r.url) if "/socket.io/" in r.url or "/api/" in r.url else None,
+    )
+    hidden_page = """<!doctype html><html><head>
+      <script type="importmap">{"imports": {
+        "socket.io-client": "/vendor/socket.io.esm.min.js",
+        "marked": "/vendor/marked.esm.js", "dompurify": "/vendor/purify.es.mjs"}}</script>
+      <script type="module" src="/static/archon-chat-panel.js"></script>
+      </head><body style="height: 100vh; margin: 0; display: flex; justify-content: flex-end">
+      <archon-chat-panel hidden></archon-chat-panel></body></html>"""
+    page.route(
+        f"{gateway.url}/embedded",
+        lambda route: route.fulfill(status=200, content_type="text/html", body=hidden_page),
+    )
+    page.goto(f"{gateway.url}/embedded")
+    page.wait_for_function("customElements.get('archon-chat-panel') !== undefined")
+    # Two frames: IntersectionObserver has reported whatever it was going to report.
+    page.evaluate("new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    page.wait_for_timeout(300)
+    assert traffic == []
+
+    page.evaluate("document.querySelector('archon-chat-panel').hidden = false")
+    Panel(page).wait_status("online")
+    assert any("/api/agent-chat/sessions" in url for url in traffic)
+    assert any("/socket.io/" in url for url in traffic)
+
+
+def test_api_key_is_asked_once(tmp_path: Path, agents: ScriptedAgents, page: Page) -> None:
+    gw = Gateway(tmp_path, agents.url, env={"ARCHON_CHAT_API_KEY": "s3cret-key"})
+    gw.start()
+    try:
+        page.goto(gw.url)
+        panel = Panel(page)
+        dialog = panel.host.locator(".key-dialog")
+        dialog.wait_for()
+        key_input = dialog.locator("input")
+        key_input.fill("wrong-key")
+        key_input.press("Enter")
+        dialog.locator(".key-text.error").wait_for()
+        assert "refused" in dialog.locator(".key-text").inner_text()
+        key_input.fill("s3cret-key")
+        key_input.press("Enter")
+        panel.wait_status("online")
+        assert dialog.is_hidden()
+        panel.send("Hello with a key")
+        panel.wait_agent_text("agent.")
+        panel.wait_turn_done()
+
+        page.reload()
+        panel.wait_status("online")
+        assert dialog.is_hidden()
+        assert panel.user_bubbles.count() == 1
+    finally:
+        gw.stop()
+
+
+def test_screenshot_mid_stream(gateway: Gateway, agents: ScriptedAgents, page: Page) -> None:
+    agents.script(
+        "What is Archon?",
+        Reply(
+            [
+                "**archon-chat** is a real-time chat gateway: a browser panel talks ",
+                "Socket.IO to a Python server on trio, which streams each agent's reply ",
+                "chunk by chunk.\n\nSources: `overview.md`, `architecture.md`",
+            ],
+            delay_s=0.02,
+            first_delay_s=0.05,
+        ),
+    )
+    resume = (
+        "When the connection drops mid-reply, the panel **resumes without a gap**:\n\n"
+        "1. socket.io-client reconnects with exponential backoff;\n"
+        "2. the server replays what the socket missed (connection state recovery);\n"
+        "3. otherwise the panel re-joins with `last_seq` and the gateway replays "
+        "every event after it;\n"
+        "4. events whose `seq` was already seen are dropped, so no text is repeated.\n\n"
+        "Messages written while offline wait as *pending* and are sent once."
+    )
+    agents.script(
+        "How does resume work?",
+        Reply([resume[i : i + 6] for i in range(0, len(resume), 6)], delay_s=0.06),
+    )
+    panel = open_panel(page, gateway.url)
+    panel.send("What is Archon?")
+    panel.wait_agent_text("architecture.md")
+    panel.wait_turn_done()
+    panel.send("How does resume work?")
+    panel.wait_agent_text("otherwise the panel", index=1)
+    DOCS.mkdir(exist_ok=True)
+    page.screenshot(path=str(DOCS / "panel.png"))
+    assert panel.host.locator(".msg.streaming").count() == 1
+    panel.wait_turn_done()
