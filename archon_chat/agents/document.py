@@ -182,10 +182,10 @@ def _draft_topic(request: AgentRequest, instruction: str, points_back: bool) -> 
 
 def topic(instruction: str) -> str:
     """The subject of "Write a short guide about configuring the gateway" → "configuring
-    the gateway"."""
+    the gateway"; "Draft an overview of the wire contract" → "the wire contract"."""
     stripped = _DRAFT_LEAD.sub("", instruction.strip(), count=1)
     stripped = _ANALYZE.sub("", stripped, count=1)
-    stripped = re.sub(r"^\s*(?:the|a|an|this|that|it)\b", "", stripped, flags=re.IGNORECASE)
+    stripped = re.sub(r"^\s*(?:this|that|it)\b", "", stripped, flags=re.IGNORECASE)
     stripped = stripped.strip(" \t:.?!\"'")
     return stripped or instruction.strip(" \t:.?!")
 
@@ -307,8 +307,9 @@ def _outline(
 
 
 def draft(subject: str, passages: list[Passage], fmt: Format, style: str) -> str:
-    """A structured draft on ``subject`` assembled from knowledge-base ``passages``."""
-    title = tx.title_case(tx.clip(subject, 80))
+    """A structured draft on ``subject`` assembled from knowledge-base ``passages`` (best
+    first): the best passage opens it, the others become sections in reading order."""
+    title = tx.title_case(tx.clip(_without_article(subject), 80))
     focus = tx.terms(subject)
     doc = Doc()
     doc.heading(title, 1)
@@ -334,8 +335,7 @@ def draft(subject: str, passages: list[Passage], fmt: Format, style: str) -> str
     )
     if style == "friendly":
         doc.para(f"Here is a first draft about {subject}, pieced together from the knowledge base.")
-    combined = "\n\n".join(p.body for p in passages)
-    overview = tx.summarize(combined, 2 if style == "concise" else 3, focus=focus)
+    overview = tx.summarize(passages[0].body, 2 if style == "concise" else 3, focus=focus)
     if style == "formal":
         doc.heading("1. Purpose")
         doc.para(f"This document describes {subject}.")
@@ -346,28 +346,27 @@ def draft(subject: str, passages: list[Passage], fmt: Format, style: str) -> str
 
     max_sections = 2 if style == "concise" else 4
     per_section = 1 if style == "concise" else 3
+    chosen = _distinct(passages[1:])[:max_sections]
+    # Sections follow the documents' own order: grouped by document, in rank order of
+    # the documents, and by position within each.
+    rank = {p.path: n for n, p in reversed(list(enumerate(chosen)))}
+    chosen.sort(key=lambda p: (rank[p.path], p.position))
     used = set(overview)
-    seen_labels: set[str] = set()
     number = 3
-    for passage in passages:
-        if len(seen_labels) >= max_sections:
-            break
-        label = passage.label.split(" › ")[-1]
-        if label in seen_labels:
-            continue
+    for passage in chosen:
         picked = [
             s for s in tx.summarize(passage.body, per_section + 1, focus=focus) if s not in used
         ][:per_section]
         if not picked:
             continue
-        seen_labels.add(label)
         used.update(picked)
+        label = passage.label.split(" › ")[-1]
         doc.heading(f"{number}. {label}" if style == "formal" else label)
         number += 1
         doc.para(" ".join(picked))
 
     if style == "technical":
-        terms = tx.key_terms(combined, 8)
+        terms = tx.key_terms("\n\n".join(p.body for p in passages), 8)
         if terms:
             doc.heading("Key terms")
             doc.para(", ".join(f"`{t}`" for t, _ in terms))
@@ -386,6 +385,10 @@ def draft(subject: str, passages: list[Passage], fmt: Format, style: str) -> str
         ordered=style == "formal",
     )
     return doc.render(fmt)
+
+
+def _without_article(phrase: str) -> str:
+    return re.sub(r"^(?:the|a|an)\s+", "", phrase.strip(), flags=re.IGNORECASE) or phrase
 
 
 def _distinct(passages: list[Passage]) -> list[Passage]:

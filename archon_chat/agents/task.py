@@ -82,6 +82,22 @@ _LESS = re.compile(
     re.IGNORECASE,
 )
 _ALSO = re.compile(r"^\s*(?:also|and also|plus|additionally|and)\b[\s,:]*", re.IGNORECASE)
+
+
+class _Splitter:
+    """``re`` has no ``partition``: split once at the first match, keeping it."""
+
+    def __init__(self, pattern: str) -> None:
+        self._re = re.compile(pattern, re.IGNORECASE)
+
+    def partition(self, text: str) -> tuple[str, str, str]:
+        match = self._re.search(text)
+        if match is None:
+            return text, "", ""
+        return text[: match.start()], match.group(0), text[match.end() :]
+
+
+_WITH = _Splitter(r"\s+(?:with|including|that (?:has|supports))\s+")
 _CONNECTIVE = re.compile(r"^(?:also|and|then|plus|finally|next|and then)\s+", re.IGNORECASE)
 _POINTS_BACK = re.compile(r"\b(it|this|that|the plan|the same|again)\b", re.IGNORECASE)
 
@@ -572,7 +588,14 @@ def _work_items(text: str) -> list[str]:
     items: list[str] = []
     for sentence in tx.sentences(_strip_lead(text)) or [text]:
         for clause in re.split(r";|\s+(?:and\s+)?then\s+", _strip_lead(sentence)):
-            items.extend(_enumeration(clause))
+            # "Build X with A and B": X, then A and B as items of their own.
+            head, sep, tail = _WITH.partition(clause)
+            parts = [p for p in re.split(r",\s*(?:and\s+)?|\s+and\s+", tail) if p.strip()]
+            if sep and len(parts) >= 2:
+                items.append(head)
+                items.extend(parts)
+            else:
+                items.extend(_enumeration(clause))
     cleaned = (_CONNECTIVE.sub("", s.strip(" .,;:!?")) for s in items)
     return [i for i in cleaned if i]
 
@@ -640,7 +663,7 @@ def plan(request: str, level: str) -> tuple[str, list[WorkItem], list[Task]]:
     scope = None
     if level == "high":
         scope = add(
-            f"Agree on scope and success criteria: {goal}",
+            "Agree on scope and success criteria",
             (
                 "Goals, non-goals and success measures are written down",
                 "Stakeholders have agreed to them",
@@ -666,13 +689,13 @@ def plan(request: str, level: str) -> tuple[str, list[WorkItem], list[Task]]:
     open_ends = [t.id for t in tasks if t.id not in depended and t is not scope]
     if level == "medium" and len(items) > 1:
         add(
-            f"Integrate and verify end to end: {goal}",
+            "Integrate and verify everything end to end",
             ("All the work items work together as requested", "The full test suite passes"),
             open_ends,
         )
     elif level == "high":
         add(
-            f"Review and release: {goal}",
+            "Review and release",
             (
                 "Every acceptance criterion above is checked off",
                 "The release is rolled out with a rollback plan",
@@ -684,8 +707,26 @@ def plan(request: str, level: str) -> tuple[str, list[WorkItem], list[Task]]:
 
 
 def _fill(template: str, item: WorkItem) -> str:
-    obj = item.obj.rstrip(" .")
-    return template.replace("{I}", item.text).replace("{o}", obj)
+    return template.replace("{I}", item.text).replace("{o}", short_name(item.obj))
+
+
+_QUALIFIER = re.compile(
+    r"\s+(?:with|for|so that|that|which|in order to|using|by|via|including|without)\s+",
+    re.IGNORECASE,
+)
+#: Longer objects are cut at a qualifier ("a Slack integration for the chat panel with
+#: OAuth login" → "a Slack integration"): repeated in every step, the whole would drown it.
+SHORT_NAME_WORDS = 6
+
+
+def short_name(obj: str) -> str:
+    obj = obj.strip().rstrip(" .")
+    if len(obj.split()) <= SHORT_NAME_WORDS:
+        return obj
+    head = _QUALIFIER.split(obj, maxsplit=1)[0]
+    if len(head.split()) >= 2:
+        obj = head
+    return " ".join(obj.split()[: SHORT_NAME_WORDS + 2])
 
 
 def waves(tasks: list[Task]) -> list[list[str]]:

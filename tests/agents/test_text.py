@@ -157,7 +157,7 @@ def test_document_topics() -> None:
     assert document.topic("Write a short guide about configuring the gateway") == (
         "configuring the gateway"
     )
-    assert document.topic("Draft an overview of the wire contract.") == "wire contract"
+    assert document.topic("Draft an overview of the wire contract.") == "the wire contract"
     assert document.topic("session actors") == "session actors"
     assert document.document_name("Analyze the configuration.md document") == "configuration.md"
     assert document.document_name("Write about it") is None
