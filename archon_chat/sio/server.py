@@ -282,11 +282,11 @@ class SocketIOServer:
         return result[0] if len(result) == 1 else result
 
     def enter_room(self, sid: str, room: str, namespace: str = "/") -> None:
-        """Add ``sid`` to ``room``. Raises :class:`NotConnected` for an unknown sid."""
+        """Add ``sid`` to ``room``; nothing happens for a sid that no longer exists (a
+        disconnect may race with the handler calling this)."""
         sock = self._sockets.get(sid)
-        if sock is None or sock.namespace != namespace:
-            raise NotConnected(sid)
-        self._rooms.join(namespace, room, sid)
+        if sock is not None and sock.namespace == namespace:
+            self._rooms.join(namespace, room, sid)
 
     def leave_room(self, sid: str, room: str, namespace: str = "/") -> None:
         """Remove ``sid`` from ``room`` (nothing happens if it is not a member)."""
@@ -317,20 +317,23 @@ class SocketIOServer:
         await trio.lowlevel.checkpoint()
 
     def stats(self) -> dict[str, int]:
-        """Counters for metrics: sockets by state, connections, merges, cuts, recoveries,
-        Socket.IO packets in and out."""
+        """Counters for metrics: ``connected`` sockets, ``ghosts`` (waiting for recovery),
+        ``engine_connections``, outbox ``merges``, ``slow_disconnects``, ``recoveries``
+        served and ``recovery_misses``, Socket.IO ``packets_in``/``packets_out``,
+        ``handler_errors``."""
         states = Counter(sock.state for sock in self._sockets.values())
+        counters = self._counters
         return {
-            "connected_sockets": states[SocketState.CONNECTED],
-            "recoverable_sockets": states[SocketState.GHOST],
+            "connected": states[SocketState.CONNECTED],
+            "ghosts": states[SocketState.GHOST],
             "engine_connections": len(self._conns),
-            "merges": self._counters["merges"],
-            "slow_client_disconnects": self._counters["slow_client_disconnects"],
-            "recoveries": self._counters["recoveries"],
-            "recovery_misses": self._counters["recovery_misses"],
-            "packets_in": self._counters["packets_in"],
-            "packets_out": self._counters["packets_out"],
-            "handler_errors": self._counters["handler_errors"],
+            "merges": counters["merges"],
+            "slow_disconnects": counters["slow_disconnects"],
+            "recoveries": counters["recoveries"],
+            "recovery_misses": counters["recovery_misses"],
+            "packets_in": counters["packets_in"],
+            "packets_out": counters["packets_out"],
+            "handler_errors": counters["handler_errors"],
         }
 
     # -- what the transports call ----------------------------------------------------------
@@ -560,7 +563,7 @@ class SocketIOServer:
 
     def _outbox_overflow(self, sock: Socket) -> None:
         if sock.state is SocketState.CONNECTED and sock.conn is not None:
-            self._counters["slow_client_disconnects"] += 1
+            self._counters["slow_disconnects"] += 1
             log.info("sid %s cannot keep up: %d events queued", sock.sid, len(sock.outbox))
             sock.conn.cut("slow client")
         else:
