@@ -96,8 +96,14 @@ export class AgentChatService {
     this._authRequired = null;
     this._keyPrompt = null;
     if (typeof window !== 'undefined') {
-      window.addEventListener('online', () => this._onBrowserOnline());
+      window.addEventListener('online', () => this._reconnectAll(['offline', 'connecting']));
       window.addEventListener('offline', () => this._onBrowserOffline());
+    }
+    if (typeof document !== 'undefined') {
+      // A laptop waking up: try at once rather than after the remaining backoff.
+      document.addEventListener('visibilitychange', () => {
+        if (document.visibilityState === 'visible') this._reconnectAll(['offline']);
+      });
     }
   }
 
@@ -704,9 +710,12 @@ export class AgentChatService {
     conn.watchdog = null;
   }
 
-  _onBrowserOnline() {
+  /** Reconnect now every connection whose status is one of `statuses`. */
+  _reconnectAll(statuses) {
     for (const conn of this._conns.values()) {
-      if (!conn.closed && !conn.socket.connected) this.reconnect(conn.sessionId);
+      if (!conn.closed && !conn.socket.connected && statuses.includes(conn.status)) {
+        this.reconnect(conn.sessionId);
+      }
     }
   }
 

@@ -91,8 +91,6 @@ const ICONS = {
 };
 
 const TEMPLATE = `
-<div class="resize" part="resize-handle" role="separator" aria-orientation="vertical"
-     aria-label="Resize chat panel" tabindex="0"></div>
 <section class="panel" part="panel" aria-labelledby="title">
   <header>
     <div class="title-row">
@@ -159,7 +157,9 @@ const TEMPLATE = `
       </div>
     </form>
   </div>
-</section>`;
+</section>
+<div class="resize" part="resize-handle" role="separator" aria-orientation="vertical"
+     aria-label="Resize chat panel" tabindex="0"></div>`;
 
 let sheet = null;
 function styleSheet() {

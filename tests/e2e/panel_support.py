@@ -205,6 +205,34 @@ class _ClientGone(Exception):
     pass
 
 
+class StaticSite:
+    """Another origin on 127.0.0.1: serves ``files`` (URL path -> (content type, bytes))."""
+
+    def __init__(self, files: dict[str, tuple[str, bytes]]) -> None:
+        site = files
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                content_type, body = site.get(self.path.split("?")[0], ("text/plain", b""))
+                self.send_response(200 if body else 404)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
 # ---------------------------------------------------------------------------------------
 # The gateway as a subprocess
 # ---------------------------------------------------------------------------------------
@@ -296,6 +324,22 @@ class Gateway:
             proc.kill()
             proc.wait(GATEWAY_STOP_S)
 
+    def wait_session_gone(self, session_id: str, timeout_s: float = 15.0) -> None:
+        """Wait until the gateway answers 404 for the session (expired and swept)."""
+        from urllib.error import HTTPError
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self.session(session_id)
+            except HTTPError as exc:
+                if exc.code == 404:
+                    return
+                raise
+            if time.monotonic() > deadline:
+                raise AssertionError(f"session {session_id} never expired")
+            time.sleep(0.1)
+
     def session(self, session_id: str) -> dict[str, Any]:
         """``GET /api/agent-chat/sessions/{id}`` (stdlib HTTP, no event loop)."""
         from urllib.request import Request, urlopen
@@ -321,9 +365,9 @@ def launch_chromium(playwright: Playwright) -> Browser:
 
 #: Installed before any page script: records the panel's events in ``window.__chat``.
 RECORDER = """
-window.__chat = {chunks: [], messages: [], statuses: [], typing: [], errors: []};
-for (const [name, key] of [['chunk', 'chunks'], ['message', 'messages'],
-                           ['status', 'statuses'], ['typing', 'typing'], ['error', 'errors']]) {
+window.__chat = {chunks: [], messages: [], statuses: [], typing: [], errors: [], sessions: []};
+for (const [name, key] of [['chunk', 'chunks'], ['message', 'messages'], ['status', 'statuses'],
+                           ['typing', 'typing'], ['error', 'errors'], ['session', 'sessions']]) {
   window.addEventListener('archon-chat:' + name, (e) => window.__chat[key].push(e.detail));
 }
 """

@@ -13,6 +13,7 @@ Ceilings: every browser wait is bounded by the context's default timeout
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from .panel_support import (
     Panel,
     Reply,
     ScriptedAgents,
+    StaticSite,
     iter_prefix_violations,
     launch_chromium,
     new_context,
@@ -32,7 +34,15 @@ from .panel_support import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+REPO = Path(__file__).resolve().parents[2]
+DOCS = REPO / "docs"
+WEB = REPO / "archon_chat" / "web"
+NODE_MODULES = REPO / "node_modules"
+VENDOR = [
+    NODE_MODULES / "socket.io-client" / "dist" / "socket.io.esm.min.js",
+    NODE_MODULES / "marked" / "lib" / "marked.esm.js",
+    NODE_MODULES / "dompurify" / "dist" / "purify.es.mjs",
+]
 
 
 def squash(text: str) -> str:
@@ -443,3 +453,150 @@ def test_screenshot_mid_stream(gateway: Gateway, agents: ScriptedAgents, page: P
     page.screenshot(path=str(DOCS / "panel.png"))
     assert panel.host.locator(".msg.streaming").count() == 1
     panel.wait_turn_done()
+
+
+def test_expired_session_is_replaced_and_the_message_still_goes_out(
+    tmp_path: Path, agents: ScriptedAgents, page: Page
+) -> None:
+    agents.script("Are you still there?", Reply(["Yes, ", "in a new session."]))
+    # Sessions expire 1.8 s after their last activity; the sweeper looks every 0.2 s.
+    gw = Gateway(
+        tmp_path,
+        agents.url,
+        env={"SESSION_TTL_HOURS": "0.0005", "ARCHON_CHAT_SWEEP_INTERVAL_S": "0.2"},
+    )
+    gw.start()
+    try:
+        panel = open_panel(page, gw.url)
+        old = panel.session_id()
+        gw.wait_session_gone(old)
+
+        panel.send("Are you still there?")
+        panel.wait_agent_text("in a new session.")
+        panel.wait_turn_done()
+        new = panel.session_id()
+        assert new != old
+        assert "new one was started" in panel.host.locator(".msg.system").inner_text()
+        assert panel.user_bubbles.locator(".bubble").all_inner_texts() == ["Are you still there?"]
+        sessions = page.evaluate("window.__chat.sessions.map((s) => s.sessionId)")
+        assert sessions[-1] == new
+        stored = page.evaluate("localStorage.getItem('archon-chat:session')")
+        assert new in stored
+    finally:
+        gw.stop()
+
+
+def test_embedded_in_a_page_of_another_origin(
+    tmp_path: Path, agents: ScriptedAgents, page: Page
+) -> None:
+    """The README's plain-HTML example: the panel's files served by the host site, the
+    gateway elsewhere, allowed by its CORS list."""
+    files = {f"/chat/{p.name}": ("text/javascript", p.read_bytes()) for p in WEB.glob("*.js")}
+    files.update({f"/vendor/{p.name}": ("text/javascript", p.read_bytes()) for p in VENDOR})
+    site = StaticSite(files)
+    gw = Gateway(tmp_path, agents.url, env={"ARCHON_CHAT_CORS_ORIGINS": site.url})
+    gw.start()
+    try:
+        files["/"] = ("text/html", EMBEDDING_PAGE.replace("GATEWAY", gw.url).encode())
+        panel = open_panel(page, f"{site.url}/")
+        assert gw.session(panel.session_id())["agent_type"] == "document"
+        panel.send("Hello from another site")
+        panel.wait_agent_text("agent.")
+        panel.wait_turn_done()
+    finally:
+        gw.stop()
+        site.stop()
+
+
+EMBEDDING_PAGE = """<!doctype html>
+<html>
+<head>
+  <script type="importmap">
+    {"imports": {"socket.io-client": "/vendor/socket.io.esm.min.js",
+                 "marked": "/vendor/marked.esm.js",
+                 "dompurify": "/vendor/purify.es.mjs"}}
+  </script>
+  <script type="module" src="/chat/archon-chat-panel.js"></script>
+</head>
+<body style="margin: 0; display: flex; height: 100vh">
+  <main style="flex: 1">The host application</main>
+  <archon-chat-panel server="GATEWAY" agent-type="document"></archon-chat-panel>
+</body>
+</html>
+"""
+
+
+def test_keyboard_and_labels(gateway: Gateway, page: Page) -> None:
+    panel = open_panel(page, gateway.url)
+    box = panel.host.get_by_role("textbox", name="Message")
+    box.fill("line one")
+    box.press("Shift+Enter")
+    box.press_sequentially("line two")
+    assert box.input_value() == "line one\nline two"
+    assert panel.user_bubbles.count() == 0 and panel.pending.count() == 0
+    box.press("Enter")
+    panel.user_bubbles.first.wait_for()
+    assert panel.user_bubbles.first.locator(".bubble").inner_text() == "line one\nline two"
+    assert box.input_value() == ""
+
+    assert panel.host.get_by_role("log", name="Conversation").get_attribute("aria-live")
+    for name in ("Send message", "New conversation", "Agent options"):
+        assert panel.host.get_by_role("button", name=name).count() == 1
+    assert panel.host.get_by_role("radiogroup", name="Agent").count() == 1
+    assert panel.host.get_by_role("separator", name="Resize chat panel").count() == 1
+    # The agent picker is reachable by keyboard and switches agent with the arrows.
+    panel.host.get_by_role("radio", name="RAG").focus()
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("document.querySelector('archon-chat-panel').agentType === 'document'")
+
+
+def test_width_is_resizable_and_remembered(gateway: Gateway, page: Page) -> None:
+    panel = open_panel(page, gateway.url)
+    before = panel.host.bounding_box()
+    handle = panel.host.locator(".resize").bounding_box()
+    assert before is not None and handle is not None
+    x, y = handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x - 120, y, steps=6)
+    page.mouse.up()
+    after = panel.host.bounding_box()
+    assert after is not None
+    assert after["width"] == pytest.approx(before["width"] + 120, abs=2)
+
+    page.reload()
+    panel.wait_status("online")
+    reloaded = panel.host.bounding_box()
+    assert reloaded is not None
+    assert reloaded["width"] == pytest.approx(after["width"], abs=2)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "theme", "dark"),
+    [
+        ("light", None, False),
+        ("dark", None, True),
+        ("dark", "light", False),
+        ("light", "dark", True),
+    ],
+)
+def test_light_and_dark_schemes(
+    gateway: Gateway, browser: Browser, scheme: str, theme: str | None, dark: bool
+) -> None:
+    context = new_context(browser, color_scheme=scheme)
+    try:
+        page = context.new_page()
+        page.goto(gateway.url)
+        if theme:
+            page.evaluate(
+                f"document.querySelector('archon-chat-panel').setAttribute('theme', '{theme}')"
+            )
+        background = page.evaluate(
+            """() => getComputedStyle(document.querySelector('archon-chat-panel')
+                     .shadowRoot.querySelector('.panel')).backgroundColor"""
+        )
+        red, green, blue = (int(v) for v in re.findall(r"\d+", background)[:3])
+        luminance = (0.2126 * red + 0.7152 * green + 0.0722 * blue) / 255
+        assert (luminance < 0.3) is dark, background
+    finally:
+        context.close()
