@@ -4,7 +4,6 @@ worker-thread pool for blocking work, and paced delta streaming."""
 from __future__ import annotations
 
 import logging
-import re
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,13 +21,6 @@ log = logging.getLogger("archon_chat.agents")
 
 Emit = Callable[[str], Awaitable[None]]
 T = TypeVar("T")
-
-#: Follow-up words that point back at the previous turn instead of naming a subject.
-_BACK_REFERENCE = re.compile(
-    r"\b(it|its|that|this|these|those|them|they|above|previous|earlier|same|last one|"
-    r"your answer|the answer|more|further|again|also)\b",
-    re.IGNORECASE,
-)
 
 
 class Agent(Protocol):
@@ -96,12 +88,6 @@ class Toolkit:
     async def llm_stream(self, messages: Sequence[Mapping[str, str]], emit: Emit) -> None:
         assert self.llm is not None
         await self.llm.stream(messages, emit)
-
-
-def is_follow_up(prompt: str) -> bool:
-    """Whether ``prompt`` leans on the previous turn: short, or pointing back at it."""
-    words = prompt.split()
-    return len(words) <= 3 or bool(_BACK_REFERENCE.search(prompt))
 
 
 def chat_history(request: AgentRequest) -> list[dict[str, str]]:

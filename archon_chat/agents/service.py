@@ -18,6 +18,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -48,6 +49,8 @@ COMPUTE_THREADS = 2
 #: The body holds the prompt (up to 4 bytes per character in UTF-8) plus history and
 #: envelope; history is the gateway's last turns, bounded by this margin.
 BODY_MARGIN_BYTES = 8 * 1024 * 1024
+#: Where the app keeps its :class:`Toolkit` (``app.extensions``).
+EXTENSION = "archon_chat.agents"
 
 
 def create_agents_app(settings: Settings, *, pacing_s: float = DEFAULT_PACING_S) -> QuartTrio:
@@ -56,7 +59,7 @@ def create_agents_app(settings: Settings, *, pacing_s: float = DEFAULT_PACING_S)
     ``pacing_s`` is the pause between two deltas of an offline answer (0: none). The
     knowledge-base index opens on first use and closes when the app's lifespan ends.
     """
-    app = QuartTrio("archon_chat.agents")
+    app = QuartTrio("archon_chat.agents", root_path=str(Path(__file__).resolve().parent))
     app.config["RESPONSE_TIMEOUT"] = None  # streams last as long as the agent needs
     app.config["MAX_CONTENT_LENGTH"] = settings.max_prompt_chars * 4 + BODY_MARGIN_BYTES
     app.config["JSON_SORT_KEYS"] = False
@@ -134,14 +137,17 @@ def create_agents_app(settings: Settings, *, pacing_s: float = DEFAULT_PACING_S)
         body = decode_body(await request.get_data(False, False, False))
         parsed = parse_request(agent.spec, body, settings.max_prompt_chars)
 
+        def opened() -> None:
+            active["streams"] += 1
+
         def closed() -> None:
             active["streams"] -= 1
 
-        active["streams"] += 1
         events = EventStream(
             partial(agent.answer, parsed, tools),
             ping_interval_s=settings.agent_ping_interval_s,
             label=f"{agent_type} agent",
+            on_open=opened,
             on_close=closed,
         )
         response = Response(events, status=200, content_type="text/event-stream; charset=utf-8")
@@ -154,6 +160,7 @@ def create_agents_app(settings: Settings, *, pacing_s: float = DEFAULT_PACING_S)
     async def close_index() -> None:
         await tools.kb.aclose()
 
+    app.extensions[EXTENSION] = tools
     return app
 
 
@@ -189,13 +196,19 @@ async def serve_agents(
     config.graceful_timeout = settings.shutdown_grace_s
     config.accesslog = None
     app = create_agents_app(settings, pacing_s=pacing_s)
-    async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(
-            partial(hypercorn_serve, app, config, shutdown_trigger=shutdown_trigger)
-        )
-        bound = _port_of(binds[0])
-        log.info("agents service on http://%s (%s)", binds[0].split("://", 1)[-1], "ready")
-        task_status.started(bound)
+    tools: Toolkit = app.extensions[EXTENSION]
+    try:
+        async with trio.open_nursery() as nursery:
+            binds: list[str] = await nursery.start(
+                partial(hypercorn_serve, app, config, shutdown_trigger=shutdown_trigger)
+            )
+            task_status.started(_port_of(binds[0]))
+    finally:
+        # Cancelled from outside, hypercorn skips the lifespan shutdown: close the index
+        # here too (closing twice is harmless), waiting at most for a query in flight.
+        with trio.move_on_after(max(settings.shutdown_grace_s, 1.0)) as cleanup:
+            cleanup.shield = True
+            await tools.kb.aclose()
 
 
 def run_agents(settings: Settings) -> None:

@@ -59,7 +59,8 @@ class EventStream(ResponseBody):
     ``producer(emit)`` awaits ``emit(delta)`` for each non-empty piece of its answer. If
     it raises :class:`AgentFailure` the stream ends with an ``error`` event carrying its
     text; any other exception is logged and ends the stream with a generic ``error``.
-    ``on_close`` runs when the body is closed, whatever the outcome.
+    ``on_open`` runs when the body starts streaming and ``on_close`` when it is closed,
+    whatever the outcome (a response that is never sent calls neither).
     """
 
     def __init__(
@@ -68,11 +69,13 @@ class EventStream(ResponseBody):
         *,
         ping_interval_s: float,
         label: str,
+        on_open: Callable[[], None] | None = None,
         on_close: Callable[[], None] | None = None,
     ) -> None:
         self._producer = producer
         self._ping_interval_s = ping_interval_s
         self._label = label
+        self._on_open = on_open
         self._on_close = on_close
         self._send, self._receive = trio.open_memory_channel[bytes](EVENT_BUFFER)
         self._nursery_manager = trio.open_nursery()
@@ -80,6 +83,8 @@ class EventStream(ResponseBody):
 
     async def __aenter__(self) -> EventStream:
         self._nursery = await self._nursery_manager.__aenter__()
+        if self._on_open is not None:
+            self._on_open()
         self._nursery.start_soon(self._run)
         return self
 
@@ -92,7 +97,7 @@ class EventStream(ResponseBody):
             await self._nursery_manager.__aexit__(exc_type, exc_value, tb)
         finally:
             self._receive.close()
-            if self._on_close is not None:
+            if self._on_close is not None and self._nursery is not None:
                 self._on_close()
 
     def __aiter__(self) -> EventStream:

@@ -134,6 +134,15 @@ KIND_WORDS: dict[str, tuple[str, ...]] = {
         "encryption",
         "secure",
         "audit",
+        "sign",
+        "signin",
+        "signup",
+        "sso",
+        "saml",
+        "oidc",
+        "jwt",
+        "2fa",
+        "mfa",
     ),
     "api": (
         "api",
@@ -178,6 +187,19 @@ KIND_WORDS: dict[str, tuple[str, ...]] = {
         "backup",
         "backups",
     ),
+}
+#: How a piece of work named without a verb ("a CSV export") is phrased as a task.
+DEFAULT_VERB = {
+    "bug": "Fix",
+    "research": "Investigate",
+    "docs": "Write",
+    "tests": "Write",
+    "data": "Build",
+    "security": "Build",
+    "api": "Build",
+    "performance": "Improve",
+    "infrastructure": "Set up",
+    "feature": "Build",
 }
 #: Work flows from lower to higher layers: an item waits for the nearest lower layer.
 LAYER = {
@@ -615,8 +637,21 @@ def _enumeration(clause: str) -> list[str]:
 
 
 def _verb(text: str) -> str:
+    """The verb a piece of work starts with, in its base form ("adding" → "add")."""
     first = text.split(maxsplit=1)[0].lower() if text.split() else ""
-    return first if first in VERBS else ""
+    return base_verb(first) or ""
+
+
+def base_verb(word: str) -> str | None:
+    if word in VERBS:
+        return word
+    if word.endswith("ing") and len(word) > 5:
+        stem = word[:-3]
+        # adding → add, creating → create, setting → set
+        for candidate in (stem, stem + "e", stem[:-1]):
+            if candidate in VERBS:
+                return candidate
+    return None
 
 
 def _kind(text: str) -> str:
@@ -634,15 +669,19 @@ def decompose(request: str) -> tuple[str, list[WorkItem]]:
     lead_verb = ""
     for text in tx.unique(raw):
         verb = _verb(text)
-        if verb and not lead_verb:
-            lead_verb = text.split(maxsplit=1)[0]
-        if not verb and lead_verb:
-            text = f"{lead_verb} {text}"
-            verb = lead_verb.lower()
+        if verb:
+            # "adding single sign-on" → "add single sign-on"
+            text = f"{verb} {text.split(maxsplit=1)[1]}" if len(text.split()) > 1 else verb
+            lead_verb = lead_verb or verb
+        elif lead_verb:
+            text, verb = f"{lead_verb} {text}", lead_verb
         obj = text.split(maxsplit=1)[1] if verb and len(text.split()) > 1 else text
         if verb == "set" and obj.lower().startswith("up "):
             obj = obj[3:]
-        items.append(WorkItem(text[:1].upper() + text[1:], verb, obj, _kind(text)))
+        kind = _kind(text)
+        if not verb:
+            text = f"{DEFAULT_VERB[kind]} {text}"
+        items.append(WorkItem(text[:1].upper() + text[1:], verb, obj, kind))
     goal = _strip_lead(request.strip().splitlines()[0]).rstrip(" .:")
     if len(items) > 1 and len(goal) > 80:
         goal = items[0].text if len(items) == 1 else f"{items[0].text} and {len(items) - 1} more"

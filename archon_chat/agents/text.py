@@ -22,6 +22,8 @@ _LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
 _LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
 _INLINE = re.compile(r"(\*\*|__|`|\*(?=\S)|(?<=\S)\*)")
 WORDS_PER_MINUTE = 230
+#: Summaries prefer sentences a reader takes in at once.
+LONG_SENTENCE_WORDS = 30
 
 _STOPWORDS = """
     a about above after again against all also am an and any are aren't as at be because
@@ -135,43 +137,81 @@ def heading_level(block: str) -> tuple[int, str]:
 
 def sentences(text: str) -> list[str]:
     """Sentences of the prose in ``text`` (markdown marks removed, code blocks skipped)."""
-    out: list[str] = []
+    return [s for s, _ in _sentences(text)]
+
+
+def _sentences(text: str) -> list[tuple[str, bool]]:
+    """``(sentence, opens its paragraph or list item)`` of the prose in ``text``."""
+    out: list[tuple[str, bool]] = []
     for kind, body in blocks(text):
         if kind in ("code", "heading"):
             continue
         plain = strip_inline(body).strip()
         if kind == "list" and plain and plain[-1] not in ".!?:":
             plain += "."
-        out.extend(s.strip() for s in _SENTENCE_END.split(plain) if s.strip())
+        parts = [s.strip() for s in _SENTENCE_END.split(plain) if s.strip()]
+        out.extend((s, n == 0) for n, s in enumerate(parts))
     return out
+
+
+_DANGLING = re.compile(r"(?:it|its|this|that|these|those|they|them|he|she|such)\b", re.I)
+
+
+def _identifier_share(sentence: str) -> float:
+    tokens = sentence.split()
+    odd = sum(1 for t in tokens if "_" in t or "{" in t or "}" in t or "/" in t)
+    return odd / len(tokens) if tokens else 0.0
 
 
 def summarize(text: str, count: int, focus: Sequence[str] = ()) -> list[str]:
     """The ``count`` most representative sentences of ``text``, in their original order.
 
-    A sentence scores the mean frequency of its content words in the whole text, boosted
-    for words of ``focus`` (query terms) and for the opening sentence; very short and very
-    long sentences are discounted. Ties keep the earlier sentence.
+    SumBasic, with a reader's priorities: a sentence scores the mean probability of its
+    content words in the text, and after each pick the words it used count for less (their
+    probability is squared), so the summary covers several points instead of repeating
+    one. Words of ``focus`` (query terms) weigh more; opening the text or a paragraph
+    (where writers put their point) is a bonus; very short sentences, long ones (in
+    proportion), ones dense with identifiers or paths and ones opening with a pronoun are
+    discounted. Ties keep the earlier sentence.
     """
-    candidates = sentences(text)
+    candidates = _sentences(text)
     if len(candidates) <= count:
-        return candidates
-    freq = Counter(terms(text))
+        return [s for s, _ in candidates]
+    counts = Counter(terms(text))
+    total = sum(counts.values()) or 1
+    weight = {t: n / total for t, n in counts.items()}
     focus_set = set(focus)
-    scored = []
-    for index, sentence in enumerate(candidates):
-        content = terms(sentence)
-        if not content:
-            continue
-        score = sum(freq[t] for t in content) / math.sqrt(len(content) + 4)
-        score += 3.0 * sum(1 for t in set(content) if t in focus_set)
-        if index == 0:
-            score *= 1.25
-        if len(content) < 4 or len(sentence) > 400:
-            score *= 0.5
-        scored.append((-score, index))
-    chosen = sorted(index for _, index in sorted(scored)[:count])
-    return [candidates[i] for i in chosen]
+    prior = []
+    for index, (sentence, opens) in enumerate(candidates):
+        factor = 2.0 if index == 0 else 1.3 if opens else 1.0
+        length = len(sentence.split())
+        if len(terms(sentence)) < 4:
+            factor *= 0.5
+        elif length > LONG_SENTENCE_WORDS:
+            factor *= LONG_SENTENCE_WORDS / length
+        if _identifier_share(sentence) > 0.2:
+            factor *= 0.5
+        if _DANGLING.match(sentence):
+            factor *= 0.5  # "It owns ..." means little without the sentence before
+        prior.append(factor)
+    chosen: list[int] = []
+    for _ in range(count):
+        best: tuple[float, int] | None = None
+        for index, (sentence, _) in enumerate(candidates):
+            content = terms(sentence)
+            if index in chosen or not content:
+                continue
+            mean = sum(weight[t] for t in content) / len(content)
+            bonus = sum(1 for t in set(content) if t in focus_set) / len(set(content))
+            score = (mean * (1 + 2 * bonus)) * prior[index]
+            if best is None or score > best[0]:
+                best = (score, index)
+        if best is None:
+            break
+        chosen.append(best[1])
+        for t in set(terms(candidates[best[1]][0])):
+            weight[t] *= weight[t]
+    return [candidates[i][0] for i in sorted(chosen)]
 
 
 def key_terms(text: str, count: int) -> list[tuple[str, int]]:

@@ -69,6 +69,26 @@ def test_summaries_keep_the_original_order() -> None:
     assert tx.summarize("Only one sentence here.", 3) == ["Only one sentence here."]
 
 
+def test_summaries_cover_several_points() -> None:
+    # Two sentences repeat the dominant words; the second pick goes elsewhere.
+    text = (
+        "Caching keeps cached pages in a cache so cached reads are fast. "
+        "The cache stores cached pages and cache entries for cached reads. "
+        "Backups copy the database to another disk every night."
+    )
+    summary = tx.summarize(text, 2)
+    assert summary[1] == "Backups copy the database to another disk every night."
+
+
+def test_summaries_avoid_sentences_that_lean_on_the_one_before() -> None:
+    text = (
+        "The session actor owns the turn and the mailbox of the session. "
+        "It owns the turn, the mailbox and the session store of the actor. "
+        "A supervisor restarts a crashed session actor within its intensity."
+    )
+    assert not any(s.startswith("It ") for s in tx.summarize(text, 2))
+
+
 def test_key_terms_prefer_phrases_that_carry_their_words() -> None:
     text = (
         "Session actors own turns. Session actors restart. Actors passivate. Actors stream. "
@@ -110,6 +130,13 @@ def test_render_markdown_and_plain() -> None:
         ("Implement search and replace", ["Implement search and replace"]),
         ("I need to migrate the database; then deploy it", ["migrate the database", "deploy it"]),
         ("Plan:\n- write docs\n- ship it", ["write docs", "ship it"]),
+        ("Plan adding single sign-on", ["Add single sign-on"]),
+        ("Break down a CSV export feature", ["Build a CSV export feature"]),
+        (
+            "Build a Slack bridge for the panel with OAuth login and message sync",
+            ["Build a Slack bridge for the panel", "Build OAuth login", "Build message sync"],
+        ),
+        ("Document the REST API", ["Document the REST API"]),
     ],
 )
 def test_task_work_items(prompt: str, items: list[str]) -> None:
