@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 
 PACKAGES = (
     "trio",
@@ -67,7 +67,7 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             versions[name] = importlib.metadata.version(name)
@@ -374,11 +374,11 @@ def chart(path: Path, results: dict[str, Any], title: str) -> bool:
     }
     for gateway in dict.fromkeys(r["gateway"] for r in rows):
         for pace in sorted({r["pace_s"] for r in rows}):
-            points = {}
+            points: dict[int, dict[str, Any]] = {}
             for row in rows:
                 if row["gateway"] == gateway and row["pace_s"] == pace:
                     best = _find(rows, gateway, sessions=row["sessions"], pace_s=pace)
-                    points[row["sessions"]] = best
+                    points[row["sessions"]] = best or row
             xs = sorted(points)
             color, marker = styles.get(gateway, ("gray", "x"))
             dash = "-" if pace == 0 else "--"

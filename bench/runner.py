@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 import trio
 
 SERVING = re.compile(r"serving on (http://[\w.\-]+:\d+)")
