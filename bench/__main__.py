@@ -139,9 +139,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         f"{document['machine']['logical_cores']} cores, Python {document['machine']['python']}"
     )
     chart_path = args.out / f"{plan.mode}-{stamp}.png"
-    if report.chart(chart_path, document, title):
-        if not args.no_latest:
-            report.chart(args.out / "latest.png", document, title)
+    if report.chart(chart_path, document, title) and not args.no_latest:
+        report.chart(args.out / "latest.png", document, title)
     progress.line(f"wrote {out_json} and {chart_path} ({document['duration_s']} s)")
     return document
 

@@ -196,6 +196,10 @@ SLOW: list[Metric] = [
 ]
 
 
+def slow_share(every: int) -> str:
+    return f"1 in {every}" if every else "none"
+
+
 def tables(results: dict[str, Any], gateways: Sequence[str]) -> list[str]:
     out = []
     if results.get("throughput"):
@@ -243,9 +247,7 @@ def tables(results: dict[str, Any], gateways: Sequence[str]) -> list[str]:
             table(
                 "[5] Slow clients",
                 results["slow"],
-                lambda r: (
-                    f"{r['sessions']} sess, {'1 in ' + str(r['slow_every']) if r['slow_every'] else 'none'} slow"
-                ),
+                lambda r: f"{r['sessions']} sess, {slow_share(r['slow_every'])} slow",
                 SLOW,
                 gateways,
             )
@@ -256,10 +258,11 @@ def tables(results: dict[str, Any], gateways: Sequence[str]) -> list[str]:
 def _find(rows: Sequence[dict[str, Any]], gateway: str, **match: Any) -> dict[str, Any] | None:
     best = None
     for row in rows:
-        if row["gateway"] == gateway and all(row.get(k) == v for k, v in match.items()):
-            # Several repetitions: keep the best throughput (the least disturbed run).
-            if best is None or (row.get("chunks_per_s") or 0) > (best.get("chunks_per_s") or 0):
-                best = row
+        if row["gateway"] != gateway or any(row.get(k) != v for k, v in match.items()):
+            continue
+        # Several repetitions: keep the best throughput (the least disturbed run).
+        if best is None or (row.get("chunks_per_s") or 0) > (best.get("chunks_per_s") or 0):
+            best = row
     return best
 
 
