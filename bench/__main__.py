@@ -4,7 +4,8 @@ Starts the mock agents service, the load-generator processes and the gateways (o
 ``archon-chat serve``; the seed baseline and its shared-client variant: ``bench.seed_baseline``),
 runs the scenarios, prints a table per scenario and the targets, and writes
 ``bench/results/<mode>-<time>.json``, ``bench/results/latest.json`` and
-``bench/results/latest.png``. If our gateway does not start, the baselines still run and
+``bench/results/latest.png``; ``--profile`` adds our gateway's py-spy hot spots to the
+JSON. If our gateway does not start, the baselines still run and
 the JSON says why ours is missing.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
@@ -22,7 +24,7 @@ from typing import Any
 
 import trio
 
-from bench import report, scenarios
+from bench import profile, report, scenarios
 from bench.runner import (
     BenchError,
     Server,
@@ -56,6 +58,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="load-generator processes")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for JSON and PNG")
     parser.add_argument("--no-latest", action="store_true", help="do not update latest.*")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="record our gateway with py-spy during the throughput sweep",
+    )
     return parser.parse_args(argv)
 
 
@@ -122,7 +129,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 for number, key, scenario in steps:
                     if number not in wanted:
                         continue
-                    document[key] = await scenario(bench, running)
+                    ours = next((g for g in running if g.label == "ours"), None)
+                    if number == 1 and args.profile and ours is not None:
+                        raw = Path(tempfile.gettempdir()) / f"archon-bench-profile-{stamp}.txt"
+                        async with profile.open_profile(ours.process.pid, raw):
+                            document[key] = await scenario(bench, running)
+                        document["profile"] = {"raw": raw.name, **profile.hot_spots(raw)}
+                        progress.line(profile.hot_spots_text(document["profile"]))
+                    else:
+                        document[key] = await scenario(bench, running)
                     save()
                     progress.line(report.tables({key: document[key]}, labels)[0])
                     progress.line()
@@ -138,10 +153,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         f"archon-chat load benchmark ({plan.mode}), {document['machine']['cpu_model']}, "
         f"{document['machine']['logical_cores']} cores, Python {document['machine']['python']}"
     )
-    chart_path = args.out / f"{plan.mode}-{stamp}.png"
-    if report.chart(chart_path, document, title) and not args.no_latest:
-        report.chart(args.out / "latest.png", document, title)
-    progress.line(f"wrote {out_json} and {chart_path} ({document['duration_s']} s)")
+    # Only latest.png is kept in the tree; a run that leaves latest alone names its own.
+    chart_path = args.out / (f"{plan.mode}-{stamp}.png" if args.no_latest else "latest.png")
+    drawn = report.chart(chart_path, document, title)
+    progress.line(f"wrote {out_json}{' and ' + str(chart_path) if drawn else ''}")
     return document
 
 
