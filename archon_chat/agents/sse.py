@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any
 
@@ -78,26 +79,28 @@ class EventStream(ResponseBody):
         self._on_open = on_open
         self._on_close = on_close
         self._send, self._receive = trio.open_memory_channel[bytes](EVENT_BUFFER)
-        self._nursery_manager = trio.open_nursery()
+        self._nursery_manager: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._nursery: trio.Nursery | None = None
 
     async def __aenter__(self) -> EventStream:
-        self._nursery = await self._nursery_manager.__aenter__()
+        self._nursery_manager = manager = trio.open_nursery()
+        self._nursery = await manager.__aenter__()
         if self._on_open is not None:
             self._on_open()
         self._nursery.start_soon(self._run)
         return self
 
     async def __aexit__(self, exc_type: type, exc_value: BaseException, tb: TracebackType) -> None:
+        if self._nursery_manager is None or self._nursery is None:
+            return
         try:
-            if self._nursery is not None:
-                self._nursery.cancel_scope.cancel()
+            self._nursery.cancel_scope.cancel()
             # The producer never raises (it turns failures into events), so the nursery
             # has nothing of its own to suppress: whatever the body raised propagates.
             await self._nursery_manager.__aexit__(exc_type, exc_value, tb)
         finally:
             self._receive.close()
-            if self._on_close is not None and self._nursery is not None:
+            if self._on_close is not None:
                 self._on_close()
 
     def __aiter__(self) -> EventStream:
