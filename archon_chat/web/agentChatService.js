@@ -56,8 +56,13 @@ export class ChatServiceError extends Error {
   }
 }
 
-/** The request never got an answer (server down, network gone, timeout): safe to retry. */
-class NetworkError extends Error {}
+/** The request got no usable answer (server down, network gone, timeout, 5xx): retry. */
+export class NetworkError extends ChatServiceError {
+  constructor(message) {
+    super(message, 'network_error');
+    this.name = 'NetworkError';
+  }
+}
 
 function newClientMessageId() {
   if (globalThis.crypto?.randomUUID) return crypto.randomUUID();
@@ -387,19 +392,12 @@ export class AgentChatService {
   async _postMessage(sessionId, message, context, clientMessageId) {
     const body = { message, client_message_id: clientMessageId };
     if (context !== undefined && context !== null) body.context = context;
-    try {
-      const answer = await this._request(
-        'POST',
-        `/sessions/${encodeURIComponent(sessionId)}/messages`,
-        body,
-      );
-      return { ...answer, client_message_id: clientMessageId };
-    } catch (exc) {
-      if (exc instanceof NetworkError) {
-        throw new ChatServiceError(exc.message, 'network_error');
-      }
-      throw exc;
-    }
+    const answer = await this._request(
+      'POST',
+      `/sessions/${encodeURIComponent(sessionId)}/messages`,
+      body,
+    );
+    return { ...answer, client_message_id: clientMessageId };
   }
 
   // ------------------------------------------------------------------ internals: socket

@@ -253,6 +253,7 @@ export class ArchonChatPanel extends HTMLElement {
     this._starting = null;
     this._startAttempt = 0;
     this._startTimer = null;
+    this._startNote = null;
     this._keyRequest = null;
     this._observer = null;
     this._visible = false;
@@ -367,12 +368,15 @@ export class ArchonChatPanel extends HTMLElement {
     this._starting = this._loadSession().then(
       (info) => {
         this._startAttempt = 0;
+        this._startNote = null;
         return this._open(info);
       },
       (exc) => {
         this._started = false;
         this._setStatus('offline');
-        this._systemNote(this._describe(exc), true);
+        // One note, updated on every retry, rather than a new one each time.
+        this._startNote?.remove();
+        this._startNote = this._systemNote(this._describe(exc), true);
         if (exc.code !== 'unauthorized') {
           const delay = START_RETRY_MS[Math.min(this._startAttempt, START_RETRY_MS.length - 1)];
           this._startAttempt += 1;
@@ -762,6 +766,7 @@ export class ArchonChatPanel extends HTMLElement {
     this._ui.log.append(li);
     this._updateEmpty();
     this._afterChange();
+    return li;
   }
 
   _clearConversation() {
@@ -1004,10 +1009,8 @@ export class ArchonChatPanel extends HTMLElement {
   // ------------------------------------------------------------------ helpers
 
   _describe(exc) {
-    if (!exc) return 'Something went wrong.';
-    return REFUSALS[exc.code] && exc.code !== 'network_error'
-      ? REFUSALS[exc.code]
-      : exc.message || REFUSALS[exc.code] || 'Something went wrong.';
+    if (exc?.code === 'network_error') return exc.message || REFUSALS.network_error;
+    return REFUSALS[exc?.code] ?? (exc?.message || 'Something went wrong.');
   }
 
   _emit(name, detail) {

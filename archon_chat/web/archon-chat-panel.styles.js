@@ -128,7 +128,10 @@ header {
 }
 .logo svg { width: 17px; height: 17px; }
 h2 { margin: 0; font-size: 15px; font-weight: 650; letter-spacing: -0.01em; }
-.subtitle { margin: 0; color: var(--archon-muted); font-size: 12px; }
+.subtitle {
+  margin: 0; color: var(--archon-muted); font-size: 12px;
+  white-space: nowrap; overflow: hidden; text-overflow: ellipsis;
+}
 .titles { min-width: 0; flex: 1; }
 
 .status {

@@ -327,7 +327,7 @@ def test_switching_agent_starts_a_session_of_that_type(
 def test_auto_scroll_pauses_while_the_reader_scrolls_up(
     gateway: Gateway, agents: ScriptedAgents, page: Page
 ) -> None:
-    lines = [f"line {i}\n\n" for i in range(60)]
+    lines = [f"line {i}\n\n" for i in range(90)]
     reply = agents.script("Many lines", Reply(lines, delay_s=0.06))
     panel = open_panel(page, gateway.url)
     scroller = panel.host.locator(".scroller")
@@ -346,11 +346,11 @@ def test_auto_scroll_pauses_while_the_reader_scrolls_up(
             return s.scrollTop === 0 && !jump.hidden;
         }"""
     )
-    panel.wait_agent_text("line 40")
+    panel.wait_agent_text("line 60")
     assert scroller.evaluate("(s) => s.scrollTop") == 0
     jump = panel.host.locator("button.jump")
     assert jump.is_visible()
-    panel.wait_agent_text("line 59")
+    panel.wait_agent_text("line 89")
     panel.wait_turn_done()
     assert scroller.evaluate("(s) => s.scrollTop") == 0
     assert panel.last_message("agent")["content"] == reply.text
