@@ -111,6 +111,34 @@ async def test_rag_gives_the_model_its_passages_and_cites_them(tmp_path: Path) -
     assert prompt.endswith("Question: How do trio nurseries work?")
 
 
+async def test_document_and_task_parameters_reach_the_model(tmp_path: Path) -> None:
+    fake = FakeLLM()
+    with trio.fail_after(CEILING):
+        async with (
+            running_llm(fake),
+            running_service(llm_settings(tmp_path, fake)) as url,
+            httpx.AsyncClient(base_url=url) as client,
+        ):
+            analysis = await ask(
+                client,
+                "document",
+                "Analyse it",
+                {"document": "trio", "format": "plain", "style": "formal"},
+            )
+            plan = await ask(
+                client, "task", "Add a login page", {"project_id": "p-7", "detail_level": "low"}
+            )
+    assert analysis.last == plan.last == {"type": "stream_complete"}
+    doc_messages = fake.requests[0]["body"]["messages"]
+    assert "formal style" in doc_messages[0]["content"]
+    assert "plain text with no markdown markup" in doc_messages[0]["content"]
+    assert doc_messages[-1]["content"].startswith("Analyse `trio.md` (Trio)")
+    assert "A nursery supervises child tasks" in doc_messages[-1]["content"]
+    task_system = fake.requests[1]["body"]["messages"][0]["content"]
+    assert "project p-7" in task_system
+    assert "Detail level low" in task_system
+
+
 async def test_a_plain_json_completion_is_accepted(tmp_path: Path) -> None:
     fake = FakeLLM(mode="json", tokens=["All ", "at ", "once."])
     with trio.fail_after(CEILING):

@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from archon_chat.agents import document, task
+from archon_chat.agents import document, rag, task
 from archon_chat.agents import text as tx
 from archon_chat.agents.errors import RequestRejected
 from archon_chat.agents.render import Doc, Item
-from archon_chat.agents.schema import decode_body, parse_request
+from archon_chat.agents.schema import AgentSpec, decode_body, parse_request
 
 
 @given(st.text())
@@ -214,3 +214,30 @@ def test_decode_body() -> None:
         with pytest.raises(RequestRejected) as info:
             decode_body(raw)
         assert (info.value.status, info.value.code) == (400, "invalid_json")
+
+
+@pytest.mark.parametrize("spec", [rag.SPEC, document.SPEC, task.SPEC], ids=lambda s: s.name)
+def test_every_documented_value_is_accepted_and_nothing_else(spec: AgentSpec) -> None:
+    def context(**values: object) -> dict[str, object]:
+        return dict(parse_request(spec, {"prompt": "p", "context": values}, 10).context)
+
+    for name, doc in spec.describe("offline")["context"].items():
+        assert context(**{name: None})[name] == doc["default"]
+        for choice in doc.get("choices", []):
+            assert context(**{name: choice})[name] == choice
+        bad: list[object] = [[], {}, 1.5]
+        if doc["type"] == "integer":
+            assert context(**{name: doc["minimum"]})[name] == doc["minimum"]
+            assert context(**{name: doc["maximum"]})[name] == doc["maximum"]
+            bad += [doc["minimum"] - 1, doc["maximum"] + 1, "3", True]
+        else:
+            bad += [3, True]
+            if doc.get("choices"):
+                bad.append("bogus")
+            if doc.get("max_length"):
+                assert context(**{name: "x" * doc["max_length"]})[name]
+                bad.append("x" * (doc["max_length"] + 1))
+        for value in bad:
+            with pytest.raises(RequestRejected) as info:
+                context(**{name: value})
+            assert (info.value.status, info.value.code) == (422, "invalid_context")
