@@ -304,7 +304,12 @@ class SocketIOServer:
         return set(self._rooms.members(namespace, room))
 
     async def disconnect(self, sid: str, namespace: str = "/") -> None:
-        """Disconnect ``sid`` from ``namespace`` (the client is told; it will not recover)."""
+        """Disconnect ``sid`` from ``namespace`` (the client is told; it will not recover).
+
+        The Engine.IO session stays open, as with the reference servers: the client closes
+        it once it has no namespace left (closing it here races the DISCONNECT packet in
+        clients that handle packets on several threads).
+        """
         sock = self._sockets.get(sid)
         if sock is not None and sock.namespace == namespace:
             conn = sock.conn
@@ -312,8 +317,6 @@ class SocketIOServer:
                 conn.flush_socket(sock)
                 conn.send_now([disconnect_frame(namespace)])
             self._remove_socket(sock, "server namespace disconnect")
-            if conn is not None and not conn.sockets:
-                conn.close("server namespace disconnect")
         await trio.lowlevel.checkpoint()
 
     def stats(self) -> dict[str, int]:

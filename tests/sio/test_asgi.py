@@ -1,0 +1,317 @@
+"""The ASGI transports over real sockets: Engine.IO's answers to good and bad requests.
+
+A real hypercorn on 127.0.0.1 port 0, httpx and trio-websocket as clients; real clock with
+sub-second settings. Ceiling: ``trio.fail_after(10)`` per test.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    WebSocketConnection,
+    open_websocket_url,
+)
+
+from archon_chat.sio import SocketIOServer
+
+from .serving import serve_app, serve_sio
+
+QUERY = "/socket.io/?EIO=4&transport=polling"
+
+
+async def handshake(client: httpx.AsyncClient) -> str:
+    response = await client.get(QUERY)
+    assert response.status_code == 200
+    assert response.text[0] == "0"
+    return str(json.loads(response.text[1:])["sid"])
+
+
+async def connected(client: httpx.AsyncClient) -> str:
+    """A polling session with the default namespace connected; returns its Engine.IO sid."""
+    sid = await handshake(client)
+    assert (await client.post(f"{QUERY}&sid={sid}", content=b"40")).text == "ok"
+    reply = await client.get(f"{QUERY}&sid={sid}")
+    assert reply.text.startswith('40{"sid":')
+    return sid
+
+
+def error(response: httpx.Response) -> tuple[int, dict[str, Any]]:
+    return response.status_code, response.json()
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery) -> tuple[SocketIOServer, int]:
+    return await serve_sio(
+        nursery, ping_interval_s=0.5, ping_timeout_s=0.5, max_http_buffer_size=1000
+    )
+
+
+@pytest.fixture
+async def client(server: tuple[SocketIOServer, int]) -> Any:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server[1]}", timeout=5) as c:
+        yield c
+
+
+async def test_polling_round_trip(
+    server: tuple[SocketIOServer, int], client: httpx.AsyncClient
+) -> None:
+    with trio.fail_after(10):
+        sio, _ = server
+
+        @sio.on("echo")
+        async def echo(sid: str, data: Any) -> Any:
+            return data
+
+        sid = await connected(client)
+        response = await client.post(f"{QUERY}&sid={sid}", content=b'421["echo",{"a":"\\u00e9"}]')
+        assert response.text == "ok"
+        answer = await client.get(f"{QUERY}&sid={sid}")
+        assert answer.text == '431[{"a":"\\u00e9"}]'
+        assert answer.headers["content-type"] == "text/plain; charset=UTF-8"
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "status", "body"),
+    [
+        (
+            "GET",
+            "/socket.io/?EIO=4&transport=pigeon",
+            400,
+            {"code": 0, "message": "Transport unknown"},
+        ),
+        ("GET", f"{QUERY}&sid=nope", 400, {"code": 1, "message": "Session ID unknown"}),
+        ("POST", f"{QUERY}&sid=nope", 400, {"code": 1, "message": "Session ID unknown"}),
+        ("POST", QUERY, 400, {"code": 2, "message": "Bad handshake method"}),
+        (
+            "GET",
+            "/socket.io/?EIO=3&transport=polling",
+            400,
+            {"code": 5, "message": "Unsupported protocol version"},
+        ),
+        (
+            "GET",
+            "/socket.io/?EIO=4&transport=websocket",
+            400,
+            {"code": 3, "message": "Bad request"},
+        ),
+        ("DELETE", f"{QUERY}&sid=x", 400, {"code": 3, "message": "Bad request"}),
+    ],
+)
+async def test_refused_requests(
+    client: httpx.AsyncClient, method: str, url: str, status: int, body: dict[str, Any]
+) -> None:
+    with trio.fail_after(10):
+        response = await client.request(method, url)
+        assert error(response) == (status, body)
+        assert response.headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"9", b"4a\x1e\x1e4b", b"\xff", b"b!!", b"42garbage", b'42["x"', b"45[]", b"43"],
+)
+async def test_malformed_post_closes_that_session_only(
+    client: httpx.AsyncClient, payload: bytes
+) -> None:
+    with trio.fail_after(10):
+        healthy = await connected(client)
+        victim = await connected(client)
+        response = await client.post(f"{QUERY}&sid={victim}", content=payload)
+        assert error(response) == (400, {"code": 3, "message": "Bad request"})
+        gone = await client.get(f"{QUERY}&sid={victim}")
+        assert gone.status_code == 400
+        assert gone.json()["code"] == 1
+        assert (await client.post(f"{QUERY}&sid={healthy}", content=b"3")).text == "ok"
+
+
+async def test_oversized_post(client: httpx.AsyncClient) -> None:
+    with trio.fail_after(10):
+        sid = await connected(client)
+        response = await client.post(f"{QUERY}&sid={sid}", content=b"4" + b"x" * 1000)
+        assert error(response) == (413, {"code": 3, "message": "Bad request"})
+        assert (await client.get(f"{QUERY}&sid={sid}")).json()["code"] == 1
+
+
+async def test_oversized_chunked_post(client: httpx.AsyncClient) -> None:
+    with trio.fail_after(10):
+        sid = await connected(client)
+
+        async def body() -> Any:
+            for _ in range(20):
+                yield b"4" + b"x" * 99
+
+        response = await client.post(f"{QUERY}&sid={sid}", content=body())
+        assert response.status_code == 413
+
+
+async def test_second_concurrent_poll(client: httpx.AsyncClient) -> None:
+    with trio.fail_after(10):
+        sid = await connected(client)
+        first: list[httpx.Response] = []
+        async with trio.open_nursery() as nursery:
+
+            async def pending() -> None:
+                first.append(await client.get(f"{QUERY}&sid={sid}"))
+
+            nursery.start_soon(pending)
+            await trio.sleep(0.1)
+            second = await client.get(f"{QUERY}&sid={sid}")
+        assert error(second) == (400, {"code": 3, "message": "Bad request"})
+        assert first[0].text == "1"  # the session is closed; the first poll is told
+
+
+async def test_cors(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        _, port = await serve_sio(nursery, cors_origins=("https://app.example",))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            own = await c.get(QUERY, headers={"Origin": f"http://127.0.0.1:{port}"})
+            assert own.status_code == 200
+            listed = await c.get(QUERY, headers={"Origin": "https://app.example"})
+            assert listed.headers["access-control-allow-origin"] == "https://app.example"
+            assert listed.headers["access-control-allow-credentials"] == "true"
+            other = await c.get(QUERY, headers={"Origin": "https://evil.example"})
+            assert error(other) == (403, {"code": 4, "message": "Forbidden"})
+            assert "access-control-allow-origin" not in other.headers
+            preflight = await c.options(
+                QUERY,
+                headers={
+                    "Origin": "https://app.example",
+                    "Access-Control-Request-Method": "POST",
+                    "Access-Control-Request-Headers": "content-type",
+                },
+            )
+            assert preflight.status_code == 204
+            assert preflight.headers["access-control-allow-headers"] == "content-type"
+            assert "POST" in preflight.headers["access-control-allow-methods"]
+            with pytest.raises(ConnectionRejected) as rejected:
+                async with open_websocket_url(
+                    f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket",
+                    extra_headers=[(b"origin", b"https://evil.example")],
+                ):
+                    pass
+            assert rejected.value.status_code == 403
+
+
+async def test_any_origin_when_configured(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        _, port = await serve_sio(nursery, cors_origins=("*",))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            response = await c.get(QUERY, headers={"Origin": "https://anywhere.example"})
+            assert response.status_code == 200
+
+
+async def test_not_serving_yet(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        sio = SocketIOServer()
+        port = await serve_app(nursery, sio.asgi)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            assert (await c.get(QUERY)).status_code == 503
+
+
+# --- websocket ------------------------------------------------------------------------------
+
+
+async def drain(ws: WebSocketConnection) -> None:
+    while True:
+        await ws.get_message()
+
+
+def ws_url(port: int, query: str = "EIO=4&transport=websocket") -> str:
+    return f"ws://127.0.0.1:{port}/socket.io/?{query}"
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ("EIO=4&transport=websocket&sid=nope", 1),
+        ("EIO=2&transport=websocket", 5),
+        ("EIO=4&transport=polling", 3),
+        ("EIO=4&transport=tin-can", 0),
+    ],
+)
+async def test_refused_websockets(
+    server: tuple[SocketIOServer, int], query: str, code: int
+) -> None:
+    with trio.fail_after(10):
+        with pytest.raises(ConnectionRejected) as rejected:
+            async with open_websocket_url(ws_url(server[1], query)):
+                pass
+        assert rejected.value.status_code == 400
+        assert rejected.value.body is not None
+        assert json.loads(rejected.value.body)["code"] == code
+
+
+async def test_websocket_session(server: tuple[SocketIOServer, int]) -> None:
+    with trio.fail_after(10):
+        sio, port = server
+
+        @sio.on("echo")
+        async def echo(sid: str, data: Any) -> Any:
+            return data
+
+        async with open_websocket_url(ws_url(port)) as ws:
+            hello = await ws.get_message()
+            assert isinstance(hello, str)
+            assert json.loads(hello[1:])["upgrades"] == []
+            await ws.send_message("40")
+            assert (await ws.get_message()).startswith('40{"sid":')
+            await ws.send_message('427["echo",[1,2]]')
+            assert await ws.get_message() == "437[[1,2]]"
+            assert await ws.get_message() == "2"  # the server pings (0.5 s)
+            await ws.send_message("3")
+
+
+@pytest.mark.parametrize(("frame", "code"), [("42[", 1002), ("4" + "x" * 1001, 1009), ("", 1002)])
+async def test_bad_websocket_frames_close_with_a_code(
+    server: tuple[SocketIOServer, int], frame: str, code: int
+) -> None:
+    with trio.fail_after(10):
+        async with open_websocket_url(ws_url(server[1])) as ws:
+            await ws.get_message()
+            await ws.send_message("40")
+            await ws.get_message()
+            await ws.send_message(frame)
+            with pytest.raises(ConnectionClosed) as closed:
+                await drain(ws)
+            assert closed.value.reason.code == code
+
+
+async def test_upgrade_and_second_upgrade(
+    server: tuple[SocketIOServer, int], client: httpx.AsyncClient
+) -> None:
+    with trio.fail_after(10):
+        _, port = server
+        sid = await connected(client)
+        async with trio.open_nursery() as nursery:
+            polled: list[str] = []
+
+            async def pending_poll() -> None:
+                polled.append((await client.get(f"{QUERY}&sid={sid}")).text)
+
+            nursery.start_soon(pending_poll)
+            await trio.sleep(0.05)
+            async with open_websocket_url(
+                ws_url(port, f"EIO=4&transport=websocket&sid={sid}")
+            ) as ws:
+                await ws.send_message("2probe")
+                assert await ws.get_message() == "3probe"
+                await trio.sleep(0.05)
+                assert polled == ["6"]  # released with a noop
+                await ws.send_message("5")
+                await ws.send_message("3")
+                with pytest.raises(ConnectionRejected) as rejected:
+                    async with open_websocket_url(
+                        ws_url(port, f"EIO=4&transport=websocket&sid={sid}")
+                    ):
+                        pass
+                assert rejected.value.status_code == 400
+                stale = await client.get(f"{QUERY}&sid={sid}")
+                assert error(stale) == (400, {"code": 3, "message": "Bad request"})
+                assert await ws.get_message() == "2"  # the session lives on the websocket
