@@ -109,6 +109,8 @@ class DocumentAgent:
             found = await tools.find_document(named) if named else None
             if found is not None:
                 job = Job("analyze", f"`{found.path}` ({found.title})", text=found.text)
+            elif request.text("mode") == "analyze":
+                job = Job("analyze", "your text", text=request.prompt)
             else:
                 job = Job("draft", job.subject)
         if job.document is not None:
@@ -162,9 +164,10 @@ def decide(request: AgentRequest) -> Job:
     if mode == "analyze" or wants_analysis:
         if points_back and previous_answer:
             return Job("analyze", "the previous answer", text=previous_answer)
-        if mode == "analyze" or len(tx.words(instruction)) >= TEXT_WORDS:
+        if len(tx.words(instruction)) >= TEXT_WORDS:
             return Job("analyze", "your text", text=request.prompt)
-        # "Summarize <something>": a document if one is named, else a draft on it.
+        # "Summarize <something>": a document if one is named (resolved by the agent,
+        # which falls back to the prompt itself in analyze mode, else to a draft).
         return Job("analyze", topic(instruction))
     if len(tx.words(request.prompt)) >= TEXT_WORDS or "\n\n" in request.prompt.strip():
         return Job("analyze", "your text", text=request.prompt)

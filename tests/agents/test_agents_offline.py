@@ -227,6 +227,8 @@ async def test_document_mode_forces_the_choice(client: httpx.AsyncClient) -> Non
     )
     assert analysed.startswith("# Analysis of your text")
     assert "Words: 4" in analysed
+    named = await complete(client, "document", "Analyze sqlite.md", context={"mode": "analyze"})
+    assert named.startswith("# Analysis of `sqlite.md` (SQLite)")
 
 
 # -- task
