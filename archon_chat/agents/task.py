@@ -16,8 +16,8 @@ Offline the plan is rule-based and deterministic (the same request gives the sam
    in parallel.
 
 Follow-ups use the history: "more detail" re-plans the previous request one level deeper
-(unless ``detail_level`` is given), "less detail" one level shallower, "also <items>" adds
-items to the previous request.
+(unless ``detail_level`` asks for another level than the previous plan's), "less detail"
+one level shallower, "also <items>" adds items to the previous request.
 """
 
 from __future__ import annotations
@@ -560,8 +560,11 @@ def resolve(request: AgentRequest) -> tuple[str, str, str]:
     more, less = bool(_MORE.search(prompt)), bool(_LESS.search(prompt))
     also = _ALSO.match(prompt)
     if more or less:
-        if not explicit:
-            base = _previous_level(request) or level
+        before = _previous_level(request)
+        # A client that always sends its current setting (the panel does) asks for a
+        # new level only when the setting differs from the previous plan's.
+        if not explicit or level == before:
+            base = before or level
             step = 1 if more else -1
             level = LEVELS[max(0, min(len(LEVELS) - 1, LEVELS.index(base) + step))]
         return previous, level, f"Re-planned your previous request at detail level {level}."

@@ -317,6 +317,11 @@ async def test_task_follow_up_adds_detail_to_the_previous_request(
         client, "task", "More detail please", history=history, context={"detail_level": "low"}
     )
     assert "Detail level: **low**" in explicit
+    # The panel always sends its setting: the previous plan's level is no request.
+    same = await complete(
+        client, "task", "More detail please", history=history, context={"detail_level": "medium"}
+    )
+    assert "Detail level: **high**" in same
 
 
 async def test_task_follow_up_extends_the_previous_request(client: httpx.AsyncClient) -> None:
