@@ -45,6 +45,8 @@ const API_PREFIX = '/api/agent-chat';
 const API_KEY_STORAGE = 'archon-chat:api-key';
 const REQUEST_TIMEOUT_MS = 15000;
 const SESSION_EVENTS = ['message', 'stream_chunk', 'stream_complete', 'typing', 'error'];
+/** Refusals of a join that say "retry": the session was momentarily too busy to answer. */
+const RETRY_JOIN = new Set(['session_busy', 'internal_error']);
 
 /** An error answered by the gateway (`code` from its JSON body) or by this client. */
 export class ChatServiceError extends Error {
@@ -215,7 +217,7 @@ export class AgentChatService {
       handlers: { onMessage, onTyping, onChunk, onComplete, onError },
       lastSeq: Number.isInteger(options.lastSeq) ? options.lastSeq : null,
       joined: false,
-      status: 'connecting',
+      status: 'offline',
       outbox: [],
       flushing: false,
       retryTimer: null,
@@ -516,6 +518,13 @@ export class AgentChatService {
       // A refusal addressed to this socket alone (no seq): not part of the session's log.
       if (payload.code === 'session_not_found' && payload.session_id === conn.sessionId) {
         this._replaceSession(conn);
+        return;
+      }
+      if (!conn.joined && RETRY_JOIN.has(payload.code) && conn.socket.connected) {
+        // The join itself was refused for a passing reason: try it again shortly.
+        setTimeout(() => {
+          if (!conn.closed && !conn.joined && conn.socket.connected) this._join(conn);
+        }, this.wsConfig.reconnectInterval);
         return;
       }
       conn.handlers.onError?.(payload);

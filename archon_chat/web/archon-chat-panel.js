@@ -402,7 +402,9 @@ export class ArchonChatPanel extends HTMLElement {
     return { ...created, messages: [], last_seq: 0 };
   }
 
-  async _open(info) {
+  /** Show the session's history and connect to it; resolves once the session is set
+   * (messages sent from then on queue in the service until the room is joined). */
+  _open(info) {
     const service = this.service;
     this._sessionId = info.session_id;
     this._agentType = AGENTS[info.agent_type] ? info.agent_type : 'rag';
@@ -420,8 +422,10 @@ export class ArchonChatPanel extends HTMLElement {
     service.onSessionChange(id, (newId, oldId, newInfo) => this._onSessionReplaced(newId, newInfo));
     service.onOutboxChange(id, (items) => this._onOutbox(items));
     this._emit('session', { sessionId: id, agentType: this._agentType });
-    try {
-      await service.connectWebSocket(
+    // A refused connection is also reported through the status and onError; nothing more
+    // to show here.
+    service
+      .connectWebSocket(
         id,
         (message) => this._onMessage(message, true),
         (isTyping) => this._onTyping(isTyping),
@@ -429,10 +433,8 @@ export class ArchonChatPanel extends HTMLElement {
         (payload) => this._onComplete(payload),
         (error) => this._onError(error),
         { lastSeq },
-      );
-    } catch (exc) {
-      if (exc.code !== 'disconnected') this._systemNote(this._describe(exc), true);
-    }
+      )
+      .catch(() => {});
   }
 
   _stop() {
