@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -321,6 +324,7 @@ async def test_a_missing_knowledge_base_is_an_error_event(tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_run_agents_serves_until_sigterm(tmp_path: Path) -> None:
+    # A subprocess (signals), so no trio here: the ceiling is the select() deadline.
     env = {
         **os.environ,
         "ARCHON_CHAT_AGENTS_PORT": "0",
@@ -328,17 +332,21 @@ def test_run_agents_serves_until_sigterm(tmp_path: Path) -> None:
     }
     code = "from archon_chat.agents import run_agents; from archon_chat.config import "
     code += "load_settings; run_agents(load_settings())"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
     try:
         assert proc.stderr is not None
-        port = None
-        for line in proc.stderr:
-            if "Running on http://" in line:
-                port = int(line.split("Running on http://", 1)[1].split()[0].rsplit(":", 1)[1])
-                break
-        assert port is not None
+        found = None
+        seen = b""
+        deadline = time.monotonic() + CEILING
+        while found is None and time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stderr], [], [], deadline - time.monotonic())
+            data = os.read(proc.stderr.fileno(), 4096) if ready else b""
+            if not data:
+                break  # silent past the ceiling, or exited
+            seen += data
+            found = re.search(rb"Running on http://[^\s]+:(\d+)", seen)
+        assert found is not None, f"the service did not report its port: {seen!r}"
+        port = int(found.group(1))
         health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
         assert health.json()["status"] == "ok"
         proc.send_signal(signal.SIGTERM)
