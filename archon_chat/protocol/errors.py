@@ -47,6 +47,8 @@ class ProtocolError(Exception):
     def __init__(self, detail: str = "") -> None:
         super().__init__(detail or self.message)
         self.detail = detail or self.message
+        # Set by whoever logs it, so one bad input makes one log line.
+        self.logged = False
 
     def body(self) -> dict[str, int | str]:
         """The JSON body Engine.IO servers answer with."""

@@ -386,6 +386,7 @@ class Connection:
         """Close after a peer fault, logged once per connection."""
         if self.closed:
             return
+        exc.logged = True
         log.info("closing Engine.IO session %s: %s", self.sid, exc.detail)
         self.eio.fail("parse error" if isinstance(exc, MalformedPacket) else "transport error")
         self.process()

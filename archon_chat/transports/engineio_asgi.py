@@ -269,7 +269,8 @@ class EngineIOApp:
 
     @staticmethod
     async def _refuse(send: Send, exc: ProtocolError, cors: list[tuple[bytes, bytes]]) -> None:
-        log.info("refused: %s (%s)", exc.message, exc.detail)
+        if not exc.logged:
+            log.info("refused: %s (%s)", exc.message, exc.detail)
         body = json.dumps(exc.body()).encode()
         await _respond(send, exc.status_hint, body, _JSON, cors)
 
@@ -369,6 +370,8 @@ class EngineIOApp:
                     try:
                         await conn.receive_frame(_frame_of(message))
                     except ProtocolError as exc:
+                        if not exc.logged:
+                            log.info("websocket closed: %s", exc.detail)
                         close_code = exc.close_code
                         break
             finally:

@@ -7,6 +7,7 @@ sub-second settings. Ceiling: ``trio.fail_after(10)`` per test.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import httpx
@@ -315,3 +316,16 @@ async def test_upgrade_and_second_upgrade(
                 stale = await client.get(f"{QUERY}&sid={sid}")
                 assert error(stale) == (400, {"code": 3, "message": "Bad request"})
                 assert await ws.get_message() == "2"  # the session lives on the websocket
+
+
+async def test_one_bad_input_one_log_line(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with trio.fail_after(10):
+        sid = await connected(client)
+        with caplog.at_level(logging.INFO, logger="archon_chat"):
+            await client.post(f"{QUERY}&sid={sid}", content=b"42[")
+            await client.get(f"{QUERY}&sid=unknown")
+        lines = [r.getMessage() for r in caplog.records if r.name.startswith("archon_chat")]
+        assert len(lines) == 2, lines
+        assert sid in lines[0]
