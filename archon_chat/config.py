@@ -128,11 +128,17 @@ class Settings:
     api_key: str = _setting(
         "ARCHON_CHAT_API_KEY", "", _text, "when set, REST and Socket.IO need this key"
     )
-    log_level: str = _setting("ARCHON_CHAT_LOG_LEVEL", "INFO", _log_level, "log level", "--log-level")
+    log_level: str = _setting(
+        "ARCHON_CHAT_LOG_LEVEL", "INFO", _log_level, "log level", "--log-level"
+    )
 
     # storage
     db_path: str = _setting(
-        "ARCHON_CHAT_DB", "var/archon-chat.db", _text, "SQLite file of sessions and messages", "--db"
+        "ARCHON_CHAT_DB",
+        "var/archon-chat.db",
+        _text,
+        "SQLite file of sessions and messages",
+        "--db",
     )
     kb_dir: str = _setting(
         "ARCHON_CHAT_KB_DIR",
@@ -166,6 +172,12 @@ class Settings:
         10.0,
         _positive_float,
         "agents service: `: ping` comment interval while thinking",
+    )
+    agent_pacing_s: float = _setting(
+        "ARCHON_CHAT_AGENT_PACING_S",
+        0.004,
+        _non_negative_float,
+        "built-in agents: pause between two deltas of an offline answer",
     )
     max_prompt_chars: int = _setting(
         "ARCHON_CHAT_MAX_PROMPT_CHARS", 100_000, _positive_int, "agents service: longest prompt"

@@ -16,17 +16,19 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
-from actors.chat.agents_client import open_agents_client
-from actors.chat.hub import HubSettings, open_session_hub
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
+from actors.chat.agents_client import open_agents_client
+from actors.chat.hub import open_session_hub
 from actors.chat.messages import SessionEvent
+from actors.chat.settings import HubSettings
 from archon_chat.agents import serve_agents
 from archon_chat.config import Settings
 from archon_chat.gateway import sockets
@@ -62,23 +64,14 @@ class Running:
 
 
 def hub_settings(settings: Settings) -> HubSettings:
-    return HubSettings.from_settings(settings)
+    return HubSettings.from_config(settings)
 
 
 def socket_options(settings: Settings) -> ServerOptions:
-    return ServerOptions(
-        ping_interval_s=settings.ping_interval_s,
-        ping_timeout_s=settings.ping_timeout_s,
-        max_http_buffer_size=settings.max_http_buffer_size,
-        outbox_size=settings.outbox_size,
-        recovery_buffer=settings.recovery_buffer,
-        grace_s=settings.grace_s,
-        max_attachments=settings.max_attachments,
-        cors_origins=settings.cors_origins,
-    )
+    return ServerOptions.from_settings(settings)
 
 
-def compose(sio_app: ASGIApp, web_app: ASGIApp) -> ASGIApp:
+def compose(sio_app: Any, web_app: Any) -> Any:
     """Route ``/socket.io/`` to the raw ASGI Engine.IO app, everything else to quart."""
 
     async def app(scope: Scope, receive: Any, send: Any) -> None:
@@ -98,7 +91,7 @@ def _merger(prev: Outgoing, new: Outgoing) -> Outgoing | None:
     merged = merge_chunks(prev.event, prev.data, new.event, new.data)
     if merged is None:
         return None
-    return new.with_data(merged)
+    return Outgoing(new.event, merged, new.namespace)
 
 
 async def _agents_health(client: httpx.AsyncClient, url: str) -> bool:
@@ -141,7 +134,12 @@ async def _serve_gateway(
         settings.events_channel_size
     )
     async with (
-        open_agents_client(agents_url, settings) as agents,
+        open_agents_client(
+            agents_url,
+            max_connections=settings.agent_pool_size,
+            max_keepalive_connections=settings.agent_keepalive,
+            connect_timeout_s=settings.agent_connect_timeout_s,
+        ) as agents,
         httpx.AsyncClient() as probe,
         trio.open_nursery() as nursery,
     ):
@@ -173,7 +171,7 @@ async def _serve_gateway(
                     "connected_sockets": sio.stats().get("connected", 0),
                 }
 
-            web = QuartTrio("archon_chat")
+            web = QuartTrio("archon_chat", root_path=str(Path(__file__).parent), static_folder=None)
             configure(web, settings.max_http_buffer_size)
             web.register_blueprint(create_rest_blueprint(gateway, health))
             web.register_blueprint(create_static_blueprint())
@@ -188,7 +186,7 @@ async def _serve_gateway(
             config.backlog = settings.backlog
             config.graceful_timeout = max(settings.shutdown_grace_s, 0.1)
             config.accesslog = None
-            config.errorlog = logging.getLogger("hypercorn.error")
+            config.errorlog = logging.getLogger("archon_chat.http")
             config.websocket_max_message_size = settings.max_http_buffer_size
             config.keep_alive_timeout = 75
             http_closed = trio.Event()

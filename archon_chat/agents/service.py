@@ -43,7 +43,6 @@ log = logging.getLogger("archon_chat.agents")
 
 #: Pause between two deltas of an offline answer: enough for a reader to see the answer
 #: arrive word by word, negligible next to an LLM's own pace.
-DEFAULT_PACING_S = 0.004
 #: Offline answers compose in worker threads; a few at a time keeps the other core free.
 COMPUTE_THREADS = 2
 #: The body holds the prompt (up to 4 bytes per character in UTF-8) plus history and
@@ -53,10 +52,11 @@ BODY_MARGIN_BYTES = 8 * 1024 * 1024
 EXTENSION = "archon_chat.agents"
 
 
-def create_agents_app(settings: Settings, *, pacing_s: float = DEFAULT_PACING_S) -> QuartTrio:
+def create_agents_app(settings: Settings, *, pacing_s: float | None = None) -> QuartTrio:
     """The agents service as a quart-trio app (mountable by the gateway, or served alone).
 
-    ``pacing_s`` is the pause between two deltas of an offline answer (0: none). The
+    ``pacing_s`` is the pause between two deltas of an offline answer (0: none; default
+    ``settings.agent_pacing_s``). The
     knowledge-base index opens on first use and closes when the app's lifespan ends.
     """
     app = QuartTrio("archon_chat.agents", root_path=str(Path(__file__).resolve().parent))
@@ -77,7 +77,7 @@ def create_agents_app(settings: Settings, *, pacing_s: float = DEFAULT_PACING_S)
         kb=KnowledgeBase(settings.kb_dir or None, settings.kb_index_path),
         llm=llm,
         compute=trio.CapacityLimiter(COMPUTE_THREADS),
-        pacing_s=pacing_s,
+        pacing_s=settings.agent_pacing_s if pacing_s is None else pacing_s,
     )
     agents: dict[str, Agent] = {a.spec.name: a for a in (RagAgent(), DocumentAgent(), TaskAgent())}
     active = {"streams": 0}
@@ -177,7 +177,7 @@ async def serve_agents(
     host: str | None = None,
     port: int | None = None,
     *,
-    pacing_s: float = DEFAULT_PACING_S,
+    pacing_s: float | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -195,6 +195,8 @@ async def serve_agents(
     config.backlog = settings.backlog
     config.graceful_timeout = settings.shutdown_grace_s
     config.accesslog = None
+    # Our own logger, so hypercorn adds no handler of its own (that would print twice).
+    config.errorlog = logging.getLogger("archon_chat.agents.http")
     app = create_agents_app(settings, pacing_s=pacing_s)
     tools: Toolkit = app.extensions[EXTENSION]
     try:

@@ -69,6 +69,8 @@ _REPLAYED = (MessageEmitted, ChunkStreamed, StreamCompleted, TurnFailed)
 #: Parked events per joining socket; a join takes milliseconds, a busy turn emits a few
 #: hundred events a second, so this is never reached by an honest client.
 MAX_PARKED = 10_000
+#: Largest merged stream_chunk content in a slow socket's outbox.
+MAX_MERGED_CHARS = 65_536
 #: Rate-limit budgets kept (sockets and REST client addresses); idle ones are pruned past it.
 MAX_RATE_KEYS = 10_000
 #: How long a command waits for its actor's answer before the request fails.
@@ -89,6 +91,9 @@ def merge_chunks(prev_event: str, prev: Any, new_event: str, new: Any) -> Any | 
     if prev.get("message_id") != new.get("message_id"):
         return None
     if prev.get("session_id") != new.get("session_id"):
+        return None
+    if len(prev["content"]) + len(new["content"]) > MAX_MERGED_CHARS:
+        # Past this, a slow socket's outbox grows by count and hits its bound instead.
         return None
     merged = dict(new)
     merged["content"] = prev["content"] + new["content"]

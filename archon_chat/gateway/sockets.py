@@ -23,14 +23,15 @@ Handler = Callable[[str, Any], Awaitable[dict[str, Any]]]
 def install(sio: SocketIOServer, gateway: Gateway) -> None:
     """Register the gateway's handlers on the default namespace."""
 
-    @sio.on("connect")
     async def connect(sid: str, info: ConnectInfo, auth: Any) -> None:
         if not await gateway.on_connect(sid, info.recovered, auth):
             raise ConnectRefused({"message": "unauthorized", "code": "unauthorized"})
 
-    @sio.on("disconnect")
     async def disconnect(sid: str, reason: str) -> None:
         await gateway.on_disconnect(sid, reason)
+
+    sio.on("connect", connect)
+    sio.on("disconnect", disconnect)
 
     handlers: dict[str, Handler] = {
         "join_chat": gateway.on_join_chat,
@@ -39,7 +40,7 @@ def install(sio: SocketIOServer, gateway: Gateway) -> None:
         "stop_response": gateway.on_stop_response,
     }
     for name, handler in handlers.items():
-        sio.on(name)(_guarded(sio, gateway, name, handler))
+        sio.on(name, _guarded(sio, gateway, name, handler))
 
 
 def _guarded(

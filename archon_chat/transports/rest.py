@@ -127,7 +127,11 @@ def create_rest_blueprint(
             405: "method_not_allowed",
             413: "message_too_large",
         }
-        return error_response(status, exc.description or exc.name, codes.get(status, "error"))
+        response = error_response(status, exc.description or exc.name, codes.get(status, "error"))
+        if status == 413:
+            # The unread rest of the body would be taken for the next request.
+            response.headers["Connection"] = "close"
+        return response
 
     @bp.app_errorhandler(Exception)
     async def unexpected(exc: Exception) -> Response:

@@ -56,8 +56,8 @@ class AgentsFake:
                 if conn.our_state is h11.MUST_CLOSE:
                     return
                 conn.start_next_cycle()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
-            return
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
+            pass  # the client went away: that is what disconnects records
         finally:
             await stream.aclose()
 
@@ -113,10 +113,11 @@ class AgentsFake:
         gone = trio.Event()
 
         async def watch_close() -> None:
-            while True:
-                data = await stream.receive_some(4096)
-                if not data:
-                    break
+            try:
+                while await stream.receive_some(4096):
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
             gone.set()
 
         async with trio.open_nursery() as nursery:
@@ -126,10 +127,12 @@ class AgentsFake:
                     nursery.start_soon(_cancel_when, gone, scope)
                     await self._script(conn, stream, word, prompt)
                     await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                gone.set()
+            finally:
                 if gone.is_set():
                     self.disconnects.append(session_id)
                     self.disconnected.set()
-            finally:
                 nursery.cancel_scope.cancel()
 
     async def _script(
