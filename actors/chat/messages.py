@@ -166,7 +166,9 @@ class ChunkStreamed(SessionEvent):
         }
 
     def merged(self, later: ChunkStreamed) -> ChunkStreamed:
-        return ChunkStreamed(self.session_id, later.seq, self.message_id, self.content + later.content)
+        return ChunkStreamed(
+            self.session_id, later.seq, self.message_id, self.content + later.content
+        )
 
 
 @dataclass(frozen=True, slots=True)

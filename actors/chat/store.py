@@ -45,7 +45,9 @@ class ChatStore(Protocol):
         message), oldest first, flattened: [user, agent, user, agent, ...]."""
         ...
 
-    async def messages_after(self, session_id: str, after_seq: int, limit: int) -> list[ChatMessage]:
+    async def messages_after(
+        self, session_id: str, after_seq: int, limit: int
+    ) -> list[ChatMessage]:
         """Finished messages (not STREAMING) with ``seq > after_seq``, by seq, at most
         ``limit``."""
         ...

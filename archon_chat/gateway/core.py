@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
-from actors.chat.hub import SessionBusy, SessionHub, SessionNotFound
 
+from actors.chat.hub import SessionBusy, SessionHub, SessionNotFound
 from actors.chat.messages import (
     CancelReason,
     CancelTurn,
