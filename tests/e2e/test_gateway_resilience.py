@@ -302,3 +302,27 @@ async def test_metrics_move_with_a_turn(tmp_path: Path) -> None:
             assert after["archon_chat_connected_sockets"] >= 1
             assert after["archon_chat_first_chunk_seconds_count"] == 1
             await client.disconnect()
+
+
+async def test_expired_session_answers_session_not_found(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        # 0.0002 h = 0.72 s of inactivity
+        async with world(
+            tmp_path, session_ttl_hours=0.0002, sweep_interval_s=0.2, idle_passivate_s=0.2
+        ) as (_, gw):
+            session_id = await create_session(gw.url)
+            client = Client(gw.url, transports=["websocket"])
+            await client.connect()
+            ack = await client.call("join_chat", {"session_id": session_id})
+            assert ack["status"] == "joined"
+            await trio.sleep(1.0)
+            ack = await client.call("join_chat", {"session_id": session_id})
+            assert ack["code"] == "session_not_found"
+            ack = await client.call("chat_message", {"session_id": session_id, "message": "hi"})
+            assert ack["code"] == "session_not_found"
+            async with httpx.AsyncClient() as http:
+                r = await http.get(f"{gw.url}/api/agent-chat/sessions/{session_id}")
+            assert r.status_code == 404
+            await client.disconnect()
+            stats = await gw.gateway.store.stats()
+            assert stats["sessions"] == 0  # the sweeper removed it with its messages
