@@ -178,18 +178,20 @@ class SocketIOServer:
         """Run heartbeats and handlers until cancelled; cancelling closes every connection."""
         if self._nursery is not None:
             raise RuntimeError("this server is already serving")
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.start_soon(self._timers.run)
-                task_status.started()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._timers.run)
+            task_status.started()
+            try:
                 await trio.sleep_forever()
-        finally:
-            self._nursery = None
-            for conn in list(self._conns.values()):
-                conn.close("server shutting down")
-            for sock in list(self._sockets.values()):
-                self._remove_socket(sock, "server shutting down")
+            finally:
+                # Before the nursery waits for its children: from here on no handler task
+                # is started, whatever the transports still report while they wind down.
+                self._nursery = None
+                for conn in list(self._conns.values()):
+                    conn.close("server shutting down")
+                for sock in list(self._sockets.values()):
+                    self._remove_socket(sock, "server shutting down")
 
     @property
     def serving(self) -> bool:
