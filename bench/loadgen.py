@@ -146,19 +146,26 @@ class Worker:
         share = float(command.get("stop_share", 0.25))
         quiet = float(command.get("quiet", 0.3))
         turns: list[Turn] = []
+        tag = "".join(c for c in prefix if c.isalnum())
         extra: dict[str, Any] = {"stops": {}, "resume_s": [], "resume_total_s": [], "acks": 0}
         failures: Counter[str] = Counter()
 
         async def one(i: int, client: Client) -> None:
             token = f"{prefix}-{self.index}-{i}"
             n = int(spec["n"])
-            turn = Turn(token, n, threshold=max(1, int(n * share)) if mode != "normal" else 0)
+            threshold = max(1, int(n * share)) if mode != "normal" else 0
+            turn = Turn(token, n, tag, threshold=threshold)
             turn.slow = bool(client.slow_rate)
             turns.append(turn)
             client.turn = turn
             prompt = spec_prompt(
                 StreamSpec(
-                    n, int(spec["size"]), float(spec["pace"]), float(spec.get("first", 0)), token
+                    n,
+                    int(spec["size"]),
+                    float(spec["pace"]),
+                    float(spec.get("first", 0)),
+                    token,
+                    tag,
                 )
             )
             turn.sent_at = time.monotonic()
@@ -300,6 +307,7 @@ class Worker:
             "gaps": sum(t.missing for t in turns) if mode == "drop" else 0,
             "gap_turns": sum(1 for t in turns if t.missing) if mode == "drop" else 0,
             "stale_events": sum(t.stale_events for t in turns),
+            "foreign_chunks": sum(t.foreign for t in turns),
             "after_stop": sum(t.after_stop for t in turns),
             "after_request": sum(t.after_request for t in turns),
             "first_sent": min(sent) if sent else None,

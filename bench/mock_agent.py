@@ -6,9 +6,9 @@ section 3): ``data: {"type": "stream_chunk", "content": ...}`` events, then
 service serves every scenario::
 
     bench n=<chunks> size=<chars per chunk> pace=<seconds between chunks>
-          first=<seconds before the first chunk> id=<stream token>
+          first=<seconds before the first chunk> id=<stream token> tag=<reply tag>
 
-Each chunk's content starts with a marker ``~<index>:<send time>~`` (the send time is
+Each chunk's content starts with a marker ``~<tag>.<index>:<send time>~`` (the send time is
 ``time.monotonic()``, a clock shared by every process of the machine), padded with dots
 to ``size`` characters, so a client can measure each chunk's latency and find gaps and
 duplicates even when chunks were merged on the way.
@@ -49,7 +49,7 @@ MAX_BODY = 4 * 1024 * 1024
 MAX_RECORDS = 200_000
 #: chunks written back to back at pace 0 before yielding to other streams
 BURST = 8
-MARKER = re.compile(r"~(\d+):(\d+\.\d+)~")
+MARKER = re.compile(r"~(\w+)\.(\d+):(\d+\.\d+)~")
 SPEC_FIELD = re.compile(r"(\w+)=(\S+)")
 AGENTS = ("rag", "document", "task")
 
@@ -61,6 +61,8 @@ class StreamSpec:
     pace: float = 0.0
     first: float = 0.0
     token: str = ""
+    #: marks this reply's chunks, so a late chunk of an earlier reply is never counted
+    tag: str = "x"
 
 
 def parse_spec(prompt: str) -> StreamSpec:
@@ -74,21 +76,25 @@ def parse_spec(prompt: str) -> StreamSpec:
         pace=max(0.0, float(fields.get("pace", 0.0))),
         first=max(0.0, float(fields.get("first", 0.0))),
         token=fields.get("id", ""),
+        tag=fields.get("tag", "x") if fields.get("tag", "x").isalnum() else "x",
     )
 
 
 def spec_prompt(spec: StreamSpec) -> str:
-    return f"bench n={spec.n} size={spec.size} pace={spec.pace} first={spec.first} id={spec.token}"
+    return (
+        f"bench n={spec.n} size={spec.size} pace={spec.pace} first={spec.first} "
+        f"id={spec.token} tag={spec.tag}"
+    )
 
 
-def chunk_content(index: int, sent: float, size: int) -> str:
-    marker = f"~{index}:{sent:.6f}~"
+def chunk_content(index: int, sent: float, size: int, tag: str = "x") -> str:
+    marker = f"~{tag}.{index}:{sent:.6f}~"
     return marker + "." * (size - len(marker)) if size > len(marker) else marker
 
 
-def markers(content: str) -> list[tuple[int, float]]:
-    """(index, send time) of every chunk marker in ``content``."""
-    return [(int(i), float(t)) for i, t in MARKER.findall(content)]
+def markers(content: str) -> list[tuple[str, int, float]]:
+    """(tag, index, send time) of every chunk marker in ``content``."""
+    return [(tag, int(i), float(t)) for tag, i, t in MARKER.findall(content)]
 
 
 def _http_chunk(payload: bytes) -> bytes:
@@ -215,7 +221,7 @@ class Pacer:
 
     def _write(self, stream: PacedStream, now: float) -> None:
         spec = stream.spec
-        data = _sse_chunk(chunk_content(stream.index, time.monotonic(), spec.size))
+        data = _sse_chunk(chunk_content(stream.index, time.monotonic(), spec.size, spec.tag))
         try:
             sent = stream.conn.send(data)
         except BlockingIOError:
@@ -275,6 +281,11 @@ class MockAgent:
                         try:
                             conn, _ = listener.accept()
                         except BlockingIOError:
+                            break
+                        except OSError:
+                            # A client that gave up before its accept (ECONNABORTED), or
+                            # out of descriptors for a moment: neither ends the service.
+                            await trio.sleep(0.001)
                             break
                         conn.setblocking(False)
                         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -419,7 +430,9 @@ class MockAgent:
         for index in range(spec.n):
             if index % BURST == 0:
                 await trio.lowlevel.checkpoint()
-            await _send_all(conn, _sse_chunk(chunk_content(index, time.monotonic(), spec.size)))
+            await _send_all(
+                conn, _sse_chunk(chunk_content(index, time.monotonic(), spec.size, spec.tag))
+            )
             record.chunks_sent += 1
             self.chunks_total += 1
 

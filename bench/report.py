@@ -191,8 +191,10 @@ SLOW: list[Metric] = [
     ("others: latency p99 ms", lambda r: r["latency_p99_ms"]),
     ("others: failures", lambda r: r["failures"]),
     ("RSS peak growth MiB", lambda r: r["rss_peak_growth_mib"]),
+    ("slow: clients", lambda r: (r.get("slow") or {}).get("clients")),
     ("slow: completed", lambda r: (r.get("slow") or {}).get("completed")),
     ("slow: disconnected", lambda r: (r.get("slow") or {}).get("disconnected")),
+    ("slow: chunks received", lambda r: (r.get("slow") or {}).get("chunks")),
 ]
 
 

@@ -89,7 +89,8 @@ async def start_server(
     *,
     timeout: float = 30.0,
 ) -> AsyncIterator[Server]:
-    """Run ``argv`` until the block ends; yields once it printed its serving line.
+    """Run ``argv`` until the block ends; yields once it printed its serving line. Its
+    output goes to ``<tmp>/archon-bench-<label>.log``.
 
     Raises :class:`BenchError` if it exits or stays silent for ``timeout`` seconds.
     On exit: SIGTERM, a grace of 5 s, then SIGKILL."""
@@ -107,20 +108,24 @@ async def start_server(
     output: list[str] = []
     found: list[str] = []
     ready = trio.Event()
+    log_path = Path(tempfile.gettempdir()) / f"archon-bench-{label}.log"
 
     async def drain() -> None:
         buf = b""
-        async for data in stdout:
-            buf += data
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                text = line.decode(errors="replace")
-                output.append(text)
-                del output[:-200]
-                match = SERVING.search(text)
-                if match and not found:
-                    found.append(match.group(1))
-                    ready.set()
+        with log_path.open("w") as log:
+            async for data in stdout:
+                buf += data
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    text = line.decode(errors="replace")
+                    log.write(text + "\n")
+                    log.flush()
+                    output.append(text)
+                    del output[:-200]
+                    match = SERVING.search(text)
+                    if match and not found:
+                        found.append(match.group(1))
+                        ready.set()
         ready.set()
 
     try:

@@ -60,6 +60,7 @@ class Turn:
 
     token: str
     n: int
+    tag: str = "x"
     #: stop when this many distinct chunks arrived (stop / leave / drop modes)
     threshold: int = 0
     sent_at: float = 0.0
@@ -71,6 +72,8 @@ class Turn:
     duplicates: int = 0
     frames: int = 0
     stale_events: int = 0
+    #: chunks of another reply (a late one) seen during this one
+    foreign: int = 0
     errors: list[str] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
     #: set once the stop was acknowledged; chunks after it are counted in after_stop
@@ -90,9 +93,10 @@ class Turn:
         self.frames += 1
         if self.first_chunk_at is None:
             self.first_chunk_at = now
-        for index_text, sent_text in MARKER.findall(content):
+        for tag, index_text, sent_text in MARKER.findall(content):
             index = int(index_text)
-            if not 0 <= index < self.n:
+            if tag != self.tag or not 0 <= index < self.n:
+                self.foreign += 1
                 continue
             if self.counts[index]:
                 self.duplicates += 1
