@@ -131,7 +131,7 @@ class Socket:
         self.state = SocketState.CONNECTING
         self.accepted = False
         self.held = True
-        self.outbox: deque[Outgoing | Packet] = deque()
+        self.outbox: list[Outgoing | Packet] = []  # short; a deque costs 760 bytes empty
         self.inbox: deque[Job] | None = None
         self.dispatching = False
         self.space: trio.Event | None = None
@@ -491,10 +491,14 @@ class Connection:
     def _drain(self, sock: Socket, limit: int | None) -> None:
         eio = self.eio
         box = sock.outbox
+        if limit is None:
+            taken, sock.outbox = box, []
+        else:
+            taken = box[: max(0, limit - eio.queued)]
+            del box[: len(taken)]
         counters = self.server._counters
         recoverable = sock.recoverable
-        while box and (limit is None or eio.queued < limit):
-            item = box.popleft()
+        for item in taken:
             if isinstance(item, Packet):
                 eio.send_frames(item.frames)
             else:

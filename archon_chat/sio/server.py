@@ -34,6 +34,7 @@ from archon_chat.protocol.socketio import (
     disconnect_frame,
     event_frames,
 )
+from archon_chat.transports.deflate import refuse_permessage_deflate
 from archon_chat.transports.engineio_asgi import EngineIOApp, RequestInfo
 
 from .connection import (
@@ -167,8 +168,14 @@ class SocketIOServer:
 
     @property
     def asgi(self) -> EngineIOApp:
-        """The raw ASGI application serving ``/socket.io/`` (http and websocket scopes)."""
+        """The raw ASGI application serving ``/socket.io/`` (http and websocket scopes).
+
+        Unless ``options.websocket_compression``, hypercorn's websocket handshakes decline
+        permessage-deflate from then on (process-wide; see ``ServerOptions``).
+        """
         if self._asgi is None:
+            if not self.options.websocket_compression:
+                refuse_permessage_deflate()
             self._asgi = EngineIOApp(self)
         return self._asgi
 
@@ -469,14 +476,16 @@ class SocketIOServer:
             self._remove_socket(sock, "server namespace disconnect")
             return
         reply: dict[str, Any] = {"sid": sock.sid}
+        replay: list[Outgoing] = []
         if sock.pid is not None:
             resume = job.resume_from
             reply["pid"] = sock.pid
             reply["offset"] = format(sock.initial_offset if resume is None else resume, "x")
             if resume is not None:
-                sock.outbox.extendleft(reversed(sock.take_replay(resume)))
+                replay = sock.take_replay(resume)
                 self._counters["recoveries"] += 1
-        sock.outbox.appendleft(Packet((connect_frame(sock.namespace, reply),)))
+        # The reply first, then what the client missed, then what was queued meanwhile.
+        sock.outbox[:0] = [Packet((connect_frame(sock.namespace, reply),)), *replay]
         conn.sio.accept(sock.namespace)
         sock.state = SocketState.CONNECTED
         sock.accepted = True

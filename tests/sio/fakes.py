@@ -33,7 +33,9 @@ class FakeClient:
         self.sio = sio
         self.answer_pings = answer_pings
         info = RequestInfo(
-            headers={"user-agent": "fake"}, query={"EIO": "4", "k": "v"}, remote_addr="10.0.0.1"
+            raw_headers=[(b"user-agent", b"fake"), (b"x-twice", b"1"), (b"x-twice", b"2")],
+            query={"EIO": "4", "k": "v"},
+            remote_addr="10.0.0.1",
         )
         self.conn: Connection = sio.open_connection(Transport.WEBSOCKET, info)
         self._inbox_send, self._inbox = trio.open_memory_channel[Frame](math.inf)

@@ -329,3 +329,21 @@ async def test_one_bad_input_one_log_line(
         lines = [r.getMessage() for r in caplog.records if r.name.startswith("archon_chat")]
         assert len(lines) == 2, lines
         assert sid in lines[0]
+
+
+async def test_permessage_deflate_is_declined(server: tuple[SocketIOServer, int]) -> None:
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", server[1])
+        async with stream:
+            await stream.send_all(
+                b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
+                b"Host: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+            )
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += await stream.receive_some()
+        status, *headers = head.split(b"\r\n\r\n")[0].lower().split(b"\r\n")
+        assert status.startswith(b"http/1.1 101")
+        assert not [h for h in headers if h.startswith(b"sec-websocket-extensions")]

@@ -47,7 +47,7 @@ async def test_connect_reply_and_handler_info(
         assert sid == reply["sid"]
         assert auth == {"token": "t"}
         assert info.transport == "websocket"
-        assert info.headers["user-agent"] == "fake"
+        assert info.headers == {"user-agent": "fake", "x-twice": "1, 2"}
         assert info.remote_addr == "10.0.0.1"
         assert info.query["k"] == "v"
         assert info.recovered is False
