@@ -365,11 +365,6 @@ def _check(s: Settings) -> None:
             "a message of that many characters (4 bytes each in UTF-8, plus its envelope) "
             "must fit in one Engine.IO packet"
         )
-    if s.idle_passivate_s >= s.session_ttl_hours * 3600:
-        raise ConfigError(
-            "ARCHON_CHAT_IDLE_PASSIVATE_S must be shorter than SESSION_TTL_HOURS: a session "
-            "actor must have ended before its session can expire"
-        )
     if s.llm_base_url and not s.llm_model:
         raise ConfigError("ARCHON_CHAT_LLM_MODEL must be set when ARCHON_CHAT_LLM_BASE_URL is")
 

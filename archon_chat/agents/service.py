@@ -225,6 +225,11 @@ def run_agents(settings: Settings) -> None:
                     log.info("agents service: %s, shutting down", signal.Signals(signum).name)
                     return
 
-            await serve_agents(settings, shutdown_trigger=first_signal)
+            async with trio.open_nursery() as nursery:
+                port = await nursery.start(
+                    partial(serve_agents, settings, shutdown_trigger=first_signal)
+                )
+                host = _bind(settings.agents_host, port)
+                print(f"archon-chat agents: serving on http://{host}", flush=True)
 
     trio.run(main)

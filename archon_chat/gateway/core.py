@@ -230,6 +230,9 @@ class Gateway:
     async def on_chat_message(self, sid: str, data: Any) -> dict[str, Any]:
         outgoing = validation.outgoing_message(data, self.settings.max_message_chars)
         self.rate_limit(sid)
+        if await self.store.get_session(outgoing.session_id) is None:
+            # Expired sessions answer as unknown even while their actor lingers.
+            raise GatewayError(ErrorCode.SESSION_NOT_FOUND)
         return await self.send(outgoing)
 
     async def on_leave_chat(self, sid: str, data: Any) -> dict[str, Any]:

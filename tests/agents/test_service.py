@@ -332,19 +332,19 @@ def test_run_agents_serves_until_sigterm(tmp_path: Path) -> None:
     }
     code = "from archon_chat.agents import run_agents; from archon_chat.config import "
     code += "load_settings; run_agents(load_settings())"
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE)
     try:
-        assert proc.stderr is not None
+        assert proc.stdout is not None
         found = None
         seen = b""
         deadline = time.monotonic() + CEILING
         while found is None and time.monotonic() < deadline:
-            ready, _, _ = select.select([proc.stderr], [], [], deadline - time.monotonic())
-            data = os.read(proc.stderr.fileno(), 4096) if ready else b""
+            ready, _, _ = select.select([proc.stdout], [], [], deadline - time.monotonic())
+            data = os.read(proc.stdout.fileno(), 4096) if ready else b""
             if not data:
                 break  # silent past the ceiling, or exited
             seen += data
-            found = re.search(rb"Running on http://[^\s]+:(\d+)", seen)
+            found = re.search(rb"serving on http://[^\s]+:(\d+)", seen)
         assert found is not None, f"the service did not report its port: {seen!r}"
         port = int(found.group(1))
         health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)

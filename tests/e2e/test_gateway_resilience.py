@@ -307,9 +307,7 @@ async def test_metrics_move_with_a_turn(tmp_path: Path) -> None:
 async def test_expired_session_answers_session_not_found(tmp_path: Path) -> None:
     with trio.fail_after(30):
         # 0.0002 h = 0.72 s of inactivity
-        async with world(
-            tmp_path, session_ttl_hours=0.0002, sweep_interval_s=0.2, idle_passivate_s=0.2
-        ) as (_, gw):
+        async with world(tmp_path, session_ttl_hours=0.0002, sweep_interval_s=0.2) as (_, gw):
             session_id = await create_session(gw.url)
             client = Client(gw.url, transports=["websocket"])
             await client.connect()
