@@ -230,7 +230,8 @@ async def run_size(
                 for sid in ids:
                     activate.start_soon(ask_state, hub, sid)
             result.activate_s = time.perf_counter() - start
-            assert hub.live_sessions() == sessions
+            if hub.live_sessions() != sessions:
+                raise RuntimeError("actors passivated while others started: raise --passivate-s")
             gc.collect()
             live = tracemalloc.get_traced_memory()[0]
             result.live_bytes_per_session = (live - before) / sessions
@@ -330,20 +331,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sessions", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--chunks", type=int, default=20, help="chunks per reply")
     parser.add_argument(
-        "--cancel-interval", type=float, default=0.5, help="chunk pacing of endless replies (s)"
+        "--cancel-interval", type=float, default=2.0, help="chunk pacing of endless replies (s)"
     )
-    parser.add_argument("--passivate-s", type=float, default=1.0, help="actor idle time (s)")
+    parser.add_argument("--passivate-s", type=float, default=10.0, help="actor idle time (s)")
+    parser.add_argument(
+        "--gc-threshold",
+        help="gc.set_threshold values, e.g. 10000,50,50 (default: the interpreter's)",
+    )
     parser.add_argument("--json", help="write the figures and the machine to this file")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> list[Result]:
     args = parse_args(argv)
-    print(f"actor fan-out on {machine()}", flush=True)
+    if args.gc_threshold:
+        gc.set_threshold(*(int(x) for x in args.gc_threshold.split(",")))
+    print(f"actor fan-out on {machine()}, gc thresholds {gc.get_threshold()}", flush=True)
     results = trio.run(main_async, args)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"machine": machine(), "results": [asdict(r) for r in results]}, f, indent=2)
+            json.dump(
+                {
+                    "machine": machine(),
+                    "gc_threshold": gc.get_threshold(),
+                    "args": vars(args),
+                    "results": [asdict(r) for r in results],
+                },
+                f,
+                indent=2,
+            )
     return results
 
 

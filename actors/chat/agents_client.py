@@ -161,7 +161,13 @@ class AgentStream:
     __slots__ = ("_bytes", "_decoder", "_finished", "_pending")
 
     def __init__(self, response: httpx.Response, max_event_chars: int) -> None:
-        self._bytes = response.aiter_bytes()
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding in ("", "identity") and isinstance(response.stream, httpx.AsyncByteStream):
+            # Read the transport's stream itself: the same bytes as aiter_bytes() without
+            # two more generator levels and a chunker on every chunk.
+            self._bytes = response.stream.__aiter__()
+        else:
+            self._bytes = response.aiter_bytes()
         self._decoder = SSEDecoder(max_event_chars)
         self._pending: deque[AgentEvent] = deque()
         self._finished = False
@@ -256,6 +262,7 @@ class AgentsClient:
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._client = client
+        self._urls: dict[str, httpx.URL] = {}
         self._max_event_chars = max_event_chars
 
     @property
@@ -273,8 +280,11 @@ class AgentsClient:
         ``"Agent service error: <status>"``), :class:`AgentProtocolError` (not an event
         stream), :class:`AgentTimeout` (an httpx timeout). No httpx exception escapes.
         """
-        url = f"{self._base_url}/agents/{request.agent_type}/stream"
+        url = self._urls.get(request.agent_type)
         try:
+            if url is None:
+                url = httpx.URL(f"{self._base_url}/agents/{request.agent_type}/stream")
+                self._urls[request.agent_type] = url
             http_request = self._client.build_request(
                 "POST", url, json=request.to_json(), headers={"accept": "text/event-stream"}
             )
@@ -317,9 +327,10 @@ def make_http_client(
 
     ``max_connections`` bounds concurrent streams (one connection each; waiting for a
     free one is bounded by the turn's own deadlines). ``max_keepalive_connections`` stays
-    small (module docstring). Connect, write and pool-wait timeouts are explicit; reads
-    have none because the session actor enforces its own stream deadlines. Not a
-    checkpoint; the caller must ``await client.aclose()``.
+    small (module docstring). Connect and write timeouts are explicit; reads and pool
+    waits have none because the session actor bounds every turn with its own deadlines.
+    Proxy variables are ignored (``trust_env=False``): the agents service is a local
+    peer. Not a checkpoint; the caller must ``await client.aclose()``.
     """
     limits = httpx.Limits(
         max_connections=max_connections,
