@@ -265,10 +265,6 @@ class Gateway:
         cancelled = await self._cancel(session_id, CancelReason.STOP)
         return {"status": "stopped", "session_id": session_id, "cancelled": cancelled}
 
-    def forget_socket(self, sid: str) -> None:
-        """Drop every trace of a socket whose grace ended."""
-        self._joined.pop(sid, None)
-
     # ------------------------------------------------------------------ REST-facing API
 
     async def create_session(self, body: Any) -> dict[str, Any]:
