@@ -23,8 +23,9 @@ Heartbeat (v4: the server pings): ``2`` every ``ping_interval_s`` after the prev
 ``"ping timeout"``. Only a pong proves the peer alive, as in the reference server.
 
 A close always leaves the session ``CLOSED`` with one :class:`Closed` event. A server-side
-close (:meth:`~EngineSession.close`) and any close while polling queue a ``1`` so the peer
-hears of it on its next poll or on the websocket before it is closed.
+close (:meth:`~EngineSession.close`) keeps what is queued and adds a ``1``, so the peer gets
+both before the websocket closes; a failure (:meth:`~EngineSession.fail`, a missed pong, a
+peer fault) drops what is queued. Any close while polling leaves a ``1`` for the next poll.
 """
 
 from __future__ import annotations
@@ -425,6 +426,10 @@ class EngineSession:
     def _close(self, reason: str, *, notify: bool) -> None:
         if self.state is SessionState.CLOSED:
             return
+        if not notify:
+            # The transport failed: what is still queued would go nowhere useful (and
+            # whatever mattered is in the recovery log of its socket).
+            self._queue.clear()
         if notify or self.transport is Transport.POLLING:
             self._queue.append(CLOSE)
         self.state = SessionState.CLOSED

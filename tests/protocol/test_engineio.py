@@ -312,3 +312,14 @@ def test_aborted_probe_keeps_polling() -> None:
     session.receive_probe_frame("2probe", now=1.0)
     session.abort_upgrade()
     assert poll(session) is None  # no more noops: back to long polling
+
+
+def test_failure_drops_what_is_queued() -> None:
+    ws = EngineSession("s", CONFIG, Transport.WEBSOCKET, 0.0)
+    ws.send_frames(["4a", "4b"])
+    ws.fail("transport close")
+    assert ws.take_frames() == []
+    polling_session = polling()
+    polling_session.send_frames(["4a"])
+    polling_session.fail("transport error")
+    assert polling_session.take_poll() == b"1"

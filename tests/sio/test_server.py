@@ -55,6 +55,30 @@ async def test_connect_reply_and_handler_info(
         assert sio.rooms(sid) == {sid}
 
 
+async def test_what_the_connect_handler_emits_follows_the_reply(
+    autojump_clock: MockClock, nursery: trio.Nursery
+) -> None:
+    with trio.fail_after(60):
+        sio = await start_server(nursery)
+
+        @sio.on("connect")
+        async def connect(sid: str, info: ConnectInfo, auth: Any) -> None:
+            sio.enter_room(sid, "lobby")
+            await sio.emit("welcome", sid, to=sid)
+            await sio.emit("joined", sid, room="lobby")
+            await trio.sleep(1)  # the reply waits for the handler
+
+        client = FakeClient(sio, nursery)
+        await client.handshake()
+        t0 = trio.current_time()
+        sid = (await client.connect())["sid"]
+        assert trio.current_time() == t0 + 1
+        assert [await client.recv() for _ in range(2)] == [
+            f'42["welcome","{sid}"]',
+            f'42["joined","{sid}"]',
+        ]
+
+
 async def test_refusal_sends_connect_error(
     autojump_clock: MockClock, nursery: trio.Nursery
 ) -> None:
