@@ -3,14 +3,18 @@
 Raw ASGI rather than quart because a websocket costs a third less memory this way
 (design.md section 6). Measured with hypercorn 0.18 and 1,000 npm clients: 30.6 KiB per idle
 websocket session joined to a room, of which 22.5 KiB is hypercorn's own bare websocket
-(permessage-deflate declined, see :mod:`.deflate`; accepting it costs ~95 KiB more). Everything protocol-related is decided by the sans-IO core; this
-module only moves bytes between ASGI messages and a connection of the :class:`EngineHub`:
+(permessage-deflate declined, see :mod:`.deflate`; accepting it costs ~95 KiB more).
+
+Everything protocol-related is decided by the sans-IO core; this module only moves bytes
+between ASGI messages and a connection of the :class:`EngineHub`:
 
 - ``GET`` without ``sid``: handshake; ``GET`` with ``sid``: long poll (abandoned if the
   client hangs up); ``POST``: packets from the client; ``OPTIONS``: CORS preflight.
 - websocket without ``sid``: a websocket-only session; with ``sid``: the upgrade probe of a
   polling session, then the same loop. Each websocket has one reader (this task) and one
-  writer task, which owns every send.
+  writer task, which owns every send. ASGI carries one frame per ``websocket.send`` (and
+  hypercorn writes each with its own syscall), so the writer's batching is about taking
+  everything pending at once, after merges, not about fewer syscalls per frame.
 - Refusals are Engine.IO's JSON ``{"code": N, "message": "..."}`` with the status hint of
   the :class:`~archon_chat.protocol.errors.ProtocolError`; a websocket handshake is refused
   the same way through the ``websocket.http.response`` extension where the server has it.
