@@ -224,6 +224,26 @@ async def test_the_same_drop_without_opting_in(
         assert app.sio.stats()["recoveries"] == 0
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("transports", "final"), TRANSPORTS)
+async def test_a_recovery_too_late_is_a_fresh_connection(
+    nursery: trio.Nursery, transports: list[str] | None, final: str
+) -> None:
+    sio, port = await serve_sio(nursery, ping_interval_s=0.5, ping_timeout_s=1, grace_s=0.2)
+    app = App(sio, nursery)
+    with trio.fail_after(30):
+        out = await run_node(
+            f"http://127.0.0.1:{port}", "drop", transports, RECOVER="1", RECONNECT_DELAY_MS="700"
+        )
+        assert out["ticks"] == [1, 2, 3, 7, 8, 9]  # the grace ended before the client was back
+        first, second = out["connects"]
+        assert first["recovered"] is False and second["recovered"] is False
+        assert first["id"] != second["id"]
+        assert (first["id"], "transport close") in app.disconnects
+        assert sio.stats()["recoveries"] == 0
+        assert sio.stats()["recovery_misses"] == 1
+
+
 def test_the_node_harness_reports_failures() -> None:
     node = shutil.which("node")
     assert node

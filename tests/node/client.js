@@ -128,15 +128,17 @@ const scenarios = {
   },
 
   // Cut the transport after tick 3; the server emits ticks 4-6 while it is down, then
-  // 7-9 once the socket is back (recovered, or re-joined when recovery is off).
+  // 7-9 once the socket is back (recovered, or re-joined when it was not). Environment:
+  // RECOVER=1 opts in to recovery; RECONNECT_DELAY_MS sets the reconnection delay.
   async drop() {
     const recover = process.env.RECOVER === "1";
+    const delay = Number(process.env.RECONNECT_DELAY_MS || 50);
     const s = io(url, {
       ...base,
       forceNew: true,
       auth: recover ? { token: "secret", recover: true } : { token: "secret" },
-      reconnectionDelay: 50,
-      reconnectionDelayMax: 50,
+      reconnectionDelay: delay,
+      reconnectionDelayMax: delay,
       randomizationFactor: 0,
     });
     const ticks = [];
