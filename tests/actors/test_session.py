@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from actors.chat.hub import HubClosed, SessionBusy, SessionNotFound
+from actors.chat.hub import HubClosed, SessionBusy, SessionNotFound, open_session_hub
 from actors.chat.memory_store import MemoryStore
 from actors.chat.messages import (
     CancelReason,
@@ -39,6 +39,7 @@ from .fakes import (
     Sleep,
     Step,
     Upstream,
+    agents_over,
     assert_wire_order,
     chunk,
     open_harness,
@@ -582,3 +583,44 @@ async def test_a_session_deleted_while_passive_is_not_found(autojump_clock: obje
             await store.delete_session(sid)
             with pytest.raises(SessionNotFound):
                 await h.hub.deliver(sid, SubmitMessage("anyone?"))
+
+
+async def test_the_partial_reply_is_checkpointed_while_it_streams(autojump_clock: object) -> None:
+    upstream = script(chunk("a"), Sleep(1), chunk("b"), Sleep(1.5), chunk("c"), Hang())
+    settings = HubSettings(checkpoint_interval_s=2)
+    with trio.fail_after(CEILING_S):
+        async with open_harness(upstream, settings) as h:
+            sid = (await h.store.create_session()).session_id
+            await h.submit(sid, "q")
+            await trio.sleep(2)
+            (placeholder,) = [m for m in h.store.rows(sid) if m.sender == "agent"]
+            assert (placeholder.status, placeholder.content) == (MessageStatus.STREAMING, "")
+            await trio.sleep(1)
+            (placeholder,) = [m for m in h.store.rows(sid) if m.sender == "agent"]
+            # Saved after the chunk at 2.5 s, the first event 2 s past the last save.
+            assert placeholder.content == "abc"
+            # A crash of the whole process now would keep that text.
+            assert h.store.recover() == 1
+            await h.cancel(sid)
+
+
+async def test_a_slow_gateway_is_not_an_agent_timeout(autojump_clock: object) -> None:
+    upstream = script(chunk("a"), chunk("b"), COMPLETE)
+    settings = HubSettings(first_event_timeout_s=3, gap_timeout_s=3)
+    store = MemoryStore()
+    send, receive = trio.open_memory_channel[SessionEvent](0)
+    events: list[SessionEvent] = []
+    with trio.fail_after(CEILING_S):
+        async with (
+            agents_over(upstream) as agents,
+            open_session_hub(store, agents, send, settings) as hub,
+        ):
+            sid = (await store.create_session()).session_id
+            await hub.deliver(sid, SubmitMessage("hi"))
+            while not events or not isinstance(events[-1], TurnEnded):
+                events.append(await receive.receive())
+                if isinstance(events[-1], ChunkStreamed):
+                    await trio.sleep(10)  # a gateway far behind
+            assert trio.current_time() == 20
+    assert isinstance(events[-1], TurnEnded)
+    assert events[-1].status is MessageStatus.COMPLETE
