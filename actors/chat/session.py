@@ -305,8 +305,14 @@ class SessionActor:
 
     async def _after_abnormal_exit(self, exc: BaseException) -> None:
         turn = self._turn
-        if turn is None or not turn.begun:
+        if turn is None:
+            return
+        if not turn.begun:
+            # Nothing of it reached the store or the room: run it after the restart,
+            # unless it was cancelled meanwhile.
             self._turn = None
+            if turn.cancel_reason is None and not self._stopping:
+                self._queue.appendleft(_Pending(turn.user, turn.context))
             return
         crashed = not _only_cancelled(exc)
         if crashed:
@@ -407,24 +413,37 @@ class SessionActor:
     # -- turns --------------------------------------------------------------------------
 
     def _start_worker(self) -> None:
-        if self._worker_running or not self._queue or self._nursery is None:
+        if self._worker_running or self._nursery is None:
             return
+        if self._turn is None:
+            if not self._queue or self._stopping:
+                return
+            # The next turn exists from now on, so a CancelTurn handled before the
+            # worker first runs still finds (and cancels) it.
+            self._turn = self._next_turn()
         self._worker_running = True
         self._nursery.start_soon(self._work)
 
+    def _next_turn(self) -> _Turn:
+        pending = self._queue.popleft()
+        return _Turn(_new_id(), pending.message, pending.context)
+
     async def _work(self) -> None:
         try:
-            while self._queue and not self._stopping:
-                await self._run_turn(self._queue.popleft())
+            while True:
+                turn = self._turn
+                if turn is None:
+                    if not self._queue or self._stopping:
+                        return
+                    turn = self._turn = self._next_turn()
+                await self._run_turn(turn)
         finally:
             self._worker_running = False
             self._last_activity = trio.current_time()
             if self._idle_scope is not None:
                 self._idle_scope.deadline = self._idle_deadline()
 
-    async def _run_turn(self, pending: _Pending) -> None:
-        turn = _Turn(_new_id(), pending.message, pending.context)
-        self._turn = turn
+    async def _run_turn(self, turn: _Turn) -> None:
         await self._store.begin_turn(self.session_id, turn.message_id, self._agent_type, _now_iso())
         turn.begun = True
         await self._emit_turn_start(turn)

@@ -624,3 +624,22 @@ async def test_a_slow_gateway_is_not_an_agent_timeout(autojump_clock: object) ->
             assert trio.current_time() == 20
     assert isinstance(events[-1], TurnEnded)
     assert events[-1].status is MessageStatus.COMPLETE
+
+
+async def test_stop_right_after_sending_cancels_the_reply_before_it_starts(
+    autojump_clock: object,
+) -> None:
+    with trio.fail_after(CEILING_S):
+        async with open_harness() as h:
+            sid = (await h.store.create_session()).session_id
+            await h.submit(sid, "never mind")
+            assert await h.cancel(sid) is True
+            (ended,) = await h.recorder.turns_ended(1)
+    assert ended.status is MessageStatus.CANCELLED
+    assert h.upstream.requests == []
+    assert names(h.recorder.of(sid)) == [
+        "message", "_turn_started", "typing", "message", "stream_complete", "typing",
+        "_turn_ended",
+    ]  # fmt: skip
+    agent = (await h.store.session_messages(sid))[-1]
+    assert (agent.status, agent.content) == (MessageStatus.CANCELLED, "")
