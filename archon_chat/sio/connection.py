@@ -101,6 +101,7 @@ class Socket:
         "ack_seq",
         "calls",
         "conn",
+        "connected_once",
         "dispatching",
         "floor",
         "ghost_deadline",
@@ -129,7 +130,9 @@ class Socket:
         self.namespace = namespace
         self.conn: Connection | None = conn
         self.state = SocketState.CONNECTING
+        # accepted: the application was told "connect" and is owed a "disconnect".
         self.accepted = False
+        self.connected_once = False
         self.held = True
         self.outbox: list[Outgoing | Packet] = []  # short; a deque costs 760 bytes empty
         self.inbox: deque[Job] | None = None
@@ -154,9 +157,9 @@ class Socket:
         return self.pid is not None
 
     @property
-    def gone(self) -> bool:
-        # A method, not an inline comparison: the state changes across the handlers' awaits.
-        return self.state is SocketState.GONE
+    def connecting(self) -> bool:
+        # A property, not an inline comparison: the state changes across handlers' awaits.
+        return self.state is SocketState.CONNECTING
 
     # -- outbox ----------------------------------------------------------------------------
 

@@ -6,10 +6,12 @@ time. Emitting never blocks on a client: the event goes into each target socket'
 outbox, encoded once for all of them; a connected socket whose outbox overflows is cut as a
 slow client (``"slow client"``) and, if it opted in to recovery, may resume.
 
-Disconnect handlers run exactly once per sid, when the sid ceases to exist: at once for a
-plain socket; for one that opted in to recovery (``auth: {"recover": true}``), when its grace
-period ends without a recovery. A recovered socket keeps its sid and rooms, and its connect
-handler runs again with ``info.recovered`` set.
+Every connect the application accepted is matched by exactly one disconnect, with the
+reason as Socket.IO names it. A socket that opted in to recovery (``auth: {"recover":
+true}``) is reported disconnected when its transport goes, but stays a member of its rooms
+for the grace period, its events kept; if its client comes back in time, the connect handler
+runs again for the same sid with ``info.recovered`` set (and its rooms are as they were),
+otherwise it leaves its rooms silently when the grace ends.
 """
 
 from __future__ import annotations
@@ -421,6 +423,7 @@ class SocketIOServer:
             old_conn.sio.forget(sock.namespace)
             if not old_conn.sockets:
                 old_conn.cut("transport close")
+            self._report_disconnect(sock, "transport close")
         sock.conn = conn
         sock.state = SocketState.CONNECTING
         sock.held = True
@@ -460,15 +463,12 @@ class SocketIOServer:
                 self._counters["handler_errors"] += 1
                 log.exception("connect handler failed (sid %s)", sock.sid)
                 refusal = {"message": "Connection refused"}
-        if sock.gone:
-            if refusal is None and not sock.accepted:
-                # The transport went away while we decided: the app saw a connect, so it
-                # sees the matching disconnect.
-                sock.accepted = True
-                await self._run_disconnect(sock, sock.lost_reason or "transport close")
-            return
         conn = sock.conn
-        if sock.state is not SocketState.CONNECTING or conn is None:
+        if not sock.connecting or conn is None:
+            # The transport went away while the handler decided: an application that
+            # accepted the connect is owed the matching disconnect.
+            if refusal is None:
+                await self._run_disconnect(sock, sock.lost_reason or "transport close")
             return
         if refusal is not None:
             conn.sio.forget(sock.namespace)
@@ -489,6 +489,7 @@ class SocketIOServer:
         conn.sio.accept(sock.namespace)
         sock.state = SocketState.CONNECTED
         sock.accepted = True
+        sock.connected_once = True
         sock.held = False
         conn.wake()
 
@@ -537,7 +538,7 @@ class SocketIOServer:
     def _socket_lost(self, sock: Socket, reason: str) -> None:
         if (
             sock.pid is not None
-            and sock.accepted
+            and sock.connected_once
             and self.options.grace_s > 0
             and reason in RECOVERABLE
             and self._nursery is not None
@@ -550,9 +551,15 @@ class SocketIOServer:
             sock.lost_reason = reason
             sock.ghost_deadline = trio.current_time() + self.options.grace_s
             sock.fail_calls()
+            self._report_disconnect(sock, reason)
             self._timers.schedule(sock)
             return
         self._remove_socket(sock, reason)
+
+    def _report_disconnect(self, sock: Socket, reason: str) -> None:
+        if sock.accepted:
+            sock.accepted = False
+            sock.enqueue(DisconnectJob(reason))
 
     def _remove_socket(self, sock: Socket, reason: str) -> None:
         if sock.state is SocketState.GONE:
@@ -572,8 +579,7 @@ class SocketIOServer:
         sock.outbox.clear()
         sock.log = None
         sock.fail_calls()
-        if sock.accepted:
-            sock.enqueue(DisconnectJob(reason))
+        self._report_disconnect(sock, reason)
 
     def _outbox_overflow(self, sock: Socket) -> None:
         if sock.state is SocketState.CONNECTED and sock.conn is not None:

@@ -73,6 +73,7 @@ async def test_drop_emit_reconnect_replays_in_order_once(
         sio.enter_room(sid, "chat")
         await sio.emit("m", 1, room="chat")
         last = event(await first.recv())[-1]
+        t_drop = trio.current_time()
         first.conn.transport_lost()
         await first.closed.wait()
         assert sio.room_members("chat") == {sid}  # a ghost stays a member
@@ -92,7 +93,7 @@ async def test_drop_emit_reconnect_replays_in_order_once(
         assert event(await second.recv())[1] == 5
         assert second.pending() == []
         assert rec.connects[-1] == (sid, True, {"recover": True, "token": "t"})
-        assert rec.disconnects == []
+        assert rec.disconnects == [(sid, "transport close", t_drop)]  # paired with connects
         assert sio.rooms(sid) == {sid, "chat"}
         assert sio.stats()["recoveries"] == 1
 
@@ -154,12 +155,19 @@ async def test_ping_timeout_racing_the_reconnect_loses_nothing(
         assert [event(await new.recv())[1] for _ in range(3)] == [2, 3, 4]
         await old.closed.wait()
         await trio.sleep(30)
-        assert rec.disconnects == []
+        # The application saw the old transport go, then the same sid come back.
+        assert [(sid, reason) for sid, reason, _ in rec.disconnects] == [
+            (reply["sid"], "transport close")
+        ]
+        assert [(sid, recovered) for sid, recovered, _ in rec.connects] == [
+            (reply["sid"], False),
+            (reply["sid"], True),
+        ]
         assert not new.conn.closed
         assert sio.stats()["engine_connections"] == 1
 
 
-async def test_grace_expiry_disconnects_and_recovery_falls_back(
+async def test_after_the_grace_recovery_falls_back(
     autojump_clock: MockClock, nursery: trio.Nursery
 ) -> None:
     with trio.fail_after(60):
@@ -170,9 +178,11 @@ async def test_grace_expiry_disconnects_and_recovery_falls_back(
         sio.enter_room(reply["sid"], "chat")
         t0 = trio.current_time()
         first.conn.transport_lost()
-        await trio.sleep(10.5)
-        assert rec.disconnects == [(reply["sid"], "transport close", t0 + 10)]
-        assert sio.room_members("chat") == set()
+        await trio.sleep(9.5)
+        assert sio.room_members("chat") == {reply["sid"]}
+        await trio.sleep(1)
+        assert sio.room_members("chat") == set()  # the grace is over: it left silently
+        assert rec.disconnects == [(reply["sid"], "transport close", t0)]
         second = await opened(sio, nursery)
         fresh = await second.connect(auth={**RECOVER, "pid": reply["pid"], "offset": "0"})
         assert fresh["sid"] != reply["sid"]
@@ -255,7 +265,9 @@ async def test_slow_client_resumes_with_everything(
         again = await second.connect(auth={**RECOVER, "pid": reply["pid"]})
         assert again["sid"] == reply["sid"]
         assert [event(await second.recv())[1] for _ in range(4)] == [0, 1, 2, 3]
-        assert rec.disconnects == []
+        assert [(sid, reason) for sid, reason, _ in rec.disconnects] == [
+            (reply["sid"], "slow client")
+        ]
         assert sio.stats()["slow_disconnects"] == 1
 
 
@@ -283,3 +295,35 @@ async def test_merged_events_replay_merged(
         await sio.emit("chunk", "d")
         following = event(await second.recv())
         assert int(merged[2], 16) < int(following[2], 16)
+
+
+async def test_connects_and_disconnects_pair_up_when_the_transport_dies_early(
+    autojump_clock: MockClock, nursery: trio.Nursery
+) -> None:
+    with trio.fail_after(60):
+        sio = await start_server(nursery)
+        log: list[tuple[str, str]] = []
+
+        @sio.on("connect")
+        async def connect(sid: str, info: ConnectInfo, auth: Any) -> None:
+            log.append(("connect", sid))
+            await trio.sleep(1)
+
+        @sio.on("disconnect")
+        async def disconnect(sid: str, reason: str) -> None:
+            log.append((reason, sid))
+
+        for auth in (None, RECOVER):
+            client = await opened(sio, nursery)
+            await client.send("40" + json.dumps(auth) if auth else "40")
+            await trio.sleep(0.5)
+            client.conn.transport_lost()
+            await trio.sleep(1)
+        first, second = log[0][1], log[2][1]
+        assert log == [
+            ("connect", first),
+            ("transport close", first),
+            ("connect", second),
+            ("transport close", second),
+        ]
+        assert sio.stats()["connected"] == sio.stats()["ghosts"] == 0
