@@ -6,6 +6,9 @@
   packet encoders.
 - :mod:`.codecs`: the typed door to python-socketio's packet codec.
 - :mod:`.errors`: :class:`ProtocolError` and its tree (peer faults, with HTTP status hints).
+
+Everything here is synchronous and deterministic: no function is a checkpoint, none can be
+cancelled, and time only moves when a caller passes a later ``now``.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import secrets
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, overload
 
 import trio
 
@@ -132,6 +132,12 @@ class SocketIOServer:
         self._asgi: EngineIOApp | None = None
 
     # -- registration ----------------------------------------------------------------------
+
+    @overload
+    def on(self, event: str, handler: None = None, *, namespace: str = "/") -> Callable[[H], H]: ...
+
+    @overload
+    def on(self, event: str, handler: H, *, namespace: str = "/") -> H: ...
 
     def on(
         self, event: str, handler: H | None = None, *, namespace: str = "/"
