@@ -394,11 +394,16 @@ class MockAgent:
             await _send_all(conn, STREAM_HEAD)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch, conn, record, nursery.cancel_scope)
-                await self._write_chunks(conn, spec, record)
-                await _send_all(conn, SSE_COMPLETE)
-                # No checkpoint between the last write and these two lines: the watcher
-                # cannot mistake the client's close after a complete stream for a cancel.
-                record.status, record.ended = "complete", time.monotonic()
+                # Caught here, inside: out of the nursery it would come wrapped in a group.
+                try:
+                    await self._write_chunks(conn, spec, record)
+                    await _send_all(conn, SSE_COMPLETE)
+                except Disconnected:
+                    self._disconnected(record)
+                else:
+                    # No checkpoint between the last write and this line: the watcher
+                    # cannot mistake the client's close after a whole stream for a cancel.
+                    record.status, record.ended = "complete", time.monotonic()
                 nursery.cancel_scope.cancel()
         except Disconnected:
             self._disconnected(record)
