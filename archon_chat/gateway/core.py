@@ -36,7 +36,7 @@ from typing import Any
 
 import trio
 
-from actors.chat.hub import SessionBusy, SessionHub, SessionNotFound
+from actors.chat.hub import HubClosed, SessionBusy, SessionHub, SessionNotFound
 from actors.chat.messages import (
     CancelReason,
     CancelTurn,
@@ -323,6 +323,10 @@ class Gateway:
             raise GatewayError(ErrorCode.SESSION_NOT_FOUND) from None
         except SessionBusy:
             raise GatewayError(ErrorCode.SESSION_BUSY) from None
+        except HubClosed:
+            raise GatewayError(
+                ErrorCode.INTERNAL_ERROR, "The server is shutting down; retry shortly"
+            ) from None
         with trio.move_on_after(ACTOR_REPLY_TIMEOUT_S):
             async with receive:
                 try:
