@@ -34,9 +34,11 @@ supervisor; if the run was cancelled from outside (forced shutdown) it is ended 
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import uuid
+from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -136,6 +138,11 @@ class _Turn:
     stream_over: bool = False
     cancel_reason: CancelReason | None = None
     text: list[str] = field(default_factory=list)
+    #: seq of every chunk and the text length up to its end (16 bytes a chunk), so a
+    #: rejoining client gets exactly the text it missed whatever the buffer merged
+    chunk_seqs: array[int] = field(default_factory=lambda: array("q"))
+    chunk_ends: array[int] = field(default_factory=lambda: array("q"))
+    text_len: int = 0
     #: wire events kept for rejoining clients (bounded: older chunks merged)
     events: list[SessionEvent] = field(default_factory=list)
     started_at: float = 0.0
@@ -404,11 +411,32 @@ class SessionActor:
         turn = self._turn
         if turn is None or not turn.start_seq:
             return TurnState(self._seq, False, None, ())
-        if after_seq is None:
-            events = tuple(turn.events)
-        else:
-            events = tuple(e for e in turn.events if e.seq > after_seq)
-        return TurnState(self._seq, True, (turn.message_id, turn.start_seq), events)
+        after = -1 if after_seq is None else after_seq
+        # The text the client has seen ends where its last seen chunk ended; it gets the
+        # rest as one chunk (the seq of the newest), in place of the first chunk it missed.
+        seen = bisect.bisect_right(turn.chunk_seqs, after)
+        missed: ChunkStreamed | None = None
+        if seen < len(turn.chunk_seqs):
+            start = turn.chunk_ends[seen - 1] if seen else 0
+            missed = ChunkStreamed(
+                self.session_id,
+                turn.chunk_seqs[-1],
+                turn.message_id,
+                "".join(turn.text)[start:],
+            )
+        events: list[SessionEvent] = []
+        for event in turn.events:
+            if event.seq <= after:
+                continue
+            if isinstance(event, ChunkStreamed):
+                if missed is not None:
+                    events.append(missed)
+                    missed = None
+            else:
+                events.append(event)
+        if missed is not None:
+            events.append(missed)
+        return TurnState(self._seq, True, (turn.message_id, turn.start_seq), tuple(events))
 
     # -- turns --------------------------------------------------------------------------
 
@@ -608,6 +636,9 @@ class SessionActor:
         if turn.first_chunk_latency_s is None:
             turn.first_chunk_latency_s = trio.current_time() - turn.started_at
         turn.text.append(content)
+        turn.text_len += len(content)
+        turn.chunk_seqs.append(event.seq)
+        turn.chunk_ends.append(turn.text_len)
         self._buffer(turn, event)
 
     def _buffer(self, turn: _Turn, event: SessionEvent) -> None:
@@ -616,8 +647,8 @@ class SessionActor:
         if len(turn.events) <= bound:
             return
         # Merge neighbouring chunks in the older part and keep the newest half as it is:
-        # a rejoining client has usually missed only the last moments. A client whose
-        # last seen seq falls inside a merged chunk gets that chunk whole.
+        # a rejoining client has usually missed only the last moments. turn_state cuts
+        # the exact missed text from the chunk marks, so merging loses nothing.
         old = len(turn.events) - bound // 2
         merged: list[SessionEvent] = []
         i = 0

@@ -353,11 +353,13 @@ async def test_turn_state_for_rejoining_clients(autojump_clock: object) -> None:
     assert whole.turn is not None
     message_id, start_seq = whole.turn
     assert start_seq == 2
+    # What a client missed comes as one chunk with the newest seq: exactly the text.
     assert [(e.seq, e.content) for e in whole.events if isinstance(e, ChunkStreamed)] == [
-        (3, "a"), (4, "b"), (5, "c"),
-    ]  # fmt: skip
+        (5, "abc")
+    ]
     assert all(e.message_id == message_id for e in whole.events if isinstance(e, ChunkStreamed))
-    assert [e.seq for e in since.events] == [4, 5]
+    assert [(e.seq, e.content) for e in since.events if isinstance(e, ChunkStreamed)] == [(5, "bc")]
+    assert [e.seq for e in since.events] == [5]
     assert (after.typing, after.turn, after.events, after.last_seq) == (False, None, (), 8)
 
 
@@ -375,13 +377,21 @@ async def test_turn_buffer_merges_older_chunks_and_keeps_the_text(
             )
             state = await h.turn_state(sid)
             recent = await h.turn_state(sid, after_seq=state.last_seq - 3)
+            # seq of the 6th chunk: deep inside the part of the buffer that was merged
+            first_chunk_seq = state.last_seq - len(pieces) + 1
+            inside = await h.turn_state(sid, after_seq=first_chunk_seq + 5)
             await h.cancel(sid)
     chunks = [e for e in state.events if isinstance(e, ChunkStreamed)]
     assert len(chunks) <= 8
     assert "".join(c.content for c in chunks) == "".join(pieces)
     assert chunks[-1].seq == state.last_seq
-    # The newest chunks keep their own seq.
-    assert [c.content for c in recent.events if isinstance(c, ChunkStreamed)] == pieces[-3:]
+
+    def text(events: tuple[object, ...]) -> str:
+        return "".join(e.content for e in events if isinstance(e, ChunkStreamed))
+
+    # Exactly the missed text, even where the buffer merged the chunks the client saw.
+    assert text(recent.events) == "".join(pieces[-3:])
+    assert text(inside.events) == "".join(pieces[6:])
 
 
 async def test_passivation_and_reactivation_keep_seq(autojump_clock: object) -> None:
