@@ -417,3 +417,102 @@ def chart(path: Path, results: dict[str, Any], title: str) -> bool:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return True
+
+
+def markdown(document: dict[str, Any]) -> str:
+    """The figures of one run as Markdown tables (for bench/README.md)."""
+    kinds = list(document.get("gateways", {}))
+    out: list[str] = []
+    m = document["machine"]
+    out.append(
+        f"{document['mode']} run of {document['started']}, {document['duration_s']:.0f} s; "
+        f"{m['cpu_model']}, {m['logical_cores']} logical cores (load average at start "
+        f"{m['load_average'][0]}), Python {m['python']}, "
+        f"{document['generator_processes']} load-generator processes."
+    )
+
+    def grid(
+        title: str,
+        rows: Sequence[dict[str, Any]],
+        point: Callable[[dict[str, Any]], str],
+        metrics: Sequence[Metric],
+        gateways: Sequence[str],
+    ) -> None:
+        if not rows:
+            return
+        show_ratio = "ours" in gateways and "seed" in gateways
+        head = ["point", "figure", *gateways] + (["ours/seed"] if show_ratio else [])
+        out.append(f"\n**{title}**\n")
+        out.append("| " + " | ".join(head) + " |")
+        out.append("|" + "---|" * 2 + "---:|" * (len(head) - 2))
+        points: dict[str, dict[str, dict[str, Any]]] = {}
+        for row in rows:
+            points.setdefault(point(row), {})[row["gateway"]] = row
+        for name, by_gateway in points.items():
+            for i, (label, get) in enumerate(metrics):
+                values = [get(by_gateway[g]) if g in by_gateway else None for g in gateways]
+                cells = [name if i == 0 else "", label, *(fmt(v) for v in values)]
+                if show_ratio:
+                    cells.append(
+                        ratio(values[gateways.index("ours")], values[gateways.index("seed")])
+                    )
+                out.append("| " + " | ".join(cells) + " |")
+
+    brief = THROUGHPUT[:6] + THROUGHPUT[6:7] + THROUGHPUT[8:9]
+    grid(
+        "1. Throughput sweep",
+        document.get("throughput") or [],
+        lambda r: f"{r['sessions']} sessions, pace {r['pace_s'] * 1000:g} ms, {r['n']} chunks",
+        brief,
+        kinds,
+    )
+    grid(
+        "2. Idle footprint",
+        document.get("idle") or [],
+        lambda r: f"{r['sessions']} sessions",
+        IDLE,
+        [k for k in kinds if k != "seed-shared"],
+    )
+    grid(
+        "3. Cancel mid-stream",
+        document.get("cancel") or [],
+        lambda r: f"{r['mode']}, {r['sessions']} sessions",
+        CANCEL,
+        kinds,
+    )
+    grid(
+        "4. Drop and resume",
+        document.get("resume") or [],
+        lambda r: f"{r['sessions']} sessions",
+        RESUME,
+        kinds,
+    )
+    grid(
+        "5. Slow clients",
+        document.get("slow") or [],
+        lambda r: f"{r['sessions']} sessions, {slow_share(r['slow_every'])} slow",
+        SLOW,
+        kinds,
+    )
+    items = document.get("targets") or []
+    if items:
+        out.append("\n**Targets (ours)**\n")
+        out.append("| target | measured | wanted | |")
+        out.append("|---|---:|---|---|")
+        for t in items:
+            out.append(
+                f"| {t['name']} | {fmt(t['value'], 2)} | {t['target']} | "
+                f"{'met' if t['met'] else '**not met**'} |"
+            )
+    return "\n".join(out) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m bench.report [file.json]``: a run's figures as Markdown tables."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    path = Path(args[0]) if args else Path(__file__).resolve().parent / "results" / "latest.json"
+    sys.stdout.write(markdown(json.loads(path.read_text())))
+
+
+if __name__ == "__main__":
+    main()
