@@ -269,7 +269,7 @@ class Bench:
             nursery.cancel_scope.cancel()
         after = self.reading(gateway)
         self.pool.on_progress = None
-        figures = summarize(results, setup_failures, before, after, expected)
+        figures = summarize(results, setup_failures, before, after, expected, mode)
         figures["rss_before_mib"] = round(rss_before / 2**20, 1)
         figures["rss_peak_growth_mib"] = round(max(0, sampler.peak - rss_before) / 2**20, 1)
         if mode in ("stop", "leave"):
@@ -302,6 +302,7 @@ def summarize(
     before: Reading,
     after: Reading,
     expected: int,
+    mode: str = "normal",
 ) -> dict[str, Any]:
     latencies: list[float] = []
     ttfc: list[float] = []
@@ -338,7 +339,7 @@ def summarize(
         "latency_p99_ms": ms(percentile(latencies, 0.99)),
         "ttfc_p50_ms": ms(percentile(ttfc, 0.5)),
         "ttfc_p99_ms": ms(percentile(ttfc, 0.99)),
-        "failures": sum(failures.values()),
+        "failures": count_failures(failures, total("turns"), total("completed"), mode),
         "failure_kinds": dict(failures),
         "gateway_cpu_s": round(gateway_cpu, 3),
         "gateway_cpu_util": round(gateway_cpu / wall, 3),
@@ -367,6 +368,19 @@ def summarize(
         out["resume_total_p99_ms"] = ms(percentile(resume_total, 0.99))
         out["resumed"] = len(resume)
     return out
+
+
+SETUP_FAILURES = ("create", "connect", "join", "closed before turn")
+
+
+def count_failures(kinds: Counter[str], turns: int, completed: int, mode: str) -> int:
+    """Failed sessions: those refused at setup, plus each reply that did not arrive whole
+    (one reply can fail in several ways at once: an error and missing chunks). A stopped
+    or left reply is not expected to complete, so there only errors count."""
+    setup = sum(n for kind, n in kinds.items() if kind.startswith(SETUP_FAILURES))
+    if mode in ("normal", "drop"):
+        return setup + turns - completed
+    return sum(kinds.values())
 
 
 def burst_chunks(plan: Plan, sessions: int) -> int:
