@@ -45,6 +45,8 @@ class Plan:
     #: ...within these bounds per reply
     burst_chunks_bounds: tuple[int, int]
     paced_chunks: int
+    #: ...and at most this many paced chunks in total over all sessions (at least 25 each)
+    paced_total_chunks: int
     idle_sessions: tuple[int, ...]
     cancel_sessions: int
     resume_sessions: int
@@ -63,6 +65,7 @@ QUICK = Plan(
     burst_total_chunks=20_000,
     burst_chunks_bounds=(20, 1000),
     paced_chunks=25,
+    paced_total_chunks=25_000,
     idle_sessions=(1000, 5000),
     cancel_sessions=100,
     resume_sessions=100,
@@ -81,6 +84,7 @@ FULL = Plan(
     burst_total_chunks=100_000,
     burst_chunks_bounds=(50, 5000),
     paced_chunks=250,
+    paced_total_chunks=250_000,
     idle_sessions=(1000, 5000, 10_000),
     cancel_sessions=1000,
     resume_sessions=1000,
@@ -88,7 +92,7 @@ FULL = Plan(
     slow_every=10,
     slow_rate=8192.0,
     slow_size=4000,
-    reps=2,
+    reps=1,
 )
 
 SMOKE = Plan(
@@ -99,6 +103,7 @@ SMOKE = Plan(
     burst_total_chunks=30,
     burst_chunks_bounds=(10, 10),
     paced_chunks=10,
+    paced_total_chunks=30,
     idle_sessions=(20,),
     cancel_sessions=4,
     resume_sessions=4,
@@ -388,6 +393,10 @@ def burst_chunks(plan: Plan, sessions: int) -> int:
     return max(low, min(high, plan.burst_total_chunks // sessions))
 
 
+def paced_chunks(plan: Plan, sessions: int) -> int:
+    return max(25, min(plan.paced_chunks, plan.paced_total_chunks // sessions))
+
+
 def turn_deadline(sessions: int, spec: dict[str, Any]) -> float:
     stream_s = float(spec.get("first", 0)) + int(spec["n"]) * float(spec["pace"])
     # Generous: a saturated baseline relays ~5,000 chunks/s; slower is a failure.
@@ -412,7 +421,7 @@ async def throughput(bench: Bench, gateways: Sequence[Server]) -> list[dict[str,
                         n = (
                             burst_chunks(bench.plan, sessions)
                             if pace == 0
-                            else bench.plan.paced_chunks
+                            else paced_chunks(bench.plan, sessions)
                         )
                         spec = {"n": n, "size": bench.plan.chunk_size, "pace": pace}
                         figures = await bench.turn(
