@@ -118,6 +118,12 @@ class Settings:
     backlog: int = _setting(
         "ARCHON_CHAT_BACKLOG", 4096, _positive_int, "listen backlog: bursts of connects"
     )
+    write_timeout_s: float = _setting(
+        "ARCHON_CHAT_WRITE_TIMEOUT_S",
+        10.0,
+        _positive_float,
+        "a connection whose peer stops reading for this long is aborted",
+    )
     cors_origins: tuple[str, ...] = _setting(
         "ARCHON_CHAT_CORS_ORIGINS",
         (),

@@ -40,6 +40,7 @@ from archon_chat.sio import Outgoing, ServerOptions, SocketIOServer
 from archon_chat.store import SqliteStore, open_store
 from archon_chat.transports.rest import configure, create_rest_blueprint
 from archon_chat.transports.static import create_static_blueprint
+from archon_chat.transports.write_deadline import install_write_deadline
 
 log = logging.getLogger("archon_chat")
 
@@ -113,6 +114,7 @@ async def serve(
     # Thousands of sessions keep many long-lived objects: the default young-generation
     # threshold makes the collector rescan them so often that it doubles the CPU per chunk.
     gc.set_threshold(10_000, 50, 50)
+    install_write_deadline(settings.write_timeout_s)
     stop = trio.Event()
     async with trio.open_nursery() as root:
         if handle_signals:
@@ -145,11 +147,16 @@ async def _serve_gateway(
             connect_timeout_s=settings.agent_connect_timeout_s,
         ) as agents,
         httpx.AsyncClient() as probe,
-        trio.open_nursery() as nursery,
+        # The fan-out outlives the hub: actors stopping at shutdown still emit their turns'
+        # end events, and must never wait on a channel nobody drains.
+        trio.open_nursery() as drain,
     ):
         sio = SocketIOServer(socket_options(settings))
         sio.set_outbox_merger(_merger)
-        async with open_session_hub(store, agents, events_send, hub_settings(settings)) as hub:
+        async with (
+            open_session_hub(store, agents, events_send, hub_settings(settings)) as hub,
+            trio.open_nursery() as nursery,
+        ):
             gateway = Gateway(settings, store, hub, LocalEmitter(sio), metrics)
             sockets.install(sio, gateway)
 
@@ -181,7 +188,7 @@ async def _serve_gateway(
             web.register_blueprint(create_static_blueprint())
 
             await nursery.start(sio.serve)
-            nursery.start_soon(gateway.fan_out, events_receive)
+            drain.start_soon(gateway.fan_out, events_receive)
             await nursery.start(gateway.expire_graces)
             await nursery.start(gateway.sweep)
 
@@ -220,6 +227,7 @@ async def _serve_gateway(
                 await trio.sleep(min(0.2, settings.shutdown_grace_s / 4))
             http_closed.set()
             nursery.cancel_scope.cancel()
+        # The hub has stopped every actor: no more events.
         events_send.close()
 
 

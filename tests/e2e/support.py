@@ -40,6 +40,7 @@ def gateway_settings(tmp_path: Path, agents_url: str, **overrides: Any) -> Setti
         "agent_first_event_timeout_s": 2.0,
         "agent_idle_timeout_s": 2.0,
         "shutdown_grace_s": 1.0,
+        "write_timeout_s": 2.0,
         "save_timeout_s": 1.0,
         "log_level": "WARNING",
     }
@@ -123,6 +124,25 @@ class Client:
             lambda evs: any(n == name and where(d) for n, d in evs), timeout
         )
         return next(d for n, d in events if n == name and where(d))
+
+
+async def joined_client(url: str, session_id: str, transports: list[str] | None = None) -> Client:
+    """A connected client (websocket unless told) that joined ``session_id``."""
+    client = Client(url, transports=["websocket"] if transports is None else transports)
+    await client.connect()
+    ack = await client.call("join_chat", {"session_id": session_id})
+    assert ack["status"] == "joined", ack
+    return client
+
+
+def chunks_at_least(n: int) -> Callable[[list[tuple[str, Any]]], bool]:
+    return lambda events: sum(name == "stream_chunk" for name, _ in events) >= n
+
+
+def agent_said(text: str) -> Callable[[list[tuple[str, Any]]], bool]:
+    return lambda events: any(
+        name == "message" and data["data"]["content"] == text for name, data in events
+    )
 
 
 def turn_done(events: list[tuple[str, Any]]) -> bool:

@@ -17,9 +17,12 @@ import trio
 from .agents_fake import AgentsFake
 from .support import (
     Client,
+    agent_said,
+    chunks_at_least,
     create_session,
     gateway_settings,
     get_session,
+    joined_client,
     running_gateway,
     turn_done,
 )
@@ -149,9 +152,7 @@ async def test_failed_turns(tmp_path: Path, prompt: str, code: str, text: str | 
             )
             async with running_gateway(settings) as gw:
                 session_id = await create_session(gw.url)
-                client = Client(gw.url, transports=["websocket"])
-                await client.connect()
-                await client.call("join_chat", {"session_id": session_id})
+                client = await joined_client(gw.url, session_id)
                 await client.call("chat_message", {"session_id": session_id, "message": prompt})
                 await client.wait_for(turn_done)
                 events = client.snapshot()
@@ -173,11 +174,7 @@ async def test_failed_turns(tmp_path: Path, prompt: str, code: str, text: str | 
 
                 # The gateway keeps serving: the next turn in the same session completes.
                 await client.call("chat_message", {"session_id": session_id, "message": "ok"})
-                await client.wait_for(
-                    lambda evs: any(
-                        n == "message" and d["data"]["content"] == "Echo: ok" for n, d in evs
-                    )
-                )
+                await client.wait_for(agent_said("Echo: ok"))
                 await client.disconnect()
             nursery.cancel_scope.cancel()
 
@@ -186,9 +183,7 @@ async def test_agents_service_down(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with running_gateway(gateway_settings(tmp_path, "http://127.0.0.1:9")) as gw:
             session_id = await create_session(gw.url)
-            client = Client(gw.url, transports=["websocket"])
-            await client.connect()
-            await client.call("join_chat", {"session_id": session_id})
+            client = await joined_client(gw.url, session_id)
             await client.call("chat_message", {"session_id": session_id, "message": "hi"})
             error = await client.wait_event("error")
             assert error["code"] == "agent_unavailable"
@@ -203,11 +198,9 @@ async def test_leave_cancels_and_stores_partial_reply(tmp_path: Path) -> None:
             await nursery.start(agents.serve)
             async with running_gateway(gateway_settings(tmp_path, agents.url)) as gw:
                 session_id = await create_session(gw.url)
-                watcher = Client(gw.url, transports=["websocket"])
-                await watcher.connect()
-                await watcher.call("join_chat", {"session_id": session_id})
+                watcher = await joined_client(gw.url, session_id)
                 await watcher.call("chat_message", {"session_id": session_id, "message": "endless"})
-                await watcher.wait_for(lambda evs: sum(n == "stream_chunk" for n, _ in evs) >= 3)
+                await watcher.wait_for(chunks_at_least(3))
                 ack = await watcher.call("leave_chat", {"session_id": session_id})
                 assert ack["cancelled"] is True
                 with trio.fail_after(5):
@@ -252,7 +245,7 @@ async def test_two_members_stop_and_leave(tmp_path: Path) -> None:
                 assert response.status_code == 202
                 assert response.json()["status"] == "sent"
                 for c in (a, b):
-                    await c.wait_for(lambda evs: sum(n == "stream_chunk" for n, _ in evs) >= 2)
+                    await c.wait_for(chunks_at_least(2))
 
                 # One of two members leaving cancels nothing.
                 ack = await a.call("leave_chat", {"session_id": session_id})

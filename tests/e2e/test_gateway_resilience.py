@@ -7,6 +7,8 @@ Ceiling: every test runs under ``trio.fail_after(30)``.
 
 from __future__ import annotations
 
+import base64
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,9 +26,11 @@ from archon_chat.server import Running
 from .agents_fake import AgentsFake
 from .support import (
     Client,
+    chunks_at_least,
     create_session,
     gateway_settings,
     get_session,
+    joined_client,
     running_gateway,
     turn_done,
 )
@@ -54,11 +58,9 @@ async def test_resume_with_last_seq_has_no_gap_and_no_duplicate(tmp_path: Path) 
     with trio.fail_after(30):
         async with world(tmp_path, delay_s=0.08, grace_s=5.0) as (agents, gw):
             session_id = await create_session(gw.url)
-            first = Client(gw.url, transports=["websocket"])
-            await first.connect()
-            await first.call("join_chat", {"session_id": session_id})
+            first = await joined_client(gw.url, session_id)
             await first.call("chat_message", {"session_id": session_id, "message": "slow"})
-            await first.wait_for(lambda evs: sum(n == "stream_chunk" for n, _ in evs) >= 3)
+            await first.wait_for(chunks_at_least(3))
             await first.disconnect()
             before = first.snapshot()
             last_seq = max(d["seq"] for _, d in before)
@@ -86,11 +88,9 @@ async def test_join_without_last_seq_replays_turn_from_its_start(tmp_path: Path)
     with trio.fail_after(30):
         async with world(tmp_path, delay_s=0.08) as (agents, gw):
             session_id = await create_session(gw.url)
-            first = Client(gw.url, transports=["websocket"])
-            await first.connect()
-            await first.call("join_chat", {"session_id": session_id})
+            first = await joined_client(gw.url, session_id)
             await first.call("chat_message", {"session_id": session_id, "message": "slow"})
-            await first.wait_for(lambda evs: sum(n == "stream_chunk" for n, _ in evs) >= 3)
+            await first.wait_for(chunks_at_least(3))
             late = Client(gw.url, transports=["polling"])
             await late.connect()
             await late.call("join_chat", {"session_id": session_id})
@@ -104,11 +104,9 @@ async def test_grace_keeps_turn_then_cancels_when_nobody_returns(tmp_path: Path)
     with trio.fail_after(30):
         async with world(tmp_path, delay_s=0.05, grace_s=0.3) as (agents, gw):
             session_id = await create_session(gw.url)
-            client = Client(gw.url, transports=["websocket"])
-            await client.connect()
-            await client.call("join_chat", {"session_id": session_id})
+            client = await joined_client(gw.url, session_id)
             await client.call("chat_message", {"session_id": session_id, "message": "endless"})
-            await client.wait_for(lambda evs: sum(n == "stream_chunk" for n, _ in evs) >= 2)
+            await client.wait_for(chunks_at_least(2))
             await client.disconnect()
             with trio.fail_after(5):
                 await agents.disconnected.wait()
@@ -120,9 +118,7 @@ async def test_idempotent_sends(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with world(tmp_path) as (agents, gw):
             session_id = await create_session(gw.url)
-            client = Client(gw.url, transports=["websocket"])
-            await client.connect()
-            await client.call("join_chat", {"session_id": session_id})
+            client = await joined_client(gw.url, session_id)
             body = {"session_id": session_id, "message": "once", "client_message_id": "c-1"}
             first = await client.call("chat_message", body)
             again = await client.call("chat_message", body)
@@ -153,9 +149,7 @@ async def test_limits_answer_their_codes_on_both_sides(tmp_path: Path) -> None:
             prefix = f"{gw.url}/api/agent-chat/sessions"
             # session_full
             full = await create_session(gw.url)
-            client = Client(gw.url, transports=["websocket"])
-            await client.connect()
-            await client.call("join_chat", {"session_id": full})
+            client = await joined_client(gw.url, full)
             for text in ("a", "b"):
                 await client.call("chat_message", {"session_id": full, "message": text})
                 await client.wait_for(
@@ -172,9 +166,7 @@ async def test_limits_answer_their_codes_on_both_sides(tmp_path: Path) -> None:
 
             # rate_limited: the fourth message on one connection
             busy = await create_session(gw.url)
-            client = Client(gw.url, transports=["websocket"])
-            await client.connect()
-            await client.call("join_chat", {"session_id": busy})
+            client = await joined_client(gw.url, busy)
             acks = [
                 await client.call("chat_message", {"session_id": busy, "message": "endless"})
                 for _ in range(4)
@@ -234,34 +226,93 @@ async def test_api_key_and_origins(tmp_path: Path) -> None:
             await client.disconnect()
 
 
-async def test_slow_client_is_merged_then_dropped_others_unaffected(tmp_path: Path) -> None:
-    with trio.fail_after(30):
-        async with world(tmp_path, outbox_size=32, grace_s=0.0) as (agents, gw):
-            session_id = await create_session(gw.url)
-            normal = Client(gw.url, transports=["websocket"])
-            await normal.connect()
-            await normal.call("join_chat", {"session_id": session_id})
+def _masked_text_frame(text: str) -> bytes:
+    payload = text.encode()
+    assert len(payload) < 65536
+    mask = os.urandom(4)
+    header = bytes([0x81]) + (
+        bytes([0x80 | len(payload)])
+        if len(payload) < 126
+        else bytes([0x80 | 126]) + len(payload).to_bytes(2, "big")
+    )
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
-            # A raw websocket client that joins and then never reads again.
+
+async def silent_join(url: str, session_id: str) -> trio.SocketStream:
+    """A websocket client written by hand that connects, joins ``session_id``, and then
+    never reads again (closing it is immediate, whatever the server still sends)."""
+    host, port = url.split("//", 1)[1].rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    await stream.send_all(
+        (
+            "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
+            f"Host: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await stream.receive_some(4096)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    await stream.send_all(_masked_text_frame("40"))
+    await stream.send_all(_masked_text_frame(f'42["join_chat",{{"session_id":"{session_id}"}}]'))
+    return stream
+
+
+async def test_slow_client_is_merged_then_dropped_others_unaffected(tmp_path: Path) -> None:
+    # Two raw websocket clients in one room: one reads (and answers pings) as fast as it
+    # can, the other never reads again. Heartbeats are slow here so that only the outbox
+    # bound can drop the silent one.
+    with trio.fail_after(30):
+        async with (
+            world(tmp_path, outbox_size=32, grace_s=0.0, ping_interval_s=20, ping_timeout_s=20) as (
+                agents,
+                gw,
+            ),
+            trio.open_nursery() as nursery,
+        ):
+            session_id = await create_session(gw.url)
             host = gw.url.split("//", 1)[1]
-            url = f"ws://{host}/socket.io/?EIO=4&transport=websocket"
-            async with trio_websocket.open_websocket_url(url) as ws:
-                await ws.get_message()  # open packet
-                await ws.send_message("40")
-                await ws.get_message()  # CONNECT reply
-                await ws.send_message(f'42["join_chat",{{"session_id":"{session_id}"}}]')
-                await normal.call("chat_message", {"session_id": session_id, "message": "big"})
-                await normal.wait_for(
-                    lambda evs: sum(n == "stream_chunk" for n, _ in evs) >= 400, timeout=20
+            reader = await trio_websocket.connect_websocket_url(
+                nursery, f"ws://{host}/socket.io/?EIO=4&transport=websocket"
+            )
+            await reader.get_message()  # Engine.IO open
+            await reader.send_message("40")
+            await reader.get_message()  # Socket.IO CONNECT reply
+            await reader.send_message(f'42["join_chat",{{"session_id":"{session_id}"}}]')
+            silent = await silent_join(gw.url, session_id)
+            received = 0
+            progress = trio.Event()
+
+            async def read() -> None:
+                nonlocal received, progress
+                while True:
+                    message = await reader.get_message()
+                    if message == "2":
+                        await reader.send_message("3")
+                    elif isinstance(message, str) and '"stream_chunk"' in message:
+                        received += len(message)
+                        progress.set()
+                        progress = trio.Event()
+
+            nursery.start_soon(read)
+            async with httpx.AsyncClient() as http:
+                r = await http.post(
+                    f"{gw.url}/api/agent-chat/sessions/{session_id}/messages",
+                    json={"message": "big"},
                 )
-                with trio.fail_after(20):
-                    while gw.sio.stats().get("slow_disconnects", 0) < 1:
-                        await trio.sleep(0.05)
-                assert gw.sio.stats().get("merges", 0) > 0
-            await normal.call("stop_response", {"session_id": session_id})
-            await normal.wait_for(turn_done)
-            assert normal.sio.connected
-            await normal.disconnect()
+            assert r.status_code == 202
+            while gw.sio.stats().get("slow_disconnects", 0) < 1:
+                await progress.wait()
+            assert gw.sio.stats().get("merges", 0) > 0
+            # The reader goes on receiving the reply after the other one was dropped.
+            after_drop = received
+            while received < after_drop + 1_000_000:
+                await progress.wait()
+            assert gw.sio.stats().get("slow_disconnects", 0) == 1
+            await silent.aclose()
+            nursery.cancel_scope.cancel()
 
 
 async def test_metrics_move_with_a_turn(tmp_path: Path) -> None:
@@ -287,9 +338,7 @@ async def test_metrics_move_with_a_turn(tmp_path: Path) -> None:
 
             before = await scrape()
             session_id = await create_session(gw.url)
-            client = Client(gw.url, transports=["websocket"])
-            await client.connect()
-            await client.call("join_chat", {"session_id": session_id})
+            client = await joined_client(gw.url, session_id)
             await client.call("chat_message", {"session_id": session_id, "message": "hi"})
             await client.wait_for(turn_done)
             after = await scrape()

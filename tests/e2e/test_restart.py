@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from .agents_fake import AgentsFake
-from .support import Client, create_session, get_session
+from .support import agent_said, chunks_at_least, create_session, get_session, joined_client
 
 pytestmark = pytest.mark.slow
 
@@ -65,17 +65,11 @@ async def test_sigkill_mid_turn_keeps_history_and_marks_turn_failed(tmp_path: Pa
             await nursery.start(agents.serve)
             async with gateway_process(db, agents.url) as (process, url):
                 session_id = await create_session(url)
-                client = Client(url, transports=["websocket"])
-                await client.connect()
-                await client.call("join_chat", {"session_id": session_id})
+                client = await joined_client(url, session_id)
                 await client.call("chat_message", {"session_id": session_id, "message": "first"})
-                await client.wait_for(
-                    lambda evs: any(
-                        n == "message" and d["data"]["content"] == "Echo: first" for n, d in evs
-                    )
-                )
+                await client.wait_for(agent_said("Echo: first"))
                 await client.call("chat_message", {"session_id": session_id, "message": "endless"})
-                await client.wait_for(lambda evs: sum(n == "stream_chunk" for n, _ in evs) >= 8)
+                await client.wait_for(chunks_at_least(8))
                 seen = [d["seq"] for _, d in client.snapshot()]
                 process.send_signal(signal.SIGKILL)
                 await process.wait()
@@ -98,9 +92,7 @@ async def test_sigkill_mid_turn_keeps_history_and_marks_turn_failed(tmp_path: Pa
                 assert stored["last_seq"] >= interrupted["seq"]
 
                 # The session carries on with fresh, larger seqs.
-                client = Client(url, transports=["websocket"])
-                await client.connect()
-                await client.call("join_chat", {"session_id": session_id})
+                client = await joined_client(url, session_id)
                 await client.call("chat_message", {"session_id": session_id, "message": "after"})
                 await client.wait_for(
                     lambda evs: any(n == "typing" and d["is_typing"] is False for n, d in evs)
@@ -118,11 +110,9 @@ async def test_sigterm_mid_turn_stores_cancelled(tmp_path: Path) -> None:
             await nursery.start(agents.serve)
             async with gateway_process(db, agents.url) as (process, url):
                 session_id = await create_session(url)
-                client = Client(url, transports=["websocket"])
-                await client.connect()
-                await client.call("join_chat", {"session_id": session_id})
+                client = await joined_client(url, session_id)
                 await client.call("chat_message", {"session_id": session_id, "message": "endless"})
-                await client.wait_for(lambda evs: sum(n == "stream_chunk" for n, _ in evs) >= 3)
+                await client.wait_for(chunks_at_least(3))
                 process.send_signal(signal.SIGTERM)
                 with trio.fail_after(10):
                     code = await process.wait()

@@ -1,0 +1,70 @@
+"""A peer that stops reading cannot pin a connection: hypercorn's writes get a deadline.
+
+A real hypercorn server on 127.0.0.1 port 0 streams an endless body to a raw TCP client
+that sends its request and never reads. Without the deadline the server's shielded write
+blocks forever and its shutdown never ends (this test would hit its ceiling).
+
+Ceiling: ``trio.fail_after(20)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from archon_chat.transports.write_deadline import install_write_deadline
+
+pytestmark = pytest.mark.slow
+
+
+async def test_a_stalled_write_aborts_the_connection_and_shutdown_completes() -> None:
+    install_write_deadline(0.3)
+    sent = 0
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        nonlocal sent
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        chunk = b"x" * 65536
+        while True:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            sent += len(chunk)
+            await trio.lowlevel.checkpoint()
+
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.graceful_timeout = 0.5
+    stop = trio.Event()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(
+                lambda task_status: serve(
+                    app, config, shutdown_trigger=stop.wait, task_status=task_status
+                )
+            )
+            port = int(binds[0].rsplit(":", 1)[1])
+            client = await trio.open_tcp_stream("127.0.0.1", port)
+            await client.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            # Not reading: the kernel buffers fill, then the server's write stalls...
+            await trio.sleep(1.0)
+            # ...and is aborted: reading now reaches the end of what was sent, where
+            # without the deadline the server would resume writing for ever.
+            received = 0
+            try:
+                while data := await client.receive_some(1 << 20):
+                    received += len(data)
+            except trio.BrokenResourceError:
+                pass  # reset by the abort
+            assert 0 < received <= sent
+            stop.set()
+        await client.aclose()
+    install_write_deadline(10.0)
