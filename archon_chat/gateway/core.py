@@ -166,14 +166,22 @@ class Gateway:
         obj = data if isinstance(data, dict) else {}
         session_id = validation.session_id_of(data)
         last_seq = validation.last_seq_of(obj)
-        if await self.store.get_session(session_id) is None:
-            raise GatewayError(ErrorCode.SESSION_NOT_FOUND)
         room = room_of(session_id)
         joins = self._joining.setdefault(session_id, {})
         join = joins[sid] = _Join(parked=[])
         self.emitter.enter_room(sid, room)
         try:
-            state = await self._turn_state(session_id, last_seq)
+            if self.hub.is_live(session_id):
+                state = await self._turn_state(session_id, last_seq)
+            else:
+                # A passivated session has no turn in progress, and its actor saved its
+                # last seq before it ended: answer from the store without starting one
+                # (an idle joined session costs no task). Should an actor start meanwhile,
+                # its events are parked above and sent after the replay.
+                record = await self.store.get_session(session_id)
+                if record is None:
+                    raise GatewayError(ErrorCode.SESSION_NOT_FOUND)
+                state = TurnState(record.last_seq, False, None, ())
             finished = []
             if last_seq is not None:
                 finished = await self.store.messages_after(
@@ -230,9 +238,6 @@ class Gateway:
     async def on_chat_message(self, sid: str, data: Any) -> dict[str, Any]:
         outgoing = validation.outgoing_message(data, self.settings.max_message_chars)
         self.rate_limit(sid)
-        if await self.store.get_session(outgoing.session_id) is None:
-            # Expired sessions answer as unknown even while their actor lingers.
-            raise GatewayError(ErrorCode.SESSION_NOT_FOUND)
         return await self.send(outgoing)
 
     async def on_leave_chat(self, sid: str, data: Any) -> dict[str, Any]:

@@ -95,8 +95,6 @@ def create_rest_blueprint(
 
     @bp.post(f"{PREFIX}/sessions/<session_id>/messages")
     async def send_message(session_id: str) -> Response:
-        if await gateway.store.get_session(session_id) is None:
-            return error_response(404, "Session not found", "session_not_found")
         body = await read_json()
         remote = request.remote_addr or "?"
         outgoing = gateway.validate_rest_message(session_id, body)

@@ -356,7 +356,11 @@ async def test_metrics_move_with_a_turn(tmp_path: Path) -> None:
 async def test_expired_session_answers_session_not_found(tmp_path: Path) -> None:
     with trio.fail_after(30):
         # 0.0002 h = 0.72 s of inactivity
-        async with world(tmp_path, session_ttl_hours=0.0002, sweep_interval_s=0.2) as (_, gw):
+        # The actor passivates (0.2 s) long before its session expires (0.72 s), as with
+        # the defaults (60 s and 24 h).
+        async with world(
+            tmp_path, session_ttl_hours=0.0002, sweep_interval_s=0.2, idle_passivate_s=0.2
+        ) as (_, gw):
             session_id = await create_session(gw.url)
             client = Client(gw.url, transports=["websocket"])
             await client.connect()
@@ -373,3 +377,30 @@ async def test_expired_session_answers_session_not_found(tmp_path: Path) -> None
             await client.disconnect()
             stats = await gw.gateway.store.stats()
             assert stats["sessions"] == 0  # the sweeper removed it with its messages
+
+
+async def test_joining_an_idle_session_starts_no_actor_and_replays_history(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(30):
+        async with world(tmp_path, idle_passivate_s=0.2) as (_, gw):
+            session_id = await create_session(gw.url)
+            first = await joined_client(gw.url, session_id)
+            assert not gw.gateway.hub.is_live(session_id)  # joined, yet no task
+            await first.call("chat_message", {"session_id": session_id, "message": "hi"})
+            await first.wait_for(turn_done)
+            last_seq = max(d["seq"] for _, d in first.snapshot())
+            while gw.gateway.hub.is_live(session_id):
+                await trio.sleep(0.05)  # passivates after 0.2 s idle
+            await first.disconnect()
+
+            late = Client(gw.url, transports=["websocket"])
+            await late.connect()
+            ack = await late.call("join_chat", {"session_id": session_id, "last_seq": 0})
+            assert ack["last_seq"] == last_seq
+            assert not gw.gateway.hub.is_live(session_id)
+            replayed = [d["data"]["content"] for n, d in late.snapshot() if n == "message"]
+            assert replayed == ["hi", "Echo: hi"]
+            confirmed = await late.wait_event("connection_confirmed")
+            assert confirmed["typing"] is False and "turn" not in confirmed
+            await late.disconnect()
