@@ -169,9 +169,14 @@ class Worker:
                 )
             )
             turn.sent_at = time.monotonic()
-            await client.emit(
-                "chat_message", {"session_id": client.session_id, "message": prompt, "context": {}}
-            )
+            try:
+                await client.emit(
+                    "chat_message",
+                    {"session_id": client.session_id, "message": prompt, "context": {}},
+                )
+            except trio_websocket.ConnectionClosed:
+                turn.errors.append("connection closed")
+                return
             if mode == "normal":
                 await turn.done.wait()
                 return
@@ -279,6 +284,7 @@ class Worker:
         sent = [t.sent_at for t in turns if t.sent_at]
         ends = [t.completed_at for t in turns if t.completed_at is not None]
         statuses: Counter[str] = Counter()
+        finished = [t for t in turns if t.completed_at is not None]
         for turn in turns:
             latencies.extend(turn.latencies)
             if turn.first_chunk_at is not None:
@@ -304,8 +310,9 @@ class Worker:
             "chunks": sum(t.distinct for t in turns),
             "frames": sum(t.frames for t in turns),
             "duplicates": sum(t.duplicates for t in turns),
-            "gaps": sum(t.missing for t in turns) if mode == "drop" else 0,
-            "gap_turns": sum(1 for t in turns if t.missing) if mode == "drop" else 0,
+            # Gaps only in replies that ended: an unfinished one is a failure of its own.
+            "gaps": sum(t.missing for t in finished) if mode == "drop" else 0,
+            "gap_turns": sum(1 for t in finished if t.missing) if mode == "drop" else 0,
             "stale_events": sum(t.stale_events for t in turns),
             "foreign_chunks": sum(t.foreign for t in turns),
             "after_stop": sum(t.after_stop for t in turns),

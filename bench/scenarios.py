@@ -397,6 +397,13 @@ def paced_chunks(plan: Plan, sessions: int) -> int:
     return max(25, min(plan.paced_chunks, plan.paced_total_chunks // sessions))
 
 
+def carried_pace(sessions: int) -> float:
+    """Agent pacing for scenarios that need a gateway that keeps up: about 2,000 chunks/s
+    in all (20 ms at most), since a stop or a drop measured behind seconds of queued
+    chunks would time the queue."""
+    return max(0.02, sessions / 2000)
+
+
 def turn_deadline(sessions: int, spec: dict[str, Any]) -> float:
     stream_s = float(spec.get("first", 0)) + int(spec["n"]) * float(spec["pace"])
     # Generous: a saturated baseline relays ~5,000 chunks/s; slower is a failure.
@@ -516,7 +523,8 @@ async def idle_point(bench: Bench, gateway: Server, sessions: int, label: str) -
 async def cancel(bench: Bench, gateways: Sequence[Server]) -> list[dict[str, Any]]:
     rows = []
     sessions = bench.plan.cancel_sessions
-    spec = {"n": 250, "size": bench.plan.chunk_size, "pace": 0.02}
+    pace = carried_pace(sessions)
+    spec = {"n": round(5 / pace), "size": bench.plan.chunk_size, "pace": pace}
     for point, mode in enumerate(("stop", "leave")):
         for gateway in order(gateways, point):
             figures = await bench.run(
@@ -525,7 +533,7 @@ async def cancel(bench: Bench, gateways: Sequence[Server]) -> list[dict[str, Any
                 spec,
                 mode=mode,
                 label=f"[3 cancel] {mode}",
-                deadline=30,
+                deadline=turn_deadline(sessions, spec),
                 extra={"stop_share": 0.2, "quiet": 0.3},
             )
             rows.append(
@@ -537,7 +545,8 @@ async def cancel(bench: Bench, gateways: Sequence[Server]) -> list[dict[str, Any
 async def resume(bench: Bench, gateways: Sequence[Server]) -> list[dict[str, Any]]:
     rows = []
     sessions = bench.plan.resume_sessions
-    spec = {"n": 200, "size": bench.plan.chunk_size, "pace": 0.02}
+    pace = carried_pace(sessions)
+    spec = {"n": round(4 / pace), "size": bench.plan.chunk_size, "pace": pace}
     for gateway in gateways:
         figures = await bench.run(
             gateway,
@@ -545,7 +554,7 @@ async def resume(bench: Bench, gateways: Sequence[Server]) -> list[dict[str, Any
             spec,
             mode="drop",
             label="[4 resume]",
-            deadline=40,
+            deadline=turn_deadline(sessions, spec),
             extra={"stop_share": 0.25, "reconnect_delay": 0.2},
         )
         rows.append({"gateway": gateway.label, "sessions": sessions, **spec, **figures})
@@ -555,9 +564,9 @@ async def resume(bench: Bench, gateways: Sequence[Server]) -> list[dict[str, Any
 async def slow(bench: Bench, gateways: Sequence[Server]) -> list[dict[str, Any]]:
     rows = []
     sessions = bench.plan.slow_sessions
-    # A load the gateways carry without queueing (about 2,000 chunks/s in all, for 5 s),
-    # so a change in the others' latency is the slow clients' doing.
-    pace = max(0.05, sessions / 2000)
+    # A load the gateways carry without queueing, so a change in the others' latency is
+    # the slow clients' doing.
+    pace = carried_pace(sessions)
     # The first chunk waits a second, so every turn has started before any streams: the
     # latencies are the steady relay's, not the start-up burst's.
     spec = {"n": round(5 / pace), "size": bench.plan.slow_size, "pace": pace, "first": 1.0}
