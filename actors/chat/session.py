@@ -182,6 +182,9 @@ class SessionActor:
         self._seq = 0
         self._hwm = 0
         self._message_count = 0
+        #: the complete turns the agent gets as history, kept here once known (this actor
+        #: is its session's only writer), so a turn costs no store read for it
+        self._history: deque[HistoryEntry] | None = None
         self._queue: deque[_Pending] = deque()
         self._turn: _Turn | None = None
         self._worker_running = False
@@ -260,8 +263,12 @@ class SessionActor:
             self._seq = record.last_seq
             self._hwm = self._seq  # unknown: reserve again before the next event
         self._message_count = record.message_count
+        self._history = self._empty_history() if record.message_count == 0 else None
         self._last_activity = trio.current_time()
         return True
+
+    def _empty_history(self) -> deque[HistoryEntry]:
+        return deque(maxlen=2 * self._settings.history_turns)
 
     @staticmethod
     def _answer_gone(command: Command) -> None:
@@ -500,16 +507,22 @@ class SessionActor:
         turn.last_saved_at = now
         turn_deadline = now + settings.turn_timeout_s
         scope.deadline = min(turn_deadline, now + settings.first_event_timeout_s)
-        history = await self._store.history(self.session_id, settings.history_turns)
+        # A checkpoint before the request leaves, even with the history in memory: a stop
+        # sent right after the message is handled before the agent hears of it.
+        await trio.lowlevel.checkpoint()
+        if self._history is None:
+            stored = await self._store.history(self.session_id, settings.history_turns)
+            self._history = self._empty_history()
+            self._history.extend(
+                HistoryEntry("user" if m.sender == "user" else "assistant", m.content)
+                for m in stored
+            )
         request = AgentRequest(
             agent_type=self._agent_type,
             prompt=turn.user.content,
             session_id=self.session_id,
             context=turn.context,
-            history=tuple(
-                HistoryEntry("user" if m.sender == "user" else "assistant", m.content)
-                for m in history
-            ),
+            history=tuple(self._history),
         )
         try:
             async with self._agents.open_stream(request) as stream:
@@ -592,6 +605,9 @@ class SessionActor:
                     )
                 turn.stored = True
                 self._message_count += 1
+                if status is MessageStatus.COMPLETE and self._history is not None:
+                    self._history.append(HistoryEntry("user", turn.user.content))
+                    self._history.append(HistoryEntry("assistant", turn.final.content))
             while turn.sent < len(turn.end_events):
                 event = turn.end_events[turn.sent]
                 await self._events.send(event)

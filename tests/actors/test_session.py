@@ -119,6 +119,29 @@ async def test_history_context_and_prompt_reach_the_agent(autojump_clock: object
         {"role": "assistant", "content": "re: three"},
     ]
     assert last["prompt"] == "four"
+    # The actor kept the history itself: no store read for it in a session it saw whole.
+    assert h.store.calls["history"] == 0
+
+
+async def test_history_is_read_once_after_reactivation(autojump_clock: object) -> None:
+    upstream = Upstream(script=lambda body: [chunk(f"re: {body['prompt']}"), COMPLETE])
+    with trio.fail_after(CEILING_S):
+        async with open_harness(upstream, HubSettings(idle_passivate_s=1)) as h:
+            sid = (await h.store.create_session()).session_id
+            await h.submit(sid, "one")
+            await h.recorder.turns_ended(1)
+            await trio.sleep(2)
+            assert not h.hub.is_live(sid)
+            for n, text in enumerate(["two", "three"], start=2):
+                await h.submit(sid, text)
+                await h.recorder.turns_ended(n)
+    assert h.store.calls["history"] == 1
+    assert upstream.requests[-1]["history"] == [
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": "re: one"},
+        {"role": "user", "content": "two"},
+        {"role": "assistant", "content": "re: two"},
+    ]
 
 
 TIMEOUTS = HubSettings(first_event_timeout_s=7, gap_timeout_s=3, turn_timeout_s=50)
