@@ -64,8 +64,8 @@ def python() -> str:
 
 
 def ours_command(db_path: str) -> list[str]:
-    """``archon-chat serve``, imported from this work tree (the editable install's entry
-    script may resolve the package through an import hook, which Quart cannot root)."""
+    """``archon-chat serve``, imported from this work tree, so the benchmark always measures
+    the code beside it, whatever the installed entry script points at."""
     entry = "import sys; from archon_chat.cli import main; sys.argv[0] = 'archon-chat'; main()"
     return [python(), "-c", entry, "serve", "--host", "127.0.0.1", "--port", "0", "--db", db_path]
 
