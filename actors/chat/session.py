@@ -419,6 +419,20 @@ class SessionActor:
         if turn is None or not turn.start_seq:
             return TurnState(self._seq, False, None, ())
         after = -1 if after_seq is None else after_seq
+        if turn.final is not None:
+            # The turn's end is decided and its events have their seqs, some perhaps not
+            # yet sent: the client gets them here (typing off included, so it is no longer
+            # typing), and the gateway drops its live copies (seq <= last_seq).
+            ended = tuple(
+                e for e in turn.end_events if e.seq > after and not e.name.startswith("_")
+            )
+            return TurnState(self._seq, False, None, self._missed(turn, after) + ended)
+        return TurnState(
+            self._seq, True, (turn.message_id, turn.start_seq), self._missed(turn, after)
+        )
+
+    def _missed(self, turn: _Turn, after: int) -> tuple[SessionEvent, ...]:
+        """The turn's buffered events after seq ``after``, chunks as one exact chunk."""
         # The text the client has seen ends where its last seen chunk ended; it gets the
         # rest as one chunk (the seq of the newest), in place of the first chunk it missed.
         seen = bisect.bisect_right(turn.chunk_seqs, after)
@@ -443,7 +457,7 @@ class SessionActor:
                 events.append(event)
         if missed is not None:
             events.append(missed)
-        return TurnState(self._seq, True, (turn.message_id, turn.start_seq), tuple(events))
+        return tuple(events)
 
     # -- turns --------------------------------------------------------------------------
 
@@ -643,19 +657,26 @@ class SessionActor:
         if self._emit_lock.locked() or self._seq >= self._hwm:
             async with self._emit_lock:
                 await self._reserve(1)
-                event = ChunkStreamed(self.session_id, self._next_seq(), turn.message_id, content)
+                event = self._record_chunk(turn, content)
                 await self._events.send(event)
         else:
             # Fast path: nothing can take a seq between these two lines.
-            event = ChunkStreamed(self.session_id, self._next_seq(), turn.message_id, content)
+            event = self._record_chunk(turn, content)
             await self._events.send(event)
         if turn.first_chunk_latency_s is None:
             turn.first_chunk_latency_s = trio.current_time() - turn.started_at
+
+    def _record_chunk(self, turn: _Turn, content: str) -> ChunkStreamed:
+        """Take the chunk's seq and keep it for rejoining clients, in one step: whoever
+        sees ``_seq`` count it (``turn_state``) also finds it in the buffer, even while
+        its send to the gateway is still waiting."""
+        event = ChunkStreamed(self.session_id, self._next_seq(), turn.message_id, content)
         turn.text.append(content)
         turn.text_len += len(content)
         turn.chunk_seqs.append(event.seq)
         turn.chunk_ends.append(turn.text_len)
         self._buffer(turn, event)
+        return event
 
     def _buffer(self, turn: _Turn, event: SessionEvent) -> None:
         turn.events.append(event)

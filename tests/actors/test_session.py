@@ -11,12 +11,13 @@ from __future__ import annotations
 import pytest
 import trio
 
-from actors.chat.hub import HubClosed, SessionBusy, SessionNotFound, open_session_hub
+from actors.chat.hub import HubClosed, SessionBusy, SessionHub, SessionNotFound, open_session_hub
 from actors.chat.memory_store import MemoryStore
 from actors.chat.messages import (
     CancelReason,
     ChunkStreamed,
     ErrorCode,
+    GetTurnState,
     MessageEmitted,
     MessageStatus,
     SessionEvent,
@@ -26,6 +27,7 @@ from actors.chat.messages import (
     TurnEnded,
     TurnFailed,
     TurnStarted,
+    TurnState,
     TypingChanged,
 )
 from actors.chat.settings import HubSettings
@@ -657,6 +659,51 @@ async def test_a_slow_gateway_is_not_an_agent_timeout(autojump_clock: object) ->
             assert trio.current_time() == 20
     assert isinstance(events[-1], TurnEnded)
     assert events[-1].status is MessageStatus.COMPLETE
+
+
+async def test_turn_state_counts_events_whose_send_is_still_waiting(
+    autojump_clock: object,
+) -> None:
+    # The gateway is behind (an unbuffered channel nobody reads for a while): the actor
+    # has taken a seq for its next event but cannot hand it over yet. A rejoining client
+    # told last_seq must find that event in the replay, or it would drop the live copy
+    # (seq <= last_seq) and miss it.
+    upstream = script(chunk("a"), chunk("b"), COMPLETE)
+    store = MemoryStore()
+    send, receive = trio.open_memory_channel[SessionEvent](0)
+
+    async def state(hub: SessionHub, sid: str, after: int) -> TurnState:
+        reply_send, reply_receive = trio.open_memory_channel[TurnState](1)
+        await hub.deliver(sid, GetTurnState(after, reply_send))
+        return await reply_receive.receive()
+
+    with trio.fail_after(CEILING_S):
+        async with (
+            agents_over(upstream) as agents,
+            open_session_hub(store, agents, send, HubSettings()) as hub,
+        ):
+            sid = (await store.create_session()).session_id
+            await hub.deliver(sid, SubmitMessage("hi"))
+            while not isinstance(event := await receive.receive(), ChunkStreamed):
+                pass
+            assert event.content == "a"
+            await trio.sleep(1)  # the actor now waits to send chunk "b"
+            during = await state(hub, sid, event.seq)
+            assert during.last_seq == event.seq + 1
+            assert [(e.seq, e.content) for e in during.events if isinstance(e, ChunkStreamed)] == [
+                (event.seq + 1, "b")
+            ]
+            assert during.typing is True
+            assert (await receive.receive()).seq == event.seq + 1  # chunk "b"
+            await trio.sleep(1)  # the end is decided; its first event waits to be sent
+            ending = await state(hub, sid, event.seq + 1)
+            assert ending.typing is False
+            assert ending.turn is None
+            assert ending.last_seq == event.seq + 4
+            assert [e.name for e in ending.events] == ["message", "stream_complete", "typing"]
+            async for late in receive:
+                if isinstance(late, TurnEnded):
+                    break
 
 
 async def test_stop_right_after_sending_cancels_the_reply_before_it_starts(
