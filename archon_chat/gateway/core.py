@@ -265,8 +265,12 @@ class Gateway:
 
     async def on_stop_response(self, sid: str, data: Any) -> dict[str, Any]:
         session_id = validation.session_id_of(data)
-        if await self.store.get_session(session_id) is None:
-            raise GatewayError(ErrorCode.SESSION_NOT_FOUND)
+        # A stop goes straight to a live actor; only one with no actor (so nothing to
+        # stop) costs a store read, to tell an unknown session apart.
+        if not self.hub.is_live(session_id):
+            if await self.store.get_session(session_id) is None:
+                raise GatewayError(ErrorCode.SESSION_NOT_FOUND)
+            return {"status": "stopped", "session_id": session_id, "cancelled": False}
         cancelled = await self._cancel(session_id, CancelReason.STOP)
         return {"status": "stopped", "session_id": session_id, "cancelled": cancelled}
 
