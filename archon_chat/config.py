@@ -216,9 +216,16 @@ class Settings:
     )
     agent_keepalive: int = _setting(
         "ARCHON_CHAT_AGENT_KEEPALIVE",
-        20,
+        64,
         _positive_int,
-        "idle keep-alive connections kept (small: httpcore scans them all per request)",
+        "idle keep-alive connections kept in all pools (small: httpcore walks a pool's "
+        "connections on every request)",
+    )
+    agent_pools: int = _setting(
+        "ARCHON_CHAT_AGENT_POOLS",
+        32,
+        _positive_int,
+        "HTTP client pools to the agents, used round-robin (small pools are cheaper to walk)",
     )
     history_turns: int = _setting(
         "ARCHON_CHAT_HISTORY_TURNS", 20, _positive_int, "complete turns sent to the agent"

@@ -145,6 +145,7 @@ async def _serve_gateway(
             max_connections=settings.agent_pool_size,
             max_keepalive_connections=settings.agent_keepalive,
             connect_timeout_s=settings.agent_connect_timeout_s,
+            pools=settings.agent_pools,
         ) as agents,
         httpx.AsyncClient() as probe,
         # The fan-out outlives the hub: actors stopping at shutdown still emit their turns'

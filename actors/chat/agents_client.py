@@ -34,7 +34,7 @@ import json
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -258,10 +258,19 @@ class AgentsClient:
     """
 
     def __init__(
-        self, base_url: str, client: httpx.AsyncClient, *, max_event_chars: int = 1 << 20
+        self,
+        base_url: str,
+        client: httpx.AsyncClient | Sequence[httpx.AsyncClient],
+        *,
+        max_event_chars: int = 1 << 20,
     ) -> None:
         self._base_url = base_url.rstrip("/")
-        self._client = client
+        # Requests go round-robin over the clients: each pool stays small, and httpcore's
+        # walk of a pool's connections on every request start and close stays short.
+        self._clients = (client,) if isinstance(client, httpx.AsyncClient) else tuple(client)
+        if not self._clients:
+            raise ValueError("AgentsClient needs at least one httpx client")
+        self._next = 0
         self._urls: dict[str, httpx.URL] = {}
         self._max_event_chars = max_event_chars
 
@@ -285,10 +294,12 @@ class AgentsClient:
             if url is None:
                 url = httpx.URL(f"{self._base_url}/agents/{request.agent_type}/stream")
                 self._urls[request.agent_type] = url
-            http_request = self._client.build_request(
+            client = self._clients[self._next]
+            self._next = (self._next + 1) % len(self._clients)
+            http_request = client.build_request(
                 "POST", url, json=request.to_json(), headers={"accept": "text/event-stream"}
             )
-            response = await self._client.send(http_request, stream=True)
+            response = await client.send(http_request, stream=True)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             logger.debug("agents request to %s failed: %r", url, exc)
             raise _map_error(exc, streaming=False) from exc
@@ -351,14 +362,25 @@ async def open_agents_client(
     max_keepalive_connections: int = 20,
     connect_timeout_s: float = 5.0,
     transport: httpx.AsyncBaseTransport | None = None,
+    pools: int = 1,
 ) -> AsyncIterator[AgentsClient]:
-    """An :class:`AgentsClient` over a new shared client (:func:`make_http_client`),
-    closed when the block ends. A checkpoint on exit (closing the pool)."""
-    client = make_http_client(
-        max_connections=max_connections,
-        max_keepalive_connections=max_keepalive_connections,
-        connect_timeout_s=connect_timeout_s,
-        transport=transport,
-    )
-    async with client:
-        yield AgentsClient(base_url, client)
+    """An :class:`AgentsClient` over ``pools`` new shared clients (:func:`make_http_client`)
+    used round-robin, the connection limits split among them; closed when the block
+    ends. A checkpoint on exit (closing the pools)."""
+    if pools < 1:
+        raise ValueError("pools must be at least 1")
+    per_pool = -(-max_connections // pools)
+    keepalive = -(-max_keepalive_connections // pools)
+    async with AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                make_http_client(
+                    max_connections=per_pool,
+                    max_keepalive_connections=keepalive,
+                    connect_timeout_s=connect_timeout_s,
+                    transport=transport,
+                )
+            )
+            for _ in range(pools)
+        ]
+        yield AgentsClient(base_url, clients)

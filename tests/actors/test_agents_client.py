@@ -222,3 +222,27 @@ async def test_shared_client_pool_settings() -> None:
             async with agents.open_stream(REQUEST) as stream:
                 assert [e async for e in stream] == [StreamFinished()]
             assert agents.base_url == "http://agents.test"
+
+
+async def test_requests_go_round_robin_over_the_pools(autojump_clock: object) -> None:
+    served: list[int] = []
+
+    def transport(n: int) -> httpx.MockTransport:
+        async def handler(request: httpx.Request) -> httpx.Response:
+            served.append(n)
+            return await scripted([COMPLETE]).handle(request)
+
+        return httpx.MockTransport(handler)
+
+    with trio.fail_after(CEILING_S):
+        async with (
+            httpx.AsyncClient(transport=transport(0)) as first,
+            httpx.AsyncClient(transport=transport(1)) as second,
+        ):
+            agents = AgentsClient("http://agents.test", [first, second])
+            for _ in range(5):
+                async with agents.open_stream(REQUEST) as stream:
+                    assert [e async for e in stream] == [StreamFinished()]
+    assert served == [0, 1, 0, 1, 0]
+    with pytest.raises(ValueError, match="at least one"):
+        AgentsClient("http://agents.test", [])
