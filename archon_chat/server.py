@@ -15,7 +15,6 @@ from __future__ import annotations
 import gc
 import logging
 import signal
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,11 +43,6 @@ from archon_chat.transports.write_deadline import install_write_deadline
 
 log = logging.getLogger("archon_chat")
 
-Scope = MutableMapping[str, Any]
-ASGIApp = Callable[
-    [Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]
-]
-
 
 @dataclass
 class Running:
@@ -65,18 +59,10 @@ class Running:
         self._stop.set()
 
 
-def hub_settings(settings: Settings) -> HubSettings:
-    return HubSettings.from_config(settings)
-
-
-def socket_options(settings: Settings) -> ServerOptions:
-    return ServerOptions.from_settings(settings)
-
-
 def compose(sio_app: Any, web_app: Any) -> Any:
     """Route ``/socket.io/`` to the raw ASGI Engine.IO app, everything else to quart."""
 
-    async def app(scope: Scope, receive: Any, send: Any) -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] in ("http", "websocket") and scope.get("path", "").startswith(
             "/socket.io"
         ):
@@ -152,10 +138,10 @@ async def _serve_gateway(
         # end events, and must never wait on a channel nobody drains.
         trio.open_nursery() as drain,
     ):
-        sio = SocketIOServer(socket_options(settings))
+        sio = SocketIOServer(ServerOptions.from_settings(settings))
         sio.set_outbox_merger(_merger)
         async with (
-            open_session_hub(store, agents, events_send, hub_settings(settings)) as hub,
+            open_session_hub(store, agents, events_send, HubSettings.from_config(settings)) as hub,
             trio.open_nursery() as nursery,
         ):
             gateway = Gateway(settings, store, hub, LocalEmitter(sio), metrics)

@@ -30,7 +30,6 @@ import hmac
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,7 +58,7 @@ from archon_chat.store import SqliteStore
 
 from . import validation
 from .emitter import RoomEmitter
-from .errors import GatewayError
+from .errors import GatewayError, invalid
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -69,6 +68,8 @@ _REPLAYED = (MessageEmitted, ChunkStreamed, StreamCompleted, TurnFailed)
 #: Parked events per joining socket; a join takes milliseconds, a busy turn emits a few
 #: hundred events a second, so this is never reached by an honest client.
 MAX_PARKED = 10_000
+#: Sessions one socket may have joined at once (each costs a room entry and bookkeeping).
+MAX_SESSIONS_PER_SOCKET = 64
 #: Largest merged stream_chunk content in a slow socket's outbox.
 MAX_MERGED_CHARS = 65_536
 #: Rate-limit budgets kept (sockets and REST client addresses); idle ones are pruned past it.
@@ -114,15 +115,12 @@ class Gateway:
         hub: SessionHub,
         emitter: RoomEmitter,
         metrics: Metrics,
-        *,
-        disconnect: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.hub = hub
         self.emitter = emitter
         self.metrics = metrics
-        self._disconnect = disconnect
         self._joined: dict[str, set[str]] = {}  # sid -> session ids
         self._members: dict[str, set[str]] = {}  # session id -> sids
         self._grace: dict[str, dict[str, float]] = {}  # session id -> {sid: deadline}
@@ -166,6 +164,11 @@ class Gateway:
         obj = data if isinstance(data, dict) else {}
         session_id = validation.session_id_of(data)
         last_seq = validation.last_seq_of(obj)
+        joined = self._joined.get(sid, ())
+        if session_id not in joined and len(joined) >= MAX_SESSIONS_PER_SOCKET:
+            raise invalid(
+                f"A connection may join at most {MAX_SESSIONS_PER_SOCKET} sessions; leave one first"
+            )
         room = room_of(session_id)
         joins = self._joining.setdefault(session_id, {})
         join = joins[sid] = _Join(parked=[])

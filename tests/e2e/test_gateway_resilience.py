@@ -21,6 +21,7 @@ import trio
 import trio_websocket
 from prometheus_client.parser import text_string_to_metric_families
 
+from archon_chat.gateway.core import MAX_SESSIONS_PER_SOCKET
 from archon_chat.server import Running
 
 from .agents_fake import AgentsFake
@@ -404,3 +405,24 @@ async def test_joining_an_idle_session_starts_no_actor_and_replays_history(
             confirmed = await late.wait_event("connection_confirmed")
             assert confirmed["typing"] is False and "turn" not in confirmed
             await late.disconnect()
+
+
+async def test_one_socket_joins_a_bounded_number_of_sessions(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with world(tmp_path) as (_, gw):
+            client = Client(gw.url, transports=["websocket"])
+            await client.connect()
+            bound = MAX_SESSIONS_PER_SOCKET
+            sessions = [await create_session(gw.url) for _ in range(bound + 1)]
+            for session_id in sessions[:bound]:
+                ack = await client.call("join_chat", {"session_id": session_id})
+                assert ack["status"] == "joined"
+            ack = await client.call("join_chat", {"session_id": sessions[bound]})
+            assert ack["code"] == "invalid_request"
+            # Joining one already joined again is fine; leaving one makes room.
+            ack = await client.call("join_chat", {"session_id": sessions[0]})
+            assert ack["status"] == "joined"
+            await client.call("leave_chat", {"session_id": sessions[0]})
+            ack = await client.call("join_chat", {"session_id": sessions[bound]})
+            assert ack["status"] == "joined"
+            await client.disconnect()
