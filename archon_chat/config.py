@@ -277,6 +277,37 @@ class Settings:
     rate_limit_window_s: float = _setting(
         "ARCHON_CHAT_RATE_LIMIT_WINDOW_S", 10.0, _positive_float, "...within this many seconds"
     )
+    rate_limit_keys: int = _setting(
+        "ARCHON_CHAT_RATE_LIMIT_KEYS",
+        10_000,
+        _positive_int,
+        "rate-limit budgets kept (connections, REST clients); idle ones pruned past it",
+    )
+    max_sessions_per_socket: int = _setting(
+        "ARCHON_CHAT_MAX_SESSIONS_PER_SOCKET",
+        64,
+        _positive_int,
+        "sessions one connection may have joined at once",
+    )
+    max_merged_chars: int = _setting(
+        "ARCHON_CHAT_MAX_MERGED_CHARS",
+        65_536,
+        _positive_int,
+        "largest stream_chunk made by merging unsent chunks in a socket's outbox",
+    )
+    join_buffer: int = _setting(
+        "ARCHON_CHAT_JOIN_BUFFER",
+        10_000,
+        _positive_int,
+        "live events held for a socket while its join replay is built (then session_busy)",
+    )
+    replay_limit: int = _setting(
+        "ARCHON_CHAT_REPLAY_LIMIT",
+        500,
+        _positive_int,
+        "finished messages replayed on join (at most half the outbox); past it the client "
+        "is told to reload over REST",
+    )
 
     # sessions and actors
     session_ttl_hours: float = _setting(
@@ -326,6 +357,12 @@ class Settings:
     )
     save_timeout_s: float = _setting(
         "ARCHON_CHAT_SAVE_TIMEOUT_S", 5.0, _positive_float, "shielded save of a cancelled reply"
+    )
+    actor_reply_timeout_s: float = _setting(
+        "ARCHON_CHAT_ACTOR_REPLY_TIMEOUT_S",
+        10.0,
+        _positive_float,
+        "how long a request waits for its session actor's answer",
     )
 
     def replace(self, **changes: Any) -> Settings:

@@ -32,7 +32,7 @@ from actors.chat.settings import HubSettings
 from archon_chat.agents import serve_agents
 from archon_chat.config import Settings
 from archon_chat.gateway import sockets
-from archon_chat.gateway.core import Gateway, merge_chunks
+from archon_chat.gateway.core import Gateway
 from archon_chat.gateway.emitter import LocalEmitter
 from archon_chat.gateway.metrics import Metrics
 from archon_chat.sio import Outgoing, ServerOptions, SocketIOServer
@@ -71,15 +71,6 @@ def compose(sio_app: Any, web_app: Any) -> Any:
             await web_app(scope, receive, send)
 
     return app
-
-
-def _merger(prev: Outgoing, new: Outgoing) -> Outgoing | None:
-    if prev.namespace != new.namespace:
-        return None
-    merged = merge_chunks(prev.event, prev.data, new.event, new.data)
-    if merged is None:
-        return None
-    return Outgoing(new.event, merged, new.namespace)
 
 
 async def _agents_health(client: httpx.AsyncClient, url: str) -> bool:
@@ -139,23 +130,21 @@ async def _serve_gateway(
         trio.open_nursery() as drain,
     ):
         sio = SocketIOServer(ServerOptions.from_settings(settings))
-        sio.set_outbox_merger(_merger)
         async with (
             open_session_hub(store, agents, events_send, HubSettings.from_config(settings)) as hub,
             trio.open_nursery() as nursery,
         ):
             gateway = Gateway(settings, store, hub, LocalEmitter(sio), metrics)
+            sio.set_outbox_merger(gateway.merge)
+
+            def sent(item: Outgoing) -> None:
+                gateway.observe_sent(item.data)
+
+            sio.on_sent = sent
             sockets.install(sio, gateway)
-
-            def refresh() -> None:
-                gateway.refresh_gauges()
-                stats = sio.stats()
-                metrics.connected_sockets.set(stats.get("connected", 0))
-                metrics.slow_client_merges.set(stats.get("merges", 0))
-                metrics.slow_client_disconnects.set(stats.get("slow_disconnects", 0))
-                metrics.recoveries.set(stats.get("recoveries", 0))
-
-            metrics.on_scrape(refresh)
+            metrics.on_scrape(gateway.refresh_gauges)
+            metrics.watch_sockets(sio.stats)
+            metrics.stored_sessions.set((await store.stats()).get("sessions", 0))
 
             async def health() -> tuple[bool, dict[str, Any]]:
                 agents_ok = await _agents_health(probe, agents_url)
@@ -176,7 +165,6 @@ async def _serve_gateway(
 
             await nursery.start(sio.serve)
             drain.start_soon(gateway.fan_out, events_receive)
-            await nursery.start(gateway.expire_graces)
             await nursery.start(gateway.sweep)
 
             config = HypercornConfig()

@@ -30,7 +30,7 @@ from functools import partial
 import trio
 
 from actors.chat.agents_client import AgentsClient
-from actors.chat.messages import CancelTurn, Command, SessionEvent
+from actors.chat.messages import CancelReason, CancelTurn, Command, SessionEvent
 from actors.chat.session import SessionActor, close_unanswered, send_reply
 from actors.chat.settings import HubSettings
 from actors.chat.store import ChatStore
@@ -126,6 +126,24 @@ class SessionHub:
             raise SessionBusy(f"session {session_id} has too many pending commands") from None
         except MailboxClosed:
             raise HubClosed("the session hub is shutting down") from None
+
+    def cancel_nowait(self, session_id: str, reason: CancelReason) -> bool:
+        """Cancel the session's turn in flight, if it has a live actor, without waiting.
+
+        Not a checkpoint. The cancel goes through the mailbox, behind the commands already
+        there; if the mailbox is full it is applied to the actor at once instead, so it is
+        never lost. Returns whether a live actor was told (not whether a turn ran).
+        """
+        actor = self._actors.get(session_id)
+        if actor is None or self._closed:
+            return False
+        try:
+            actor.mailbox.send_nowait(CancelTurn(reason))
+        except MailboxFull:
+            actor.request_cancel(reason)
+        except MailboxClosed:
+            return False
+        return True
 
     async def _activate(self, session_id: str) -> SessionActor:
         record = await self._store.get_session(session_id)

@@ -8,8 +8,9 @@ dataclasses of this module (design.md, layering rule 4):
   one-shot ``reply`` channel (buffer 1, so the actor's ``send_nowait`` never blocks);
   the actor closes it after answering.
 * **Events** come out of every actor on one shared bounded channel to the gateway, which
-  fans them out to the room ``chat_{session_id}``. Each event knows its wire name and
-  payload (design.md section 3), so the gateway never rebuilds a payload.
+  renders them (their wire shape lives in ``archon_chat.gateway.wire``, the one place that
+  knows it) and emits them to the session's room. The actors know neither payload dicts nor
+  room names.
 
 Every event a session emits carries ``session_id`` and ``seq``: a per-session monotonic
 integer starting at 1, allocated by the actor and persisted through the store, so it
@@ -59,7 +60,7 @@ class ErrorCode(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
-    """One stored message; ``to_wire()`` is the contract's ``ChatMessage``."""
+    """One stored message (the contract's ``ChatMessage``, design.md section 3)."""
 
     id: str
     session_id: str
@@ -71,21 +72,6 @@ class ChatMessage:
     status: MessageStatus = MessageStatus.COMPLETE
     error: tuple[str, str] | None = None  # (code, text)
     client_message_id: str | None = None
-
-    def to_wire(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": self.id,
-            "session_id": self.session_id,
-            "seq": self.seq,
-            "content": self.content,
-            "sender": self.sender,
-            "timestamp": self.timestamp,
-            "agent_type": self.agent_type,
-            "status": self.status.value,
-        }
-        if self.error is not None:
-            out["error"] = {"code": self.error[0], "error": self.error[1]}
-        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,27 +88,16 @@ class SessionRecord:
 
 
 # ---------------------------------------------------------------------------------------
-# Events: actor -> gateway (one shared bounded channel), fanned out to the room.
+# Events: actor -> gateway (one shared bounded channel), rendered and emitted by the gateway.
 # ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class SessionEvent:
-    """Base of every event a session emits to its room."""
+    """Base of every event a session emits."""
 
     session_id: str
     seq: int
-
-    @property
-    def name(self) -> str:  # the Socket.IO event name
-        raise NotImplementedError
-
-    def payload(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    @property
-    def room(self) -> str:
-        return f"chat_{self.session_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,43 +106,31 @@ class MessageEmitted(SessionEvent):
 
     message: ChatMessage
 
-    @property
-    def name(self) -> str:
-        return "message"
-
-    def payload(self) -> dict[str, Any]:
-        return {
-            "type": "message",
-            "session_id": self.session_id,
-            "seq": self.seq,
-            "data": self.message.to_wire(),
-        }
-
 
 @dataclass(frozen=True, slots=True)
 class ChunkStreamed(SessionEvent):
-    """A delta of the agent reply ``message_id``. Consecutive chunks of one turn may be
-    merged (content concatenated, the later seq) by anyone holding them unsent."""
+    """A delta of the agent reply ``message_id``.
+
+    Consecutive chunks of one reply may be merged by anyone holding them unsent, with
+    :meth:`merge` (the one merge rule): content concatenated, the later seq.
+    """
 
     message_id: str
     content: str
+    #: ``trio.current_time()`` when the agent's delta was read (relay latency metric);
+    #: a merged chunk keeps the earlier one's
+    read_at: float = field(default=0.0, compare=False)
 
-    @property
-    def name(self) -> str:
-        return "stream_chunk"
-
-    def payload(self) -> dict[str, Any]:
-        return {
-            "type": "stream_chunk",
-            "session_id": self.session_id,
-            "seq": self.seq,
-            "message_id": self.message_id,
-            "content": self.content,
-        }
-
-    def merged(self, later: ChunkStreamed) -> ChunkStreamed:
+    def merge(self, later: ChunkStreamed, max_chars: int) -> ChunkStreamed | None:
+        """This chunk followed by ``later`` as one chunk, or ``None`` if they belong to
+        different replies or the merged content would exceed ``max_chars``. Not a
+        checkpoint; neither chunk is changed."""
+        if later.message_id != self.message_id or later.session_id != self.session_id:
+            return None
+        if len(self.content) + len(later.content) > max_chars:
+            return None
         return ChunkStreamed(
-            self.session_id, later.seq, self.message_id, self.content + later.content
+            self.session_id, later.seq, self.message_id, self.content + later.content, self.read_at
         )
 
 
@@ -176,35 +139,10 @@ class StreamCompleted(SessionEvent):
     message_id: str
     status: MessageStatus
 
-    @property
-    def name(self) -> str:
-        return "stream_complete"
-
-    def payload(self) -> dict[str, Any]:
-        return {
-            "type": "stream_complete",
-            "session_id": self.session_id,
-            "seq": self.seq,
-            "message_id": self.message_id,
-            "status": self.status.value,
-        }
-
 
 @dataclass(frozen=True, slots=True)
 class TypingChanged(SessionEvent):
     is_typing: bool
-
-    @property
-    def name(self) -> str:
-        return "typing"
-
-    def payload(self) -> dict[str, Any]:
-        return {
-            "type": "typing",
-            "session_id": self.session_id,
-            "seq": self.seq,
-            "is_typing": self.is_typing,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,33 +153,12 @@ class TurnFailed(SessionEvent):
     code: ErrorCode
     error: str
 
-    @property
-    def name(self) -> str:
-        return "error"
-
-    def payload(self) -> dict[str, Any]:
-        return {
-            "type": "error",
-            "session_id": self.session_id,
-            "seq": self.seq,
-            "message_id": self.message_id,
-            "error": self.error,
-            "code": self.code.value,
-        }
-
 
 @dataclass(frozen=True, slots=True)
 class TurnStarted(SessionEvent):
     """Internal marker (not sent to clients): a turn began; ``seq`` is its typing event's."""
 
     message_id: str
-
-    @property
-    def name(self) -> str:
-        return "_turn_started"
-
-    def payload(self) -> dict[str, Any]:
-        return {"session_id": self.session_id, "seq": self.seq, "message_id": self.message_id}
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,13 +171,6 @@ class TurnEnded(SessionEvent):
     status: MessageStatus
     code: ErrorCode | None = None
     first_chunk_latency_s: float | None = None
-
-    @property
-    def name(self) -> str:
-        return "_turn_ended"
-
-    def payload(self) -> dict[str, Any]:
-        return {"session_id": self.session_id, "seq": self.seq, "message_id": self.message_id}
 
 
 # ---------------------------------------------------------------------------------------
@@ -316,8 +226,9 @@ class TurnState:
     typing: bool
     #: (message_id, seq of the turn's first event) of the turn in progress, if any
     turn: tuple[str, int] | None
-    #: wire events of the turn in progress with seq > after_seq, in order; consecutive
-    #: chunks may be merged (their concatenation is exactly the text they carried)
+    #: events of the turn in progress with seq > after_seq, in order: the text missed as
+    #: one chunk (the newest chunk's seq) and, once the turn's end is decided, its end
+    #: events
     events: tuple[SessionEvent, ...]
 
 

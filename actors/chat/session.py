@@ -139,12 +139,10 @@ class _Turn:
     cancel_reason: CancelReason | None = None
     text: list[str] = field(default_factory=list)
     #: seq of every chunk and the text length up to its end (16 bytes a chunk), so a
-    #: rejoining client gets exactly the text it missed whatever the buffer merged
+    #: rejoining client gets exactly the text it missed, as one chunk
     chunk_seqs: array[int] = field(default_factory=lambda: array("q"))
     chunk_ends: array[int] = field(default_factory=lambda: array("q"))
     text_len: int = 0
-    #: wire events kept for rejoining clients (bounded: older chunks merged)
-    events: list[SessionEvent] = field(default_factory=list)
     started_at: float = 0.0
     first_chunk_latency_s: float | None = None
     last_saved_at: float = 0.0
@@ -203,6 +201,11 @@ class SessionActor:
         self._stopping = True
         self._cancel(CancelReason.SHUTDOWN)
         self.mailbox.close()
+
+    def request_cancel(self, reason: CancelReason) -> None:
+        """Cancel the turn in flight now, as :class:`CancelTurn` would (the hub's way for
+        a cancel that found the mailbox full). Not a checkpoint."""
+        self._cancel(reason)
 
     @property
     def busy(self) -> bool:
@@ -376,11 +379,15 @@ class SessionActor:
             if earlier is not None:
                 send_reply(command.reply, SubmitReply(SubmitOutcome.DUPLICATE, earlier.id))
                 return
-        if self._message_count >= self._settings.max_messages_per_session:
-            send_reply(command.reply, SubmitReply(SubmitOutcome.SESSION_FULL))
-            return
         if len(self._queue) >= self._settings.max_queued_turns:
             send_reply(command.reply, SubmitReply(SubmitOutcome.SESSION_BUSY))
+            return
+        if self._message_count + self._pending_replies() + 2 > (
+            self._settings.max_messages_per_session
+        ):
+            # Exact: this message and its reply, and the replies of the turns before it
+            # (queued or running), all fit under the cap.
+            send_reply(command.reply, SubmitReply(SubmitOutcome.SESSION_FULL))
             return
         async with self._emit_lock:
             await self._reserve(1)
@@ -401,6 +408,11 @@ class SessionActor:
             send_reply(command.reply, SubmitReply(SubmitOutcome.ACCEPTED, message.id))
             await self._events.send(MessageEmitted(self.session_id, seq, message))
         self._start_worker()
+
+    def _pending_replies(self) -> int:
+        """Agent replies not yet stored: one per queued turn, and the turn in flight's."""
+        turn = self._turn
+        return len(self._queue) + (1 if turn is not None and not turn.stored else 0)
 
     def _cancel(self, reason: CancelReason) -> bool:
         if reason is not CancelReason.STOP:
@@ -424,7 +436,7 @@ class SessionActor:
             # yet sent: the client gets them here (typing off included, so it is no longer
             # typing), and the gateway drops its live copies (seq <= last_seq).
             ended = tuple(
-                e for e in turn.end_events if e.seq > after and not e.name.startswith("_")
+                e for e in turn.end_events if e.seq > after and not isinstance(e, TurnEnded)
             )
             return TurnState(self._seq, False, None, self._missed(turn, after) + ended)
         return TurnState(
@@ -432,32 +444,15 @@ class SessionActor:
         )
 
     def _missed(self, turn: _Turn, after: int) -> tuple[SessionEvent, ...]:
-        """The turn's buffered events after seq ``after``, chunks as one exact chunk."""
-        # The text the client has seen ends where its last seen chunk ended; it gets the
-        # rest as one chunk (the seq of the newest), in place of the first chunk it missed.
+        """The text of the turn the client has not seen after seq ``after``, as one chunk
+        (with the newest chunk's seq), or nothing."""
+        # The text the client has seen ends where its last seen chunk ended.
         seen = bisect.bisect_right(turn.chunk_seqs, after)
-        missed: ChunkStreamed | None = None
-        if seen < len(turn.chunk_seqs):
-            start = turn.chunk_ends[seen - 1] if seen else 0
-            missed = ChunkStreamed(
-                self.session_id,
-                turn.chunk_seqs[-1],
-                turn.message_id,
-                "".join(turn.text)[start:],
-            )
-        events: list[SessionEvent] = []
-        for event in turn.events:
-            if event.seq <= after:
-                continue
-            if isinstance(event, ChunkStreamed):
-                if missed is not None:
-                    events.append(missed)
-                    missed = None
-            else:
-                events.append(event)
-        if missed is not None:
-            events.append(missed)
-        return tuple(events)
+        if seen == len(turn.chunk_seqs):
+            return ()
+        start = turn.chunk_ends[seen - 1] if seen else 0
+        text = "".join(turn.text)
+        return (ChunkStreamed(self.session_id, turn.chunk_seqs[-1], turn.message_id, text[start:]),)
 
     # -- turns --------------------------------------------------------------------------
 
@@ -626,8 +621,6 @@ class SessionActor:
                 event = turn.end_events[turn.sent]
                 await self._events.send(event)
                 turn.sent += 1
-                if isinstance(event, TurnFailed):
-                    self._buffer(turn, event)
         if self._turn is turn:
             self._turn = None
 
@@ -668,38 +661,16 @@ class SessionActor:
 
     def _record_chunk(self, turn: _Turn, content: str) -> ChunkStreamed:
         """Take the chunk's seq and keep it for rejoining clients, in one step: whoever
-        sees ``_seq`` count it (``turn_state``) also finds it in the buffer, even while
-        its send to the gateway is still waiting."""
-        event = ChunkStreamed(self.session_id, self._next_seq(), turn.message_id, content)
+        sees ``_seq`` count it (``turn_state``) also finds its text, even while its send
+        to the gateway is still waiting."""
+        event = ChunkStreamed(
+            self.session_id, self._next_seq(), turn.message_id, content, trio.current_time()
+        )
         turn.text.append(content)
         turn.text_len += len(content)
         turn.chunk_seqs.append(event.seq)
         turn.chunk_ends.append(turn.text_len)
-        self._buffer(turn, event)
         return event
-
-    def _buffer(self, turn: _Turn, event: SessionEvent) -> None:
-        turn.events.append(event)
-        bound = self._settings.turn_buffer
-        if len(turn.events) <= bound:
-            return
-        # Merge neighbouring chunks in the older part and keep the newest half as it is:
-        # a rejoining client has usually missed only the last moments. turn_state cuts
-        # the exact missed text from the chunk marks, so merging loses nothing.
-        old = len(turn.events) - bound // 2
-        merged: list[SessionEvent] = []
-        i = 0
-        while i < old:
-            current = turn.events[i]
-            following = turn.events[i + 1] if i + 1 < old else None
-            if isinstance(current, ChunkStreamed) and isinstance(following, ChunkStreamed):
-                merged.append(current.merged(following))
-                i += 2
-            else:
-                merged.append(current)
-                i += 1
-        merged += turn.events[old:]
-        turn.events = merged
 
 
 def _only_cancelled(exc: BaseException) -> bool:

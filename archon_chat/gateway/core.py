@@ -2,18 +2,24 @@
 
 Theory of operation
 -------------------
-The gateway owns no chat state of its own beyond room membership. Every command for a
-session goes to its actor through :class:`~actors.chat.hub.SessionHub` (bounded mailboxes);
-every event of every session comes back on one bounded channel, drained by
-:meth:`Gateway.fan_out`, which emits it to the room ``chat_{session_id}`` through the
-:class:`RoomEmitter`. The socket layer merges consecutive ``stream_chunk`` events waiting
-in a slow socket's outbox (:func:`merge_chunks`).
+The gateway keeps no record of who watches a session: the emitter's rooms do
+(:class:`~archon_chat.gateway.emitter.RoomEmitter`; today the Socket.IO server's rooms, with
+sockets in their disconnect grace period). Every command for a session goes to its actor
+through :class:`~actors.chat.hub.SessionHub` (bounded mailboxes); every event of every
+session comes back on one bounded channel, drained by :meth:`Gateway.fan_out`, which emits
+it to the room ``chat_{session_id}``; its wire shape is rendered by :mod:`.wire` when a
+socket's writer encodes it. Consecutive ``stream_chunk`` events waiting unsent in a socket's
+outbox are merged there (:meth:`~actors.chat.messages.ChunkStreamed.merge`).
 
-Membership. A socket that joined a session is a *member* until it sends ``leave_chat``.
-A socket that drops without leaving stays a member in *grace* for ``grace_s`` (the same
-window as Socket.IO connection state recovery); reconnecting and re-joining, or being
-recovered, ends the grace. When a session has no member and no grace left, its turn in
-flight is cancelled (``CancelReason.LEFT``). ``stop_response`` cancels whoever watches.
+Watching. A socket that joined a session is a member of its room until it sends
+``leave_chat``. A socket that drops without leaving stays a member for ``grace_s`` (the
+same window as Socket.IO connection state recovery); reconnecting and re-joining, or being
+recovered, keeps the session watched. The turn in flight is cancelled
+(``CancelReason.LEFT``) when the last *connected* member sends ``leave_chat`` (members in
+their grace period are gone unless they come back: they do not hold the turn for others who
+chose to leave), or when the room's last member's grace runs out. ``stop_response`` cancels
+whoever watches, and chunks of the stopped turn still waiting in outboxes are dropped, so
+nothing of it follows the stop's acknowledgement but its end events.
 
 Resume without gaps. ``join_chat`` enters the room *first* and parks the live events of
 that session for that socket while it builds the replay: it asks the actor for its
@@ -21,7 +27,10 @@ state (``GetTurnState``: last seq ``S`` and the turn-in-progress events), reads 
 messages after ``last_seq`` up to ``S`` from the store, sends them in seq order, then
 ``connection_confirmed``, then the parked events with seq > ``S``. The actor is the
 authority on seq, and every message it emits is stored before it is emitted, so the
-replay and the parked events together are exactly the events after ``last_seq``.
+replay and the parked events together are exactly the events after ``last_seq``. A replay
+is never silently cut: when more than ``replay_limit`` finished messages were missed, none
+are replayed and ``connection_confirmed`` says ``"reload": true`` (the client reloads the
+history with ``GET /sessions/{id}``); the turn in progress is still replayed.
 """
 
 from __future__ import annotations
@@ -56,7 +65,7 @@ from actors.chat.messages import (
 from archon_chat.config import Settings
 from archon_chat.store import SqliteStore
 
-from . import validation
+from . import validation, wire
 from .emitter import RoomEmitter
 from .errors import GatewayError, invalid
 from .metrics import Metrics
@@ -65,40 +74,6 @@ log = logging.getLogger(__name__)
 
 #: Events replayed to a rejoining socket (typing is carried by connection_confirmed).
 _REPLAYED = (MessageEmitted, ChunkStreamed, StreamCompleted, TurnFailed)
-#: Parked events per joining socket; a join takes milliseconds, a busy turn emits a few
-#: hundred events a second, so this is never reached by an honest client.
-MAX_PARKED = 10_000
-#: Sessions one socket may have joined at once (each costs a room entry and bookkeeping).
-MAX_SESSIONS_PER_SOCKET = 64
-#: Largest merged stream_chunk content in a slow socket's outbox.
-MAX_MERGED_CHARS = 65_536
-#: Rate-limit budgets kept (sockets and REST client addresses); idle ones are pruned past it.
-MAX_RATE_KEYS = 10_000
-#: How long a command waits for its actor's answer before the request fails.
-ACTOR_REPLY_TIMEOUT_S = 10.0
-
-
-def room_of(session_id: str) -> str:
-    return f"chat_{session_id}"
-
-
-def merge_chunks(prev_event: str, prev: Any, new_event: str, new: Any) -> Any | None:
-    """Merge two queued ``stream_chunk`` payloads of one reply (content concatenated, the
-    later seq), or ``None`` if they are not mergeable."""
-    if prev_event != "stream_chunk" or new_event != "stream_chunk":
-        return None
-    if not isinstance(prev, dict) or not isinstance(new, dict):
-        return None
-    if prev.get("message_id") != new.get("message_id"):
-        return None
-    if prev.get("session_id") != new.get("session_id"):
-        return None
-    if len(prev["content"]) + len(new["content"]) > MAX_MERGED_CHARS:
-        # Past this, a slow socket's outbox grows by count and hits its bound instead.
-        return None
-    merged = dict(new)
-    merged["content"] = prev["content"] + new["content"]
-    return merged
 
 
 @dataclass
@@ -121,14 +96,13 @@ class Gateway:
         self.hub = hub
         self.emitter = emitter
         self.metrics = metrics
-        self._joined: dict[str, set[str]] = {}  # sid -> session ids
-        self._members: dict[str, set[str]] = {}  # session id -> sids
-        self._grace: dict[str, dict[str, float]] = {}  # session id -> {sid: deadline}
-        self._grace_changed = trio.Event()
         self._joining: dict[str, dict[str, _Join]] = {}  # session id -> {sid: parked}
         self._sent_times: dict[str, deque[float]] = {}  # sid -> chat_message times
         self._turns_in_flight: set[str] = set()
         self._cancel_requested: dict[str, float] = {}
+        #: sessions whose turn was stopped and has not ended: its chunks are dropped
+        self._stopped: set[str] = set()
+        emitter.on_vacated(self._room_vacated)
 
     # ------------------------------------------------------------------ socket events
 
@@ -141,35 +115,21 @@ class Gateway:
             ):
                 self.metrics.refusals.labels(code="unauthorized").inc()
                 return False
-        if recovered:
-            # The socket layer restored this sid and its rooms: it is a member again.
-            for session_id in self._joined.get(sid, set()):
-                self._grace.get(session_id, {}).pop(sid, None)
-                self._members.setdefault(session_id, set()).add(sid)
         return True
 
     async def on_disconnect(self, sid: str, reason: str) -> None:
+        # Its memberships are the emitter's: they end with its grace period.
         self._sent_times.pop(sid, None)
-        deadline = trio.current_time() + self.settings.grace_s
-        for session_id in self._joined.get(sid, set()):
-            members = self._members.get(session_id)
-            if members is not None:
-                members.discard(sid)
-                if not members:
-                    del self._members[session_id]
-            self._grace.setdefault(session_id, {})[sid] = deadline
-        self._grace_changed.set()
 
     async def on_join_chat(self, sid: str, data: Any) -> dict[str, Any]:
         obj = data if isinstance(data, dict) else {}
         session_id = validation.session_id_of(data)
         last_seq = validation.last_seq_of(obj)
-        joined = self._joined.get(sid, ())
-        if session_id not in joined and len(joined) >= MAX_SESSIONS_PER_SOCKET:
-            raise invalid(
-                f"A connection may join at most {MAX_SESSIONS_PER_SOCKET} sessions; leave one first"
-            )
-        room = room_of(session_id)
+        room = wire.room_of(session_id)
+        member = self.emitter.in_room(sid, room)
+        cap = self.settings.max_sessions_per_socket
+        if not member and self.emitter.room_count(sid) >= cap:
+            raise invalid(f"A connection may join at most {cap} sessions; leave one first")
         joins = self._joining.setdefault(session_id, {})
         join = joins[sid] = _Join(parked=[])
         self.emitter.enter_room(sid, room)
@@ -186,29 +146,37 @@ class Gateway:
                     raise GatewayError(ErrorCode.SESSION_NOT_FOUND)
                 state = TurnState(record.last_seq, False, None, ())
             finished = []
-            if last_seq is not None:
-                finished = await self.store.messages_after(
-                    session_id, last_seq, self.settings.max_messages_per_session
-                )
+            reload = False
+            if last_seq is not None and last_seq < state.last_seq:
+                # Half the outbox at most: the replay and what arrives meanwhile fit in it.
+                limit = min(self.settings.replay_limit, self.settings.outbox_size // 2)
+                finished = [
+                    m
+                    for m in await self.store.messages_after(session_id, last_seq, limit + 1)
+                    if m.seq <= state.last_seq
+                ]
+                if len(finished) > limit:
+                    # Too much to replay over the socket: the client reloads it over REST.
+                    finished, reload = [], True
         except BaseException:
             self._end_join(session_id, sid)
-            self.emitter.leave_room(sid, room)
+            if not member:
+                self.emitter.leave_room(sid, room)
             raise
         # From here to the end: no checkpoint, so nothing interleaves with the replay.
         self._end_join(session_id, sid)
         if join.overflow:
-            self.emitter.leave_room(sid, room)
+            if not member:
+                self.emitter.leave_room(sid, room)
             raise GatewayError(ErrorCode.SESSION_BUSY, "Too many events while joining; retry")
         replay: dict[int, SessionEvent] = {}
         for message in finished:
-            if message.seq <= state.last_seq:
-                replay[message.seq] = MessageEmitted(session_id, message.seq, message)
+            replay[message.seq] = MessageEmitted(session_id, message.seq, message)
         for event in state.events:
             if isinstance(event, _REPLAYED) and (last_seq is None or event.seq > last_seq):
                 replay.setdefault(event.seq, event)
         for seq in sorted(replay):
-            event = replay[seq]
-            self.emitter.emit(event.name, event.payload(), to=sid)
+            self._emit(replay[seq], to=sid)
         if replay:
             self.metrics.replayed_events.inc(len(replay))
             self.metrics.resumes.labels(kind="last_seq" if last_seq is not None else "turn").inc()
@@ -220,15 +188,13 @@ class Gateway:
         }
         if state.turn is not None:
             confirmed["turn"] = {"message_id": state.turn[0], "seq": state.turn[1]}
+        if reload:
+            confirmed["reload"] = True
+            self.metrics.replay_reloads.inc()
         self.emitter.emit("connection_confirmed", confirmed, to=sid)
         for event in join.parked:
-            if event.seq > state.last_seq and not event.name.startswith("_"):
-                self.emitter.emit(event.name, event.payload(), to=sid)
-        self._joined.setdefault(sid, set()).add(session_id)
-        self._members.setdefault(session_id, set()).add(sid)
-        grace = self._grace.get(session_id)
-        if grace is not None:
-            grace.pop(sid, None)
+            if event.seq > state.last_seq:
+                self._emit(event, to=sid)
         return {"status": "joined", "session_id": session_id, "last_seq": state.last_seq}
 
     def _end_join(self, session_id: str, sid: str) -> None:
@@ -245,25 +211,9 @@ class Gateway:
 
     async def on_leave_chat(self, sid: str, data: Any) -> dict[str, Any]:
         session_id = validation.session_id_of(data)
-        self.emitter.leave_room(sid, room_of(session_id))
-        joined = self._joined.get(sid)
-        if joined is not None:
-            joined.discard(session_id)
-            if not joined:
-                del self._joined[sid]
-        members = self._members.get(session_id)
-        if members is not None:
-            members.discard(sid)
-            if not members:
-                del self._members[session_id]
-        grace = self._grace.get(session_id)
-        if grace is not None:
-            grace.pop(sid, None)
-            if not grace:
-                del self._grace[session_id]
         cancelled = False
-        if not self._watched(session_id):
-            cancelled = await self._cancel(session_id, CancelReason.LEFT)
+        if self.emitter.leave_room(sid, wire.room_of(session_id)):
+            cancelled = await self._cancel(session_id, CancelReason.LEFT, "leave")
         return {"status": "left", "session_id": session_id, "cancelled": cancelled}
 
     async def on_stop_response(self, sid: str, data: Any) -> dict[str, Any]:
@@ -274,7 +224,13 @@ class Gateway:
             if await self.store.get_session(session_id) is None:
                 raise GatewayError(ErrorCode.SESSION_NOT_FOUND)
             return {"status": "stopped", "session_id": session_id, "cancelled": False}
-        cancelled = await self._cancel(session_id, CancelReason.STOP)
+        # From now on nothing of the stopped turn but its end reaches the room: chunks
+        # waiting in outboxes are dropped here, those still coming in fan_out.
+        self._stopped.add(session_id)
+        self._drop_chunks(session_id)
+        cancelled = await self._cancel(session_id, CancelReason.STOP, "stop")
+        if not cancelled and session_id not in self._turns_in_flight:
+            self._stopped.discard(session_id)
         return {"status": "stopped", "session_id": session_id, "cancelled": cancelled}
 
     # ------------------------------------------------------------------ REST-facing API
@@ -282,6 +238,7 @@ class Gateway:
     async def create_session(self, body: Any) -> dict[str, Any]:
         spec = validation.new_session(body)
         record = await self.store.create_session(spec.agent_type, spec.project_id)
+        self.metrics.stored_sessions.inc()
         return {
             "session_id": record.session_id,
             "agent_type": record.agent_type,
@@ -303,7 +260,7 @@ class Gateway:
             "created_at": record.created_at,
             "updated_at": record.updated_at,
             "last_seq": last_seq,
-            "messages": [m.to_wire() for m in messages],
+            "messages": [wire.message_wire(m) for m in messages],
         }
 
     def validate_rest_message(self, session_id: str, body: Any) -> validation.OutgoingMessage:
@@ -339,7 +296,7 @@ class Gateway:
             raise GatewayError(
                 ErrorCode.INTERNAL_ERROR, "The server is shutting down; retry shortly"
             ) from None
-        with trio.move_on_after(ACTOR_REPLY_TIMEOUT_S):
+        with trio.move_on_after(self.settings.actor_reply_timeout_s):
             async with receive:
                 try:
                     return await receive.receive()
@@ -352,24 +309,64 @@ class Gateway:
         state: TurnState = await self._ask(session_id, GetTurnState(after_seq, send), receive)
         return state
 
-    async def _cancel(self, session_id: str, reason: CancelReason) -> bool:
+    async def _cancel(self, session_id: str, reason: CancelReason, why: str) -> bool:
+        """Cancel the session's turn in flight; whether one was cancelled."""
         if not self.hub.is_live(session_id):
             return False
         send, receive = trio.open_memory_channel[bool](1)
         self._cancel_requested.setdefault(session_id, time.perf_counter())
         cancelled: bool = await self._ask(session_id, CancelTurn(reason, send), receive)
-        if not cancelled:
+        if cancelled:
+            self.metrics.cancels.labels(reason=why).inc()
+        else:
             self._cancel_requested.pop(session_id, None)
         return cancelled
 
-    def _watched(self, session_id: str) -> bool:
-        return bool(self._members.get(session_id)) or bool(self._grace.get(session_id))
+    def _room_vacated(self, room: str) -> None:
+        """The room's last member is gone for good (grace over): cancel its turn."""
+        session_id = wire.session_of(room)
+        if session_id is None or session_id not in self._turns_in_flight:
+            return
+        if self.hub.cancel_nowait(session_id, CancelReason.LEFT):
+            self._cancel_requested.setdefault(session_id, time.perf_counter())
+            self.metrics.cancels.labels(reason="grace_over").inc()
+
+    def _drop_chunks(self, session_id: str) -> None:
+        def unwanted(data: Any) -> bool:
+            return type(data) is ChunkStreamed and data.session_id == session_id
+
+        dropped = self.emitter.drop_queued(wire.room_of(session_id), unwanted)
+        if dropped:
+            self.metrics.chunks_dropped.inc(dropped)
+
+    def _emit(
+        self,
+        event: SessionEvent,
+        *,
+        room: str | None = None,
+        to: str | None = None,
+        skip: list[str] | None = None,
+    ) -> None:
+        name = wire.event_name(event)
+        if name is not None:
+            self.emitter.emit(name, event, room=room, to=to, skip=skip or (), render=wire.payload)
+
+    def merge(self, earlier: Any, later: Any) -> Any | None:
+        """The outbox merger (see :meth:`SocketIOServer.set_outbox_merger`)."""
+        if type(earlier) is ChunkStreamed and type(later) is ChunkStreamed:
+            return earlier.merge(later, self.settings.max_merged_chars)
+        return None
+
+    def observe_sent(self, data: Any) -> None:
+        """A rendered event was first handed to a socket's transport (relay latency)."""
+        if type(data) is ChunkStreamed and data.read_at:
+            self.metrics.relay_seconds.observe(trio.current_time() - data.read_at)
 
     def rate_limit(self, key: str) -> None:
         """Refuse (``rate_limited``) a chat message past the per-connection budget."""
         now = time.monotonic()
         window = self.settings.rate_limit_window_s
-        if len(self._sent_times) > MAX_RATE_KEYS:
+        if len(self._sent_times) > self.settings.rate_limit_keys:
             self._sent_times = {
                 k: v for k, v in self._sent_times.items() if v and v[-1] > now - window
             }
@@ -394,73 +391,45 @@ class Gateway:
         chunks = metrics.chunks_relayed
         async with events:
             async for event in events:
-                if isinstance(event, TurnStarted):
+                kind = type(event)
+                if kind is TurnStarted:
                     self._turns_in_flight.add(event.session_id)
-                elif isinstance(event, TurnEnded):
+                    continue
+                if kind is TurnEnded:
+                    assert isinstance(event, TurnEnded)
                     self._turn_ended(event)
+                    continue
+                session_id = event.session_id
+                if kind is ChunkStreamed and session_id in self._stopped:
+                    metrics.chunks_dropped.inc()
+                    continue
+                joins = self._joining.get(session_id)
+                skip: list[str] = []
+                if joins:
+                    for sid, join in joins.items():
+                        if len(join.parked) >= self.settings.join_buffer:
+                            join.overflow = True
+                        else:
+                            join.parked.append(event)
+                        skip.append(sid)
+                self._emit(event, room=wire.room_of(session_id), skip=skip)
+                if kind is ChunkStreamed:
+                    chunks.inc()
                 else:
-                    joins = self._joining.get(event.session_id)
-                    skip: list[str] = []
-                    if joins:
-                        for sid, join in joins.items():
-                            if len(join.parked) >= MAX_PARKED:
-                                join.overflow = True
-                            else:
-                                join.parked.append(event)
-                            skip.append(sid)
-                    self.emitter.emit(event.name, event.payload(), room=event.room, skip=skip)
-                    if isinstance(event, ChunkStreamed):
-                        chunks.inc()
-                    else:
-                        metrics.events_relayed.labels(event=event.name).inc()
+                    metrics.events_relayed.labels(event=wire.event_name(event) or "").inc()
 
     def _turn_ended(self, event: TurnEnded) -> None:
         self._turns_in_flight.discard(event.session_id)
+        self._stopped.discard(event.session_id)
         code = event.code.value if event.code is not None else ""
         self.metrics.turns.labels(status=event.status.value, code=code).inc()
+        if code.startswith("agent_"):
+            self.metrics.upstream_errors.labels(code=code).inc()
         if event.first_chunk_latency_s is not None:
             self.metrics.first_chunk_seconds.observe(event.first_chunk_latency_s)
         requested = self._cancel_requested.pop(event.session_id, None)
         if requested is not None:
             self.metrics.cancel_to_quiet_seconds.observe(time.perf_counter() - requested)
-
-    async def expire_graces(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """End disconnect graces when due; cancel turns nobody watches any more."""
-        task_status.started()
-        while True:
-            now = trio.current_time()
-            due: list[str] = []
-            next_deadline = float("inf")
-            for session_id, graces in list(self._grace.items()):
-                for sid, deadline in list(graces.items()):
-                    if deadline <= now:
-                        del graces[sid]
-                        self._forget_if_gone(sid)
-                    else:
-                        next_deadline = min(next_deadline, deadline)
-                if not graces:
-                    del self._grace[session_id]
-                    if not self._members.get(session_id):
-                        due.append(session_id)
-            for session_id in due:
-                try:
-                    await self._cancel(session_id, CancelReason.LEFT)
-                except GatewayError as exc:
-                    log.warning("cancel of unwatched session %s failed: %s", session_id, exc)
-            self._grace_changed = trio.Event()
-            with trio.move_on_at(next_deadline):
-                await self._grace_changed.wait()
-
-    def _forget_if_gone(self, sid: str) -> None:
-        sessions = self._joined.get(sid)
-        if sessions is None:
-            return
-        if not any(sid in self._members.get(s, ()) for s in sessions) and not any(
-            sid in self._grace.get(s, {}) for s in sessions
-        ):
-            del self._joined[sid]
 
     async def sweep(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Delete expired sessions and their messages, every ``sweep_interval_s``."""
@@ -473,6 +442,7 @@ class Gateway:
             else:
                 if removed:
                     log.info("removed %d expired session(s)", removed)
+                    self.metrics.stored_sessions.dec(removed)
             await trio.sleep(self.settings.sweep_interval_s)
 
     def refresh_gauges(self) -> None:

@@ -6,7 +6,7 @@ callbacks, so the hot path only touches counters and histograms.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -15,7 +15,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -26,9 +28,6 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.connected_sockets = Gauge(
-            "archon_chat_connected_sockets", "Socket.IO connections open", registry=r
-        )
         self.live_sessions = Gauge(
             "archon_chat_live_sessions", "Session actors running", registry=r
         )
@@ -63,7 +62,7 @@ class Metrics:
         )
         self.relay_seconds = Histogram(
             "archon_chat_chunk_relay_seconds",
-            "Time from an actor emitting an event to its fan-out",
+            "Time from reading an agent's delta to handing its stream_chunk to a socket",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -71,6 +70,23 @@ class Metrics:
             "archon_chat_cancel_to_quiet_seconds",
             "Time from a cancel request to the turn's end",
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.cancels = Counter(
+            "archon_chat_cancels",
+            "Turns cancelled, by reason (stop, leave, grace_over)",
+            ["reason"],
+            registry=r,
+        )
+        self.chunks_dropped = Counter(
+            "archon_chat_chunks_dropped_after_stop",
+            "stream_chunk events of a stopped turn dropped before reaching a socket",
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "archon_chat_upstream_errors",
+            "Turns failed by the agents service, by error code",
+            ["code"],
             registry=r,
         )
         self.resumes = Counter(
@@ -82,19 +98,9 @@ class Metrics:
         self.replayed_events = Counter(
             "archon_chat_replayed_events", "Events replayed to rejoining sockets", registry=r
         )
-        self.slow_client_merges = Gauge(
-            "archon_chat_slow_client_merges",
-            "stream_chunk events merged in slow sockets' outboxes (since start)",
-            registry=r,
-        )
-        self.slow_client_disconnects = Gauge(
-            "archon_chat_slow_client_disconnects",
-            "Sockets disconnected for falling too far behind (since start)",
-            registry=r,
-        )
-        self.recoveries = Gauge(
-            "archon_chat_connection_recoveries",
-            "Connection state recoveries served (since start)",
+        self.replay_reloads = Counter(
+            "archon_chat_replay_reloads",
+            "Rejoins told to reload the history over REST (more missed than the replay limit)",
             registry=r,
         )
         self._refreshers: list[Callable[[], None]] = []
@@ -102,7 +108,59 @@ class Metrics:
     def on_scrape(self, refresh: Callable[[], None]) -> None:
         self._refreshers.append(refresh)
 
+    def watch_sockets(self, stats: Callable[[], Mapping[str, int]]) -> None:
+        """Expose the Socket.IO server's own counters, read at scrape time."""
+        self.registry.register(_SocketStats(stats))
+
     def render(self) -> bytes:
         for refresh in self._refreshers:
             refresh()
         return generate_latest(self.registry)
+
+
+class _SocketStats(Collector):
+    """The Socket.IO server's counters (see ``SocketIOServer.stats``) as metrics."""
+
+    _GAUGES = (
+        ("archon_chat_connected_sockets", "Socket.IO connections open", "connected"),
+        (
+            "archon_chat_sockets_in_grace",
+            "Sockets gone without leaving, still members for the grace period",
+            "ghosts",
+        ),
+        ("archon_chat_engine_sessions", "Engine.IO sessions open", "engine_connections"),
+    )
+    _COUNTERS = (
+        (
+            "archon_chat_outbox_merges",
+            "stream_chunk events merged into an unsent one in a socket's outbox",
+            "merges",
+        ),
+        (
+            "archon_chat_slow_client_disconnects",
+            "Sockets cut for falling too far behind",
+            "slow_disconnects",
+        ),
+        (
+            "archon_chat_connection_recoveries",
+            "Connection state recoveries served",
+            "recoveries",
+        ),
+        ("archon_chat_socketio_packets_in", "Socket.IO packets received", "packets_in"),
+        ("archon_chat_socketio_packets_out", "Socket.IO packets sent", "packets_out"),
+        (
+            "archon_chat_handler_errors",
+            "Socket.IO handlers that raised (a bug of ours)",
+            "handler_errors",
+        ),
+    )
+
+    def __init__(self, stats: Callable[[], Mapping[str, int]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats()
+        for name, doc, key in self._GAUGES:
+            yield GaugeMetricFamily(name, doc, value=stats.get(key, 0))
+        for name, doc, key in self._COUNTERS:
+            yield CounterMetricFamily(name, doc, value=stats.get(key, 0))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -164,29 +165,26 @@ class Socket:
     # -- outbox ----------------------------------------------------------------------------
 
     def push(self, item: Outgoing | Packet) -> None:
-        """Queue ``item``; merge it into the outbox tail when the merger says so."""
-        if self.state is SocketState.GONE:
+        """Queue ``item``; merge it into the outbox tail when the server's merger says so.
+
+        A ghost that cannot be recovered (it did not opt in) only keeps its room
+        memberships for the grace period: what is emitted to it meanwhile is dropped.
+        """
+        state = self.state
+        if state is SocketState.GONE or (state is SocketState.GHOST and self.pid is None):
             return
         box = self.outbox
-        merger = self.server._merger
-        if merger is not None and box and isinstance(item, Outgoing):
+        if box and isinstance(item, Outgoing):
             prev = box[-1]
             if isinstance(prev, Outgoing):
-                try:
-                    merged = merger(prev, item)
-                except Exception:
-                    log.exception("outbox merger failed (sid %s)", self.sid)
-                    merged = None
+                merged = self.server._merge(prev, item)
                 if merged is not None:
-                    if merged is not prev and merged is not item:
-                        merged._offset = item._offset
                     box[-1] = merged
-                    self.server._counters["merges"] += 1
                     return
         box.append(item)
         limit = (
             self.server.options.outbox_size
-            if self.state is SocketState.CONNECTED
+            if state is SocketState.CONNECTED
             else self.server.options.recovery_buffer
         )
         if len(box) > limit:
@@ -194,19 +192,29 @@ class Socket:
         elif self.conn is not None and not self.held:
             self.conn.wake()
 
+    def drop_queued(self, unwanted: Callable[[Outgoing], bool]) -> int:
+        """Remove the events not yet handed to the transport for which ``unwanted`` is
+        true; how many were removed. Not a checkpoint."""
+        box = self.outbox
+        kept = [item for item in box if isinstance(item, Packet) or not unwanted(item)]
+        dropped = len(box) - len(kept)
+        if dropped:
+            self.outbox = kept
+        return dropped
+
     def log_sent(self, item: Outgoing) -> None:
         assert self.log is not None
         self.log.append(item)
-        self.sent_offset = item._offset
+        self.sent_offset = item.offset
         if len(self.log) > self.server.options.recovery_buffer:
-            self.floor = self.log.popleft()._offset
+            self.floor = self.log.popleft().offset
 
     def trim_acknowledged(self) -> None:
         """A pong came back: the client has everything sent before our ping."""
         log_ = self.log
         if log_ is None:
             return
-        while log_ and log_[0]._offset <= self.ping_mark:
+        while log_ and log_[0].offset <= self.ping_mark:
             log_.popleft()
         if self.ping_mark > self.floor:
             self.floor = self.ping_mark
@@ -233,7 +241,7 @@ class Socket:
         replay: list[Outgoing] = []
         log_ = self.log
         if log_ is not None:
-            while log_ and log_[-1]._offset > offset:
+            while log_ and log_[-1].offset > offset:
                 replay.append(log_.pop())
             replay.reverse()
         self.sent_offset = offset
@@ -460,7 +468,7 @@ class Connection:
             elif isinstance(ev, DisconnectRequested):
                 sock = self.sockets.get(ev.namespace)
                 if sock is not None:
-                    server._remove_socket(sock, "client namespace disconnect")
+                    server._socket_lost(sock, "client namespace disconnect")
 
     # -- timer -----------------------------------------------------------------------------
 
@@ -513,6 +521,11 @@ class Connection:
                 eio.send_frames(frames)
                 if recoverable:
                     sock.log_sent(item)
+                if not item.handed:
+                    item.handed = True
+                    on_sent = self.server.on_sent
+                    if on_sent is not None:
+                        on_sent(item)
             counters["packets_out"] += 1
 
     def take_handshake(self) -> bytes:

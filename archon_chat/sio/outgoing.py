@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from archon_chat.protocol.codecs import Frame
 from archon_chat.protocol.socketio import event_frames, with_offset
 
-__all__ = ["Outgoing", "Packet", "event_args"]
+__all__ = ["Outgoing", "Packet", "Render", "event_args"]
+
+#: Turns an emitted ``data`` into what goes on the wire, at encoding time.
+Render = Callable[[Any], Any]
 
 
 def event_args(data: Any) -> tuple[Any, ...]:
@@ -22,26 +26,45 @@ def event_args(data: Any) -> tuple[Any, ...]:
 class Outgoing:
     """One event on its way to one or more sockets.
 
-    ``event``, ``data`` and ``namespace`` are what the application emitted; an outbox
-    merger builds a new ``Outgoing(event, data, namespace)`` and never changes one it was
-    given (a room broadcast shares one object, and its encoding, among all its sockets).
-    The encoding is made once, when first needed; a socket that opted in to connection
-    state recovery gets it with the event's offset spliced in as the last argument.
+    ``event``, ``data`` and ``namespace`` are what the application emitted, ``offset`` its
+    place in the server's emit order (connection state recovery). When ``render`` is given,
+    ``data`` is an application object and ``render(data)`` its wire payload, made only when
+    the event is encoded: an outbox merger works on the application's objects. An
+    ``Outgoing`` is never changed once queued (a room broadcast shares one object, and its
+    encoding, among all its sockets); merging builds a new one. The encoding is made once,
+    when first needed; a socket that opted in to connection state recovery gets it with the
+    offset spliced in as the last argument.
     """
 
-    __slots__ = ("_frames", "_offset", "_offset_frames", "data", "event", "namespace")
+    __slots__ = (
+        "_frames",
+        "_offset_frames",
+        "data",
+        "event",
+        "handed",
+        "namespace",
+        "offset",
+        "render",
+    )
 
-    def __init__(self, event: str, data: Any = None, namespace: str = "/") -> None:
+    def __init__(
+        self,
+        event: str,
+        data: Any = None,
+        namespace: str = "/",
+        *,
+        offset: int = 0,
+        render: Render | None = None,
+    ) -> None:
         self.event = event
         self.data = data
         self.namespace = namespace
+        self.offset = offset
+        self.render = render
+        #: handed to a transport at least once (for the server's ``on_sent`` hook)
+        self.handed = False
         self._frames: tuple[Frame, ...] | None = None
         self._offset_frames: tuple[Frame, ...] | None = None
-        self._offset = 0
-
-    def with_data(self, data: Any) -> Outgoing:
-        """A new event like this one carrying ``data`` (what a merger returns)."""
-        return Outgoing(self.event, data, self.namespace)
 
     def __repr__(self) -> str:
         return f"Outgoing({self.event!r}, {self.data!r}, {self.namespace!r})"
@@ -49,13 +72,14 @@ class Outgoing:
     def frames(self) -> tuple[Frame, ...]:
         """Engine.IO frames of this event (cached). Raises ``TypeError`` if not JSON-able."""
         if self._frames is None:
-            self._frames = event_frames(self.namespace, self.event, event_args(self.data))
+            data = self.data if self.render is None else self.render(self.data)
+            self._frames = event_frames(self.namespace, self.event, event_args(data))
         return self._frames
 
     def frames_with_offset(self) -> tuple[Frame, ...]:
         """The frames with the recovery offset as last argument (cached)."""
         if self._offset_frames is None:
-            self._offset_frames = with_offset(self.frames(), format(self._offset, "x"))
+            self._offset_frames = with_offset(self.frames(), format(self.offset, "x"))
         return self._offset_frames
 
 

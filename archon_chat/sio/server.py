@@ -51,7 +51,7 @@ from .connection import (
 )
 from .errors import CallTimeout, ConnectRefused, NotConnected
 from .options import ServerOptions
-from .outgoing import Outgoing, Packet, event_args
+from .outgoing import Outgoing, Packet, Render, event_args
 from .rooms import Rooms
 from .timers import TimerWheel
 
@@ -61,7 +61,14 @@ log = logging.getLogger("archon_chat.sio")
 
 Handler = Callable[..., Awaitable[Any]]
 H = TypeVar("H", bound=Handler)
-OutboxMerger = Callable[[Outgoing, Outgoing], Outgoing | None]
+#: ``merger(earlier, later)``: the ``data`` of two queued events as one, or ``None``
+OutboxMerger = Callable[[Any, Any], Any | None]
+#: ``listener(namespace, room)``: the room's last member is gone
+RoomListener = Callable[[str, str], None]
+
+# Disconnects the server decided: they end a socket's memberships at once. After any other
+# loss a socket that was connected stays a member of its rooms for the grace period.
+_SERVER_SIDE: Final = frozenset({"server namespace disconnect", "server shutting down"})
 
 # Transport losses after which an opted-in socket waits for its client to recover it.
 RECOVERABLE: Final = frozenset(
@@ -127,6 +134,9 @@ class SocketIOServer:
         self._timers = TimerWheel()
         self._nursery: trio.Nursery | None = None
         self._merger: OutboxMerger | None = None
+        self._room_listener: RoomListener | None = None
+        #: called once per event when it is first handed to a transport (metrics)
+        self.on_sent: Callable[[Outgoing], None] | None = None
         self._offset = 0
         self._counters: Counter[str] = Counter()
         self._asgi: EngineIOApp | None = None
@@ -166,13 +176,21 @@ class SocketIOServer:
         self._handlers.setdefault(namespace, {})
 
     def set_outbox_merger(self, merger: OutboxMerger | None) -> None:
-        """Install ``merger(prev, new) -> Outgoing | None``.
+        """Install ``merger(earlier, later) -> data | None``.
 
-        Called when ``new`` is queued for a socket whose outbox tail ``prev`` is an event not
-        yet sent; a returned ``Outgoing`` replaces ``prev`` (``new`` is then not queued). It
-        must not modify ``prev`` or ``new``, which other sockets may share.
+        Called when an event is queued for a socket whose outbox tail is an event of the
+        same name, namespace and renderer not yet sent, with the ``data`` of both; a
+        returned value replaces the tail (carrying the later event's offset) and the new
+        event is not queued. It must not modify its arguments, which other sockets share.
         """
         self._merger = merger
+
+    def set_room_listener(self, listener: RoomListener | None) -> None:
+        """Install ``listener(namespace, room)``, called (synchronously, never a checkpoint)
+        when a room loses its last member because a socket went away for good: a
+        disconnect the server decided, or the grace period of a socket that dropped
+        without leaving ran out. :meth:`leave_room` reports its own case by its result."""
+        self._room_listener = listener
 
     @property
     def asgi(self) -> EngineIOApp:
@@ -222,30 +240,49 @@ class SocketIOServer:
         room: str | Iterable[str] | None = None,
         skip_sid: str | Iterable[str] | None = None,
         namespace: str = "/",
+        render: Render | None = None,
     ) -> None:
         """Queue ``event`` for every socket of ``to``/``room`` (a sid or room, or several;
         ``None``: the whole namespace), except ``skip_sid``. Never blocks, no checkpoint.
 
-        Raises ``TypeError``/``ValueError`` if ``data`` is not JSON serialisable (bytes are
-        fine: they travel as binary attachments).
+        With ``render``, ``data`` is an application object and ``render(data)`` its payload,
+        made when the event is first encoded (and mergers see ``data``). Nothing is encoded
+        when no socket is targeted. Without ``render``, raises ``TypeError``/``ValueError``
+        if ``data`` is not JSON serialisable (bytes are fine: they travel as binary
+        attachments).
         """
         if event in _RESERVED:
             raise ValueError(f"{event!r} is a reserved event name")
-        item = Outgoing(event, data, namespace)
-        item.frames()
-        self._offset += 1
-        item._offset = self._offset
         target = to if to is not None else room
         skip: frozenset[str] = (
             frozenset()
             if skip_sid is None
             else frozenset((skip_sid,) if isinstance(skip_sid, str) else skip_sid)
         )
+        sids = self._rooms.targets(namespace, target, skip)
+        if not sids:
+            return
+        self._offset += 1
+        item = Outgoing(event, data, namespace, offset=self._offset, render=render)
+        if render is None:
+            item.frames()
         sockets = self._sockets
-        for sid in self._rooms.targets(namespace, target, skip):
+        for sid in sids:
             sock = sockets.get(sid)
             if sock is not None:
                 sock.push(item)
+
+    def drop_queued(
+        self, room: str, unwanted: Callable[[Outgoing], bool], namespace: str = "/"
+    ) -> int:
+        """Remove, from the outboxes of ``room``'s members, the events not yet handed to a
+        transport for which ``unwanted`` is true; how many were removed. Not a checkpoint."""
+        dropped = 0
+        for sid in self._rooms.members(namespace, room):
+            sock = self._sockets.get(sid)
+            if sock is not None and sock.outbox:
+                dropped += sock.drop_queued(unwanted)
+        return dropped
 
     async def emit(
         self,
@@ -305,9 +342,22 @@ class SocketIOServer:
         if sock is not None and sock.namespace == namespace:
             self._rooms.join(namespace, room, sid)
 
-    def leave_room(self, sid: str, room: str, namespace: str = "/") -> None:
-        """Remove ``sid`` from ``room`` (nothing happens if it is not a member)."""
-        self._rooms.leave(namespace, room, sid)
+    def leave_room(self, sid: str, room: str, namespace: str = "/") -> bool:
+        """Remove ``sid`` from ``room``. True when it was a member and no connected member
+        is left (sockets in their grace period do not count: the last connected member
+        chose to leave)."""
+        if not self._rooms.leave(namespace, room, sid):
+            return False
+        sockets = self._sockets
+        for member in self._rooms.members(namespace, room):
+            sock = sockets.get(member)
+            if sock is not None and sock.state is not SocketState.GHOST:
+                return False
+        return True
+
+    def room_count(self, sid: str) -> int:
+        """How many rooms ``sid`` has entered (its own room not counted)."""
+        return max(0, len(self._rooms.rooms_of(sid)) - 1)
 
     def rooms(self, sid: str, namespace: str = "/") -> set[str]:
         """The rooms of ``sid``, its own room (named ``sid``) included."""
@@ -542,16 +592,27 @@ class SocketIOServer:
         conn.sockets.clear()
 
     def _socket_lost(self, sock: Socket, reason: str) -> None:
+        """The socket's transport is gone, or its client disconnected it. A socket that was
+        connected stays a member of its rooms for ``grace_s`` (a ghost); it can be recovered
+        meanwhile only if it opted in and the loss is one Socket.IO recovers from."""
         if (
-            sock.pid is not None
-            and sock.connected_once
+            sock.connected_once
             and self.options.grace_s > 0
-            and reason in RECOVERABLE
+            and reason not in _SERVER_SIDE
             and self._nursery is not None
             and sock.state in (SocketState.CONNECTED, SocketState.CONNECTING)
         ):
-            if sock.conn is not None:
-                sock.conn.sio.forget(sock.namespace)
+            conn = sock.conn
+            if conn is not None:
+                conn.sio.forget(sock.namespace)
+                if conn.sockets.get(sock.namespace) is sock:
+                    del conn.sockets[sock.namespace]
+            if sock.pid is not None and reason not in RECOVERABLE:
+                self._by_pid.pop(sock.pid, None)
+                sock.pid = None
+            if sock.pid is None:
+                sock.outbox.clear()
+                sock.log = None
             sock.conn = None
             sock.state = SocketState.GHOST
             sock.lost_reason = reason
@@ -572,7 +633,7 @@ class SocketIOServer:
             return
         sock.state = SocketState.GONE
         sock.lost_reason = reason
-        self._rooms.remove_socket(sock.namespace, sock.sid)
+        emptied = self._rooms.remove_socket(sock.namespace, sock.sid)
         self._sockets.pop(sock.sid, None)
         if sock.pid is not None:
             self._by_pid.pop(sock.pid, None)
@@ -586,6 +647,33 @@ class SocketIOServer:
         sock.log = None
         sock.fail_calls()
         self._report_disconnect(sock, reason)
+        listener = self._room_listener
+        if listener is not None:
+            for room in emptied:
+                try:
+                    listener(sock.namespace, room)
+                except Exception:
+                    log.exception("room listener failed for %r", room)
+
+    def _merge(self, prev: Outgoing, new: Outgoing) -> Outgoing | None:
+        """``prev`` and ``new`` as one event, if the merger combines their data."""
+        merger = self._merger
+        if (
+            merger is None
+            or prev.event != new.event
+            or prev.namespace != new.namespace
+            or prev.render is not new.render
+        ):
+            return None
+        try:
+            data = merger(prev.data, new.data)
+        except Exception:
+            log.exception("outbox merger failed on %r", new.event)
+            return None
+        if data is None:
+            return None
+        self._counters["merges"] += 1
+        return Outgoing(new.event, data, new.namespace, offset=new.offset, render=new.render)
 
     def _outbox_overflow(self, sock: Socket) -> None:
         if sock.state is SocketState.CONNECTED and sock.conn is not None:

@@ -31,6 +31,7 @@ from actors.chat.messages import (
     TurnState,
 )
 from actors.chat.settings import HubSettings
+from archon_chat.gateway import wire
 
 BASE_URL = "http://agents.test"
 
@@ -46,6 +47,14 @@ def chunk(text: str) -> bytes:
 
 COMPLETE = sse({"type": "stream_complete"})
 PING = b": ping\n\n"
+
+
+def event_name(event: SessionEvent) -> str:
+    """The wire name of ``event``, or ``_turn_started`` / ``_turn_ended`` for the markers."""
+    name = wire.event_name(event)
+    if name is not None:
+        return name
+    return "_turn_started" if isinstance(event, TurnStarted) else "_turn_ended"
 
 
 class Hang:
@@ -164,7 +173,11 @@ class Recorder:
 
     def wire(self, session_id: str) -> list[tuple[str, int]]:
         """(event name, seq) of the session's wire events."""
-        return [(e.name, e.seq) for e in self.of(session_id) if not e.name.startswith("_")]
+        return [
+            (name, e.seq)
+            for e in self.of(session_id)
+            if not (name := event_name(e)).startswith("_")
+        ]
 
 
 class FaultyStore(MemoryStore):

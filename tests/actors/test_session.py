@@ -32,6 +32,7 @@ from actors.chat.messages import (
 )
 from actors.chat.settings import HubSettings
 from actors.runtime import MailboxFull
+from archon_chat.gateway import wire
 
 from .fakes import (
     COMPLETE,
@@ -44,6 +45,7 @@ from .fakes import (
     agents_over,
     assert_wire_order,
     chunk,
+    event_name,
     open_harness,
     sse,
 )
@@ -56,7 +58,7 @@ def script(*steps: Step) -> Upstream:
 
 
 def names(events: list[SessionEvent]) -> list[str]:
-    return [e.name for e in events]
+    return [event_name(e) for e in events]
 
 
 async def test_one_turn_in_order_with_seq_and_store(autojump_clock: object) -> None:
@@ -227,7 +229,7 @@ async def test_agent_failures_end_the_turn_failed(
     events = h.recorder.of(sid)
     failed = next(e for e in events if isinstance(e, TurnFailed))
     assert (failed.code, failed.error) == (code, text)
-    assert failed.payload() == {
+    assert wire.payload(failed) == {
         "type": "error",
         "session_id": sid,
         "seq": failed.seq,
@@ -319,7 +321,7 @@ async def test_left_cancels_the_turn_and_drops_queued_ones(autojump_clock: objec
 
 async def test_session_full_and_duplicates(autojump_clock: object) -> None:
     with trio.fail_after(CEILING_S):
-        async with open_harness(settings=HubSettings(max_messages_per_session=3)) as h:
+        async with open_harness(settings=HubSettings(max_messages_per_session=4)) as h:
             sid = (await h.store.create_session()).session_id
             first = await h.submit(sid, "hi", client_message_id="c-1")
             await h.recorder.turns_ended(1)
@@ -338,6 +340,26 @@ async def test_session_full_and_duplicates(autojump_clock: object) -> None:
     record = await h.store.get_session(sid)
     assert record is not None
     assert record.message_count == 4
+
+
+async def test_the_message_cap_counts_queued_turns_and_their_replies(
+    autojump_clock: object,
+) -> None:
+    # Cap 5: the first message and its reply (2), the second and its reply (4); a third
+    # would need 6 even though only 2 messages are stored when it arrives.
+    upstream = script(Sleep(10), chunk("ok"), COMPLETE)
+    with trio.fail_after(CEILING_S):
+        async with open_harness(upstream, HubSettings(max_messages_per_session=5)) as h:
+            sid = (await h.store.create_session()).session_id
+            outcomes = [(await h.submit(sid, f"m{n}")).outcome for n in range(3)]
+            await h.recorder.turns_ended(2)
+            after = (await h.submit(sid, "still full")).outcome
+    assert outcomes == [
+        SubmitOutcome.ACCEPTED, SubmitOutcome.ACCEPTED, SubmitOutcome.SESSION_FULL,
+    ]  # fmt: skip
+    assert after is SubmitOutcome.SESSION_FULL
+    stored = await h.store.session_messages(sid)
+    assert len(stored) == 4 <= 5
 
 
 async def test_unknown_session_and_full_mailbox(autojump_clock: object) -> None:
@@ -388,13 +410,13 @@ async def test_turn_state_for_rejoining_clients(autojump_clock: object) -> None:
     assert (after.typing, after.turn, after.events, after.last_seq) == (False, None, (), 8)
 
 
-async def test_turn_buffer_merges_older_chunks_and_keeps_the_text(
+async def test_rejoin_gets_exactly_the_missed_text_as_one_chunk(
     autojump_clock: object,
 ) -> None:
     pieces = [f"{n} " for n in range(40)]
     upstream = script(*[chunk(p) for p in pieces], Hang())
     with trio.fail_after(CEILING_S):
-        async with open_harness(upstream, HubSettings(turn_buffer=8)) as h:
+        async with open_harness(upstream) as h:
             sid = (await h.store.create_session()).session_id
             await h.submit(sid, "count")
             await h.recorder.wait_for(
@@ -402,19 +424,17 @@ async def test_turn_buffer_merges_older_chunks_and_keeps_the_text(
             )
             state = await h.turn_state(sid)
             recent = await h.turn_state(sid, after_seq=state.last_seq - 3)
-            # seq of the 6th chunk: deep inside the part of the buffer that was merged
             first_chunk_seq = state.last_seq - len(pieces) + 1
             inside = await h.turn_state(sid, after_seq=first_chunk_seq + 5)
             await h.cancel(sid)
-    chunks = [e for e in state.events if isinstance(e, ChunkStreamed)]
-    assert len(chunks) <= 8
-    assert "".join(c.content for c in chunks) == "".join(pieces)
-    assert chunks[-1].seq == state.last_seq
+    (whole,) = state.events
+    assert isinstance(whole, ChunkStreamed)
+    assert (whole.content, whole.seq) == ("".join(pieces), state.last_seq)
 
     def text(events: tuple[object, ...]) -> str:
         return "".join(e.content for e in events if isinstance(e, ChunkStreamed))
 
-    # Exactly the missed text, even where the buffer merged the chunks the client saw.
+    assert len(recent.events) == len(inside.events) == 1
     assert text(recent.events) == "".join(pieces[-3:])
     assert text(inside.events) == "".join(pieces[6:])
 
@@ -602,8 +622,8 @@ async def test_a_message_sent_during_a_turn_keeps_seq_order(autojump_clock: obje
     assert_wire_order(events)
     users = [e for e in events if isinstance(e, MessageEmitted) and e.message.sender == "user"]
     assert [u.message.content for u in users] == ["first", "second"]
-    assert len({e.seq for e in events if not e.name.startswith("_")}) == len(
-        [e for e in events if not e.name.startswith("_")]
+    assert len({e.seq for e in events if not event_name(e).startswith("_")}) == len(
+        [e for e in events if not event_name(e).startswith("_")]
     )
 
 
@@ -700,7 +720,7 @@ async def test_turn_state_counts_events_whose_send_is_still_waiting(
             assert ending.typing is False
             assert ending.turn is None
             assert ending.last_seq == event.seq + 4
-            assert [e.name for e in ending.events] == ["message", "stream_complete", "typing"]
+            assert names(list(ending.events)) == ["message", "stream_complete", "typing"]
             async for late in receive:
                 if isinstance(late, TurnEnded):
                     break

@@ -21,7 +21,6 @@ import trio
 import trio_websocket
 from prometheus_client.parser import text_string_to_metric_families
 
-from archon_chat.gateway.core import MAX_SESSIONS_PER_SOCKET
 from archon_chat.server import Running
 
 from .agents_fake import AgentsFake
@@ -409,10 +408,10 @@ async def test_joining_an_idle_session_starts_no_actor_and_replays_history(
 
 async def test_one_socket_joins_a_bounded_number_of_sessions(tmp_path: Path) -> None:
     with trio.fail_after(30):
-        async with world(tmp_path) as (_, gw):
+        async with world(tmp_path, max_sessions_per_socket=8) as (_, gw):
             client = Client(gw.url, transports=["websocket"])
             await client.connect()
-            bound = MAX_SESSIONS_PER_SOCKET
+            bound = 8
             sessions = [await create_session(gw.url) for _ in range(bound + 1)]
             for session_id in sessions[:bound]:
                 ack = await client.call("join_chat", {"session_id": session_id})

@@ -1,4 +1,4 @@
-"""Validation of client payloads and the outbox chunk merger (pure functions)."""
+"""Validation of client payloads (pure functions)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 
 from archon_chat.gateway import validation
-from archon_chat.gateway.core import merge_chunks
 from archon_chat.gateway.errors import GatewayError
 
 
@@ -53,24 +52,3 @@ def test_last_seq_must_be_a_non_negative_integer() -> None:
     for bad in (-1, True, "3", 1.5):
         with pytest.raises(GatewayError):
             validation.last_seq_of({"last_seq": bad})
-
-
-def chunk(seq: int, content: str, message_id: str = "m") -> dict[str, Any]:
-    return {
-        "type": "stream_chunk",
-        "session_id": "s",
-        "seq": seq,
-        "message_id": message_id,
-        "content": content,
-    }
-
-
-def test_merge_chunks_concatenates_and_keeps_the_later_seq() -> None:
-    merged = merge_chunks("stream_chunk", chunk(3, "ab"), "stream_chunk", chunk(4, "cd"))
-    assert merged == chunk(4, "abcd")
-
-
-def test_merge_chunks_refuses_other_replies_and_events() -> None:
-    assert merge_chunks("stream_chunk", chunk(3, "a"), "stream_chunk", chunk(4, "b", "n")) is None
-    assert merge_chunks("typing", {"seq": 3}, "stream_chunk", chunk(4, "b")) is None
-    assert merge_chunks("stream_chunk", chunk(3, "a"), "message", {"seq": 4}) is None

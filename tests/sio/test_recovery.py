@@ -11,7 +11,7 @@ from typing import Any
 import trio
 from trio.testing import MockClock
 
-from archon_chat.sio import ConnectInfo, Outgoing, SocketIOServer
+from archon_chat.sio import ConnectInfo, SocketIOServer
 
 from .fakes import FakeClient, start_server
 
@@ -277,10 +277,8 @@ async def test_merged_events_replay_merged(
     with trio.fail_after(60):
         sio = await start_server(nursery)
 
-        def merge(prev: Outgoing, new: Outgoing) -> Outgoing | None:
-            if prev.event == new.event == "chunk":
-                return Outgoing("chunk", prev.data + new.data, new.namespace)
-            return None
+        def merge(earlier: str, later: str) -> str:
+            return earlier + later
 
         sio.set_outbox_merger(merge)
         first = await opened(sio, nursery)

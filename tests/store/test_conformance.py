@@ -195,10 +195,7 @@ async def test_finished_replies_keep_status_error_and_content(harness: Harness) 
         await store.finish_turn(failed)
         (stored,) = await store.messages_after(sid, 1, 10)
         assert stored == failed
-        assert stored.to_wire()["error"] == {
-            "code": "agent_unavailable",
-            "error": "Agent service error: 503",
-        }
+        assert stored.error == ("agent_unavailable", "Agent service error: 503")
 
 
 async def test_history_keeps_complete_turns_oldest_first_capped(harness: Harness) -> None:
