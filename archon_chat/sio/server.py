@@ -7,11 +7,14 @@ outbox, encoded once for all of them; a connected socket whose outbox overflows 
 slow client (``"slow client"``) and, if it opted in to recovery, may resume.
 
 Every connect the application accepted is matched by exactly one disconnect, with the
-reason as Socket.IO names it. A socket that opted in to recovery (``auth: {"recover":
-true}``) is reported disconnected when its transport goes, but stays a member of its rooms
-for the grace period, its events kept; if its client comes back in time, the connect handler
-runs again for the same sid with ``info.recovered`` set (and its rooms are as they were),
-otherwise it leaves its rooms silently when the grace ends.
+reason as Socket.IO names it. Rooms are the one record of who watches: a connected socket
+that goes away (its transport lost, or its client disconnecting) is reported disconnected
+at once but stays a member of its rooms for the grace period (a *ghost*), unless the server
+itself disconnected it. A ghost that opted in to recovery (``auth: {"recover": true}``) and
+was lost the way Socket.IO recovers from keeps its events; if its client comes back in
+time, the connect handler runs again for the same sid with ``info.recovered`` set (and its
+rooms are as they were). Other ghosts keep only their memberships. When a ghost's grace
+ends it leaves its rooms silently, and the room listener hears of each room left empty.
 """
 
 from __future__ import annotations

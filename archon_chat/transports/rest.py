@@ -54,6 +54,10 @@ def create_rest_blueprint(
     bp = Blueprint("agent_chat", __name__)
     settings = gateway.settings
 
+    def refused(status: int, detail: str, code: str) -> Response:
+        gateway.metrics.refusals.labels(code=code).inc()
+        return error_response(status, detail, code)
+
     async def read_json() -> Any:
         raw = await request.get_data(as_text=False)
         if not raw:
@@ -68,14 +72,14 @@ def create_rest_blueprint(
         origin = request.headers.get("Origin")
         allowed = origin_allowed(origin, request.headers.get("Host"), settings.cors_origins)
         if not allowed and request.path.startswith(PREFIX):
-            return error_response(403, "Origin not allowed", "forbidden_origin")
+            return refused(403, "Origin not allowed", "forbidden_origin")
         if request.method == "OPTIONS" and origin and allowed:
             return _with_cors(Response("", status=204), origin, preflight=True)
         if settings.api_key and request.path.startswith(PREFIX):
             header = request.headers.get("Authorization", "")
             token = header[7:] if header.startswith("Bearer ") else ""
             if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
-                return error_response(401, "Missing or wrong API key", "unauthorized")
+                return refused(401, "Missing or wrong API key", "unauthorized")
         return None
 
     @bp.after_app_request
@@ -114,6 +118,7 @@ def create_rest_blueprint(
 
     @bp.app_errorhandler(GatewayError)
     async def gateway_error(exc: GatewayError) -> Response:
+        gateway.metrics.refusals.labels(code=exc.code.value).inc()
         return json_response(exc.body(), exc.status)
 
     @bp.app_errorhandler(HTTPException)
@@ -125,7 +130,7 @@ def create_rest_blueprint(
             405: "method_not_allowed",
             413: "message_too_large",
         }
-        response = error_response(status, exc.description or exc.name, codes.get(status, "error"))
+        response = refused(status, exc.description or exc.name, codes.get(status, "error"))
         if status == 413:
             # The unread rest of the body would be taken for the next request.
             response.headers["Connection"] = "close"

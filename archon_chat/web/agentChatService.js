@@ -491,6 +491,10 @@ export class AgentChatService {
     socket.on('connection_confirmed', (payload) => {
       if (payload?.session_id !== conn.sessionId) return;
       conn.joined = true;
+      if (payload.reload) {
+        // More was missed than the server replays over the socket: fetch it over REST.
+        this._reload(conn, conn.lastSeq ?? 0);
+      }
       if (Number.isInteger(payload.last_seq)) {
         conn.lastSeq = Math.max(conn.lastSeq ?? 0, payload.last_seq);
       }
@@ -504,6 +508,18 @@ export class AgentChatService {
       socket.on(name, (payload) => this._onSessionEvent(conn, name, payload));
     }
     return socket;
+  }
+
+  /** Deliver the stored messages after `afterSeq` (a rejoin told to reload them). */
+  async _reload(conn, afterSeq) {
+    try {
+      const session = await this.getSession(conn.sessionId);
+      for (const message of session.messages ?? []) {
+        if ((message.seq ?? 0) > afterSeq && !conn.closed) conn.handlers.onMessage?.(message);
+      }
+    } catch (exc) {
+      conn.handlers.onError?.({ code: exc?.code ?? 'reload_failed', error: String(exc?.message ?? exc) });
+    }
   }
 
   _join(conn) {
