@@ -72,6 +72,8 @@ from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+#: Events the fan-out takes at most without a checkpoint (fairness to other tasks).
+_SLICE = 64
 #: Events replayed to a rejoining socket (typing is carried by connection_confirmed).
 _REPLAYED = (MessageEmitted, ChunkStreamed, StreamCompleted, TurnFailed)
 
@@ -385,38 +387,52 @@ class Gateway:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Emit every session event to its room, in order. Runs until ``events`` closes."""
+        """Emit every session event to its room, in order. Runs until ``events`` closes.
+
+        Events already waiting are taken without a checkpoint each (up to a slice of
+        :data:`_SLICE`, then a checkpoint), so a burst costs one wake-up, not one per event.
+        """
         task_status.started()
-        metrics = self.metrics
-        chunks = metrics.chunks_relayed
+        relay = self._relay
         async with events:
-            async for event in events:
-                kind = type(event)
-                if kind is TurnStarted:
-                    self._turns_in_flight.add(event.session_id)
+            while True:
+                try:
+                    relay(await events.receive())
+                    for _ in range(_SLICE):
+                        relay(events.receive_nowait())
+                except trio.WouldBlock:
                     continue
-                if kind is TurnEnded:
-                    assert isinstance(event, TurnEnded)
-                    self._turn_ended(event)
-                    continue
-                session_id = event.session_id
-                if kind is ChunkStreamed and session_id in self._stopped:
-                    metrics.chunks_dropped.inc()
-                    continue
-                joins = self._joining.get(session_id)
-                skip: list[str] = []
-                if joins:
-                    for sid, join in joins.items():
-                        if len(join.parked) >= self.settings.join_buffer:
-                            join.overflow = True
-                        else:
-                            join.parked.append(event)
-                        skip.append(sid)
-                self._emit(event, room=wire.room_of(session_id), skip=skip)
-                if kind is ChunkStreamed:
-                    chunks.inc()
+                except trio.EndOfChannel:
+                    return
+
+    def _relay(self, event: SessionEvent) -> None:
+        kind = type(event)
+        if kind is TurnStarted:
+            self._turns_in_flight.add(event.session_id)
+            return
+        if kind is TurnEnded:
+            assert isinstance(event, TurnEnded)
+            self._turn_ended(event)
+            return
+        session_id = event.session_id
+        metrics = self.metrics
+        if kind is ChunkStreamed and session_id in self._stopped:
+            metrics.chunks_dropped.inc()
+            return
+        joins = self._joining.get(session_id)
+        skip: list[str] = []
+        if joins:
+            for sid, join in joins.items():
+                if len(join.parked) >= self.settings.join_buffer:
+                    join.overflow = True
                 else:
-                    metrics.events_relayed.labels(event=wire.event_name(event) or "").inc()
+                    join.parked.append(event)
+                skip.append(sid)
+        self._emit(event, room=wire.room_of(session_id), skip=skip)
+        if kind is ChunkStreamed:
+            metrics.chunks_relayed.inc()
+        else:
+            metrics.events_relayed.labels(event=wire.event_name(event) or "").inc()
 
     def _turn_ended(self, event: TurnEnded) -> None:
         self._turns_in_flight.discard(event.session_id)
