@@ -17,7 +17,6 @@ import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -406,7 +405,3 @@ def describe() -> str:
     for f in _fields():
         lines.append(f"{f.metadata['env']:<42} {f.default!r:<22} {f.metadata['help']}")
     return "\n".join(lines)
-
-
-def db_parent(path: str) -> Path:
-    return Path(path).expanduser().resolve().parent

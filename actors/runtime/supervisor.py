@@ -216,10 +216,6 @@ class Supervisor:
     def __len__(self) -> int:
         return len(self._children)
 
-    def which_children(self) -> list[ChildHandle]:
-        """Handles of the running children, in start order. Not a checkpoint."""
-        return list(self._children.values())
-
     # -- starting -----------------------------------------------------------------------
 
     async def start_child(

@@ -39,10 +39,6 @@ class Outgoing:
         self._offset_frames: tuple[Frame, ...] | None = None
         self._offset = 0
 
-    def with_data(self, data: Any) -> Outgoing:
-        """A new event like this one carrying ``data`` (what a merger returns)."""
-        return Outgoing(self.event, data, self.namespace)
-
     def __repr__(self) -> str:
         return f"Outgoing({self.event!r}, {self.data!r}, {self.namespace!r})"
 

@@ -240,7 +240,7 @@ async def test_dynamic_children_lookup_and_errors(autojump_clock: object) -> Non
             b = await sup.start_child("b", "b")
             assert sup.get("a") is a
             assert "b" in sup
-            assert [h.id for h in sup.which_children()] == ["a", "b"]
+            assert len(sup) == 2
             with pytest.raises(ChildAlreadyStarted):
                 await sup.start_child("a", "a")
             await sup.terminate_child("a")

@@ -473,7 +473,7 @@ async def test_slow_client_is_cut(autojump_clock: MockClock, nursery: trio.Nurse
 
 def merge_text(prev: Outgoing, new: Outgoing) -> Outgoing | None:
     if prev.event == new.event == "chunk":
-        return new.with_data(prev.data + new.data)
+        return Outgoing(new.event, prev.data + new.data, new.namespace)
     return None
 
 
