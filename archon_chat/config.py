@@ -77,6 +77,15 @@ def _origins(raw: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be one of 1, true, yes, on, 0, false, no, off")
+
+
 def _text(raw: str) -> str:
     return raw.strip()
 
@@ -129,6 +138,13 @@ class Settings:
         _origins,
         "other origins allowed besides the page's own (comma separated; * for any)",
         "--cors-origins",
+    )
+    websocket_compression: bool = _setting(
+        "ARCHON_CHAT_WEBSOCKET_COMPRESSION",
+        False,
+        _flag,
+        "accept permessage-deflate (off as in Socket.IO's reference server: ~95 KiB and a "
+        "deflate pass per frame for every websocket)",
     )
     api_key: str = _setting(
         "ARCHON_CHAT_API_KEY", "", _text, "when set, REST and Socket.IO need this key"

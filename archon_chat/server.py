@@ -3,7 +3,8 @@
 We own the root nursery (design.md section 2): hypercorn runs inside it beside the store,
 the built-in agents service, the session hub, the Socket.IO server, the fan-out, the
 grace timer and the sweeper. A crash of any of them fails the process loudly; nothing
-important lives in quart's lifespan nursery.
+important lives in quart's lifespan nursery. Hypercorn's process-wide hooks (write
+deadline, permessage-deflate declined) are installed here, at start-up, and nowhere else.
 
 Shutdown (SIGTERM/SIGINT, or :meth:`Running.stop`): stop accepting connections, cancel
 turns in flight (stored ``cancelled``, their end events emitted), give sockets a moment to
@@ -37,6 +38,7 @@ from archon_chat.gateway.emitter import LocalEmitter
 from archon_chat.gateway.metrics import Metrics
 from archon_chat.sio import Outgoing, ServerOptions, SocketIOServer
 from archon_chat.store import SqliteStore, open_store
+from archon_chat.transports.deflate import refuse_permessage_deflate
 from archon_chat.transports.rest import configure, create_rest_blueprint
 from archon_chat.transports.static import create_static_blueprint
 from archon_chat.transports.write_deadline import install_write_deadline
@@ -101,6 +103,8 @@ async def serve(
     # threshold makes the collector rescan them so often that it doubles the CPU per chunk.
     gc.set_threshold(10_000, 50, 50)
     install_write_deadline(settings.write_timeout_s)
+    if not settings.websocket_compression:
+        refuse_permessage_deflate()
     stop = trio.Event()
     async with trio.open_nursery() as root:
         if handle_signals:

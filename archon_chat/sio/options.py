@@ -20,9 +20,6 @@ class ServerOptions:
     (and the most a disconnected one may gather during ``grace_s``). ``inbox_size``: events
     of one socket waiting for its handler before we stop reading from its transport.
     ``cors_origins``: origins allowed besides the request's own; ``"*"`` allows any.
-    ``websocket_compression``: accept permessage-deflate; off by default, as in Socket.IO's
-    reference server, since it costs ~95 KiB and a deflate pass per frame for every
-    websocket (see :mod:`archon_chat.transports.deflate`; turning it off is process-wide).
     """
 
     ping_interval_s: float = 25.0
@@ -35,7 +32,6 @@ class ServerOptions:
     cors_origins: tuple[str, ...] = ()
     inbox_size: int = 64
     upgrade_timeout_s: float = 10.0
-    websocket_compression: bool = False
 
     def __post_init__(self) -> None:
         for name in ("ping_interval_s", "ping_timeout_s", "upgrade_timeout_s"):

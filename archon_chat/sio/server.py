@@ -36,9 +36,8 @@ from archon_chat.protocol.socketio import (
     disconnect_frame,
     event_frames,
 )
-from archon_chat.transports.deflate import refuse_permessage_deflate
-from archon_chat.transports.engineio_asgi import EngineIOApp, RequestInfo
 
+from .asgi import EngineIOApp, RequestInfo
 from .connection import (
     Connection,
     ConnectJob,
@@ -178,12 +177,10 @@ class SocketIOServer:
     def asgi(self) -> EngineIOApp:
         """The raw ASGI application serving ``/socket.io/`` (http and websocket scopes).
 
-        Unless ``options.websocket_compression``, hypercorn's websocket handshakes decline
-        permessage-deflate from then on (process-wide; see ``ServerOptions``).
+        Whether its websockets may use permessage-deflate is the HTTP server's business
+        (``archon_chat.server`` configures hypercorn at start-up).
         """
         if self._asgi is None:
-            if not self.options.websocket_compression:
-                refuse_permessage_deflate()
             self._asgi = EngineIOApp(self)
         return self._asgi
 

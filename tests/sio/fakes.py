@@ -16,8 +16,8 @@ import trio
 from archon_chat.protocol.codecs import Frame
 from archon_chat.protocol.engineio import Transport
 from archon_chat.sio import ServerOptions, SocketIOServer
+from archon_chat.sio.asgi import RequestInfo
 from archon_chat.sio.connection import Connection
-from archon_chat.transports.engineio_asgi import RequestInfo
 
 
 async def start_server(nursery: trio.Nursery, **options: Any) -> SocketIOServer:

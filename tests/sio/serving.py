@@ -10,10 +10,16 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from archon_chat.sio import ServerOptions, SocketIOServer
+from archon_chat.transports.deflate import refuse_permessage_deflate
 
 
 async def serve_sio(nursery: trio.Nursery, **options: Any) -> tuple[SocketIOServer, int]:
-    """Start the server and hypercorn in ``nursery``; return the server and its port."""
+    """Start the server and hypercorn in ``nursery``; return the server and its port.
+
+    Hypercorn is configured as ``archon-chat serve`` configures it (permessage-deflate
+    declined, process-wide).
+    """
+    refuse_permessage_deflate()
     sio = SocketIOServer(ServerOptions(**options))
     await nursery.start(sio.serve)
     return sio, await serve_app(nursery, sio.asgi)

@@ -3,7 +3,8 @@
 Raw ASGI rather than quart because a websocket costs a third less memory this way
 (design.md section 6). Measured with hypercorn 0.18 and 1,000 npm clients: 30.6 KiB per idle
 websocket session joined to a room, of which 22.5 KiB is hypercorn's own bare websocket
-(permessage-deflate declined, see :mod:`.deflate`; accepting it costs ~95 KiB more).
+(permessage-deflate declined, see :mod:`archon_chat.transports.deflate`; accepting it costs
+~95 KiB more).
 
 Everything protocol-related is decided by the sans-IO core; this module only moves bytes
 between ASGI messages and a connection of the :class:`EngineHub`:
@@ -42,7 +43,7 @@ from archon_chat.protocol.errors import (
 
 __all__ = ["EngineConnection", "EngineHub", "EngineIOApp", "RequestInfo"]
 
-log = logging.getLogger("archon_chat.transports.engineio")
+log = logging.getLogger("archon_chat.sio.asgi")
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
