@@ -7,7 +7,13 @@ meaning and defaults; ours all start with ``ARCHON_CHAT_``. Durations are second
 ``_s`` suffix); they go on the wire in milliseconds only where Engine.IO says so.
 
 An invalid value stops start-up with a :class:`ConfigError` naming the variable.
-Every bound (queue, buffer, limit) is a setting with its reason in ``help``.
+Every bound (queue, buffer, limit) and timeout is a setting with its reason in ``help``.
+
+Declared once. The parts that must not import this module (``actors``, the sans-IO
+``archon_chat.protocol``) take their settings as small frozen dataclasses without defaults
+whose fields are named as here (``HubSettings``, ``AgentsClientSettings``,
+``ServerOptions``, ``EngineConfig``); :func:`derive` builds one by copying the same-named
+fields, so a default lives only in :class:`Settings`.
 """
 
 from __future__ import annotations
@@ -17,7 +23,10 @@ import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 from urllib.parse import urlsplit
 
 
@@ -236,11 +245,23 @@ class Settings:
         "idle keep-alive connections kept in all pools (small: httpcore walks a pool's "
         "connections on every request)",
     )
+    agent_keepalive_expiry_s: float = _setting(
+        "ARCHON_CHAT_AGENT_KEEPALIVE_EXPIRY_S",
+        5.0,
+        _positive_float,
+        "an idle keep-alive connection to the agents is closed after this",
+    )
     agent_pools: int = _setting(
         "ARCHON_CHAT_AGENT_POOLS",
         32,
         _positive_int,
         "HTTP client pools to the agents, used round-robin (small pools are cheaper to walk)",
+    )
+    agent_max_event_chars: int = _setting(
+        "ARCHON_CHAT_AGENT_MAX_EVENT_CHARS",
+        1 << 20,
+        _positive_int,
+        "largest event of an agent's stream; past it the turn fails (agent_protocol_error)",
     )
     history_turns: int = _setting(
         "ARCHON_CHAT_HISTORY_TURNS", 20, _positive_int, "complete turns sent to the agent"
@@ -267,6 +288,18 @@ class Settings:
     )
     max_attachments: int = _setting(
         "ARCHON_CHAT_MAX_ATTACHMENTS", 10, _positive_int, "binary attachments per packet"
+    )
+    upgrade_timeout_s: float = _setting(
+        "ARCHON_CHAT_UPGRADE_TIMEOUT_S",
+        10.0,
+        _positive_float,
+        "a polling-to-websocket upgrade must complete within this",
+    )
+    inbox_size: int = _setting(
+        "ARCHON_CHAT_INBOX_SIZE",
+        64,
+        _positive_int,
+        "events of one socket waiting for their handler before its transport is not read",
     )
     outbox_size: int = _setting(
         "ARCHON_CHAT_OUTBOX_SIZE",
@@ -342,6 +375,18 @@ class Settings:
     save_timeout_s: float = _setting(
         "ARCHON_CHAT_SAVE_TIMEOUT_S", 5.0, _positive_float, "shielded save of a cancelled reply"
     )
+    checkpoint_interval_s: float = _setting(
+        "ARCHON_CHAT_CHECKPOINT_INTERVAL_S",
+        5.0,
+        _positive_float,
+        "a streaming reply is saved this often (what a crash can lose)",
+    )
+    seq_block: int = _setting(
+        "ARCHON_CHAT_SEQ_BLOCK",
+        256,
+        _positive_int,
+        "seqs reserved per store write (the persisted high-water mark moves by this)",
+    )
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -349,6 +394,23 @@ class Settings:
     @property
     def builtin_agents(self) -> bool:
         return not self.agent_service_url
+
+
+_Options = TypeVar("_Options", bound="DataclassInstance")
+
+
+def derive(cls: type[_Options], source: object) -> _Options:
+    """A ``cls`` (a dataclass) whose every field is copied from the same-named attribute
+    of ``source``, usually :class:`Settings`.
+
+    Raises :class:`TypeError` naming the fields ``source`` lacks.
+    """
+    names = [f.name for f in dataclasses.fields(cls)]
+    missing = [name for name in names if not hasattr(source, name)]
+    if missing:
+        raise TypeError(f"{type(source).__name__} has no {', '.join(missing)} for {cls.__name__}")
+    options: _Options = cast(Any, cls)(**{name: getattr(source, name) for name in names})
+    return options
 
 
 def _fields() -> Sequence[dataclasses.Field[Any]]:

@@ -29,9 +29,9 @@ from quart_trio import QuartTrio
 from actors.chat.agents_client import open_agents_client
 from actors.chat.hub import open_session_hub
 from actors.chat.messages import SessionEvent
-from actors.chat.settings import HubSettings
+from actors.chat.settings import AgentsClientSettings, HubSettings
 from archon_chat.agents import serve_agents
-from archon_chat.config import Settings
+from archon_chat.config import Settings, derive
 from archon_chat.gateway import sockets
 from archon_chat.gateway.core import Gateway, merge_chunks
 from archon_chat.gateway.emitter import LocalEmitter
@@ -130,22 +130,16 @@ async def _serve_gateway(
         settings.events_channel_size
     )
     async with (
-        open_agents_client(
-            agents_url,
-            max_connections=settings.agent_pool_size,
-            max_keepalive_connections=settings.agent_keepalive,
-            connect_timeout_s=settings.agent_connect_timeout_s,
-            pools=settings.agent_pools,
-        ) as agents,
+        open_agents_client(agents_url, derive(AgentsClientSettings, settings)) as agents,
         httpx.AsyncClient() as probe,
         # The fan-out outlives the hub: actors stopping at shutdown still emit their turns'
         # end events, and must never wait on a channel nobody drains.
         trio.open_nursery() as drain,
     ):
-        sio = SocketIOServer(ServerOptions.from_settings(settings))
+        sio = SocketIOServer(derive(ServerOptions, settings))
         sio.set_outbox_merger(_merger)
         async with (
-            open_session_hub(store, agents, events_send, HubSettings.from_config(settings)) as hub,
+            open_session_hub(store, agents, events_send, derive(HubSettings, settings)) as hub,
             trio.open_nursery() as nursery,
         ):
             gateway = Gateway(settings, store, hub, LocalEmitter(sio), metrics)

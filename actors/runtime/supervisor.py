@@ -411,9 +411,9 @@ async def open_supervisor(
     *,
     children: Sequence[ChildSpec] = (),
     template: ChildTemplate | None = None,
-    intensity: int = 3,
-    period: float = 5.0,
-    shutdown_s: float = 5.0,
+    intensity: int,
+    period: float,
+    shutdown_s: float,
     isolate_children: bool = False,
     name: str = "supervisor",
 ) -> AsyncIterator[Supervisor]:

@@ -27,6 +27,7 @@ from typing import Any, Final, TypeVar, overload
 
 import trio
 
+from archon_chat.config import derive
 from archon_chat.protocol.engineio import EngineConfig, EngineSession, Transport
 from archon_chat.protocol.errors import UnknownSid
 from archon_chat.protocol.socketio import (
@@ -110,14 +111,9 @@ def _new_id() -> str:
 class SocketIOServer:
     """Engine.IO v4 / Socket.IO v5 server; see the module docstring."""
 
-    def __init__(self, options: ServerOptions | None = None) -> None:
-        self.options = options or ServerOptions()
-        self.engine_config = EngineConfig(
-            ping_interval_s=self.options.ping_interval_s,
-            ping_timeout_s=self.options.ping_timeout_s,
-            max_payload=self.options.max_http_buffer_size,
-            upgrade_timeout_s=self.options.upgrade_timeout_s,
-        )
+    def __init__(self, options: ServerOptions) -> None:
+        self.options = options
+        self.engine_config = derive(EngineConfig, options)
         self._handlers: dict[str, dict[str, _Registered]] = {"/": {}}
         self._conns: dict[str, Connection] = {}
         self._sockets: dict[str, Socket] = {}

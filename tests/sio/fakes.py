@@ -19,9 +19,11 @@ from archon_chat.sio import ServerOptions, SocketIOServer
 from archon_chat.sio.asgi import RequestInfo
 from archon_chat.sio.connection import Connection
 
+from ..derived import derived
+
 
 async def start_server(nursery: trio.Nursery, **options: Any) -> SocketIOServer:
-    sio = SocketIOServer(ServerOptions(**options))
+    sio = SocketIOServer(derived(ServerOptions, **options))
     await nursery.start(sio.serve)
     return sio
 

@@ -12,6 +12,8 @@ from hypercorn.trio import serve
 from archon_chat.sio import ServerOptions, SocketIOServer
 from archon_chat.transports.deflate import refuse_permessage_deflate
 
+from ..derived import derived
+
 
 async def serve_sio(nursery: trio.Nursery, **options: Any) -> tuple[SocketIOServer, int]:
     """Start the server and hypercorn in ``nursery``; return the server and its port.
@@ -20,7 +22,7 @@ async def serve_sio(nursery: trio.Nursery, **options: Any) -> tuple[SocketIOServ
     declined, process-wide).
     """
     refuse_permessage_deflate()
-    sio = SocketIOServer(ServerOptions(**options))
+    sio = SocketIOServer(derived(ServerOptions, **options))
     await nursery.start(sio.serve)
     return sio, await serve_app(nursery, sio.asgi)
 

@@ -20,8 +20,9 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from archon_chat.sio import SocketIOServer
+from archon_chat.sio import ServerOptions, SocketIOServer
 
+from ..derived import derived
 from .serving import serve_app, serve_sio
 
 QUERY = "/socket.io/?EIO=4&transport=polling"
@@ -210,7 +211,7 @@ async def test_any_origin_when_configured(nursery: trio.Nursery) -> None:
 
 async def test_not_serving_yet(nursery: trio.Nursery) -> None:
     with trio.fail_after(10):
-        sio = SocketIOServer()
+        sio = SocketIOServer(derived(ServerOptions))
         port = await serve_app(nursery, sio.asgi)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
             assert (await c.get(QUERY)).status_code == 503
