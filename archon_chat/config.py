@@ -135,6 +135,12 @@ class Settings:
     backlog: int = _setting(
         "ARCHON_CHAT_BACKLOG", 4096, _positive_int, "listen backlog: bursts of connects"
     )
+    http_keep_alive_s: float = _setting(
+        "ARCHON_CHAT_HTTP_KEEP_ALIVE_S",
+        75.0,
+        _positive_float,
+        "an idle HTTP keep-alive connection is closed after this",
+    )
     write_timeout_s: float = _setting(
         "ARCHON_CHAT_WRITE_TIMEOUT_S",
         10.0,
@@ -196,6 +202,12 @@ class Settings:
     llm_api_key: str = _setting("ARCHON_CHAT_LLM_API_KEY", "", _text, "bearer key for the LLM")
     llm_timeout_s: float = _setting(
         "ARCHON_CHAT_LLM_TIMEOUT_S", 60.0, _positive_float, "longest wait for the LLM's next token"
+    )
+    health_timeout_s: float = _setting(
+        "ARCHON_CHAT_HEALTH_TIMEOUT_S",
+        2.0,
+        _positive_float,
+        "/healthz waits this long for the agents service's /health",
     )
     agent_ping_interval_s: float = _setting(
         "ARCHON_CHAT_AGENT_PING_INTERVAL_S",

@@ -84,9 +84,9 @@ def _merger(prev: Outgoing, new: Outgoing) -> Outgoing | None:
     return Outgoing(new.event, merged, new.namespace)
 
 
-async def _agents_health(client: httpx.AsyncClient, url: str) -> bool:
+async def _agents_health(client: httpx.AsyncClient, url: str, timeout_s: float) -> bool:
     try:
-        response = await client.get(f"{url}/health", timeout=2.0)
+        response = await client.get(f"{url}/health", timeout=timeout_s)
     except httpx.HTTPError:
         return False
     return response.status_code == 200
@@ -156,7 +156,7 @@ async def _serve_gateway(
             metrics.on_scrape(refresh)
 
             async def health() -> tuple[bool, dict[str, Any]]:
-                agents_ok = await _agents_health(probe, agents_url)
+                agents_ok = await _agents_health(probe, agents_url, settings.health_timeout_s)
                 counts = await store.stats()
                 metrics.stored_sessions.set(counts.get("sessions", 0))
                 return agents_ok, {
@@ -184,7 +184,7 @@ async def _serve_gateway(
             config.accesslog = None
             config.errorlog = logging.getLogger("archon_chat.http")
             config.websocket_max_message_size = settings.max_http_buffer_size
-            config.keep_alive_timeout = 75
+            config.keep_alive_timeout = settings.http_keep_alive_s
             http_closed = trio.Event()
 
             async def shutdown_trigger() -> None:

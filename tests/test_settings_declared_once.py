@@ -268,6 +268,8 @@ def test_every_setting_is_listed() -> None:
         "ARCHON_CHAT_CHECKPOINT_INTERVAL_S",
         "ARCHON_CHAT_AGENT_KEEPALIVE_EXPIRY_S",
         "ARCHON_CHAT_AGENT_MAX_EVENT_CHARS",
+        "ARCHON_CHAT_HTTP_KEEP_ALIVE_S",
+        "ARCHON_CHAT_HEALTH_TIMEOUT_S",
     ):
         assert env in listing
 
