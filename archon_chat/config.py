@@ -221,6 +221,19 @@ class Settings:
         _non_negative_float,
         "built-in agents: pause between two deltas of an offline answer",
     )
+    agent_event_buffer: int = _setting(
+        "ARCHON_CHAT_AGENT_EVENT_BUFFER",
+        8,
+        _positive_int,
+        "agents service: events encoded but not yet written (small: backpressure reaches "
+        "the agent quickly; a few let it work ahead by a phrase or two)",
+    )
+    agent_compute_threads: int = _setting(
+        "ARCHON_CHAT_AGENT_COMPUTE_THREADS",
+        2,
+        _positive_int,
+        "built-in agents: offline answers composed at once in worker threads",
+    )
     max_prompt_chars: int = _setting(
         "ARCHON_CHAT_MAX_PROMPT_CHARS", 100_000, _positive_int, "agents service: longest prompt"
     )
