@@ -14,7 +14,12 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from hypercorn.protocol import ws_stream
+from wsproto.extensions import PerMessageDeflate
 
+from archon_chat.sio import ServerOptions, SocketIOServer
+
+from ..derived import derived
 from .agents_fake import AgentsFake
 from .support import (
     Client,
@@ -220,6 +225,21 @@ async def test_health_waits_for_the_agents_as_long_as_its_setting_says(tmp_path:
             assert response.status_code == 200
             assert response.json()["agents"]["reachable"] is True
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("compression", [False, True])
+async def test_hypercorn_is_configured_at_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compression: bool
+) -> None:
+    # Start from hypercorn's own handshake, whatever earlier tests in this process did.
+    monkeypatch.setattr(ws_stream, "PerMessageDeflate", PerMessageDeflate)
+    sio = SocketIOServer(derived(ServerOptions))
+    assert sio.asgi is sio.asgi
+    assert ws_stream.PerMessageDeflate is PerMessageDeflate  # reading .asgi changes nothing
+    settings = gateway_settings(tmp_path, "http://127.0.0.1:9", websocket_compression=compression)
+    with trio.fail_after(30):
+        async with running_gateway(settings):
+            assert (ws_stream.PerMessageDeflate is PerMessageDeflate) is compression
 
 
 async def test_leave_cancels_and_stores_partial_reply(tmp_path: Path) -> None:
