@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 import trio
 
+from archon_chat.origins import own_origin
 from archon_chat.protocol.codecs import Frame
 from archon_chat.protocol.engineio import Transport, parse_request
 from archon_chat.protocol.errors import (
@@ -138,14 +139,13 @@ def _decode_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
 
 
 def _own_origin(scope: Scope, headers: dict[str, str]) -> str | None:
-    scheme = {"ws": "http", "wss": "https"}.get(scope.get("scheme", "http"), scope.get("scheme"))
     host = headers.get("host")
     if host is None:
         server = scope.get("server")
         if not server:
             return None
         host = f"{server[0]}:{server[1]}"
-    return f"{scheme}://{host}"
+    return own_origin(str(scope.get("scheme", "http")), host)
 
 
 def _info(scope: Scope, query: dict[str, str]) -> RequestInfo:

@@ -27,6 +27,7 @@ from typing import Any, Final, TypeVar, overload
 
 import trio
 
+from archon_chat import origins
 from archon_chat.config import derive
 from archon_chat.protocol.engineio import EngineConfig, EngineSession, Transport
 from archon_chat.protocol.errors import UnknownSid
@@ -356,14 +357,9 @@ class SocketIOServer:
         return self.options.max_http_buffer_size
 
     def origin_allowed(self, origin: str | None, own_origin: str | None) -> bool:
-        """The request's own origin is always allowed; others only if configured."""
-        if origin is None:
-            return True
-        origin = origin.rstrip("/").lower()
-        allowed = self.options.cors_origins
-        if "*" in allowed or (own_origin is not None and origin == own_origin.lower()):
-            return True
-        return any(origin == o.lower() for o in allowed)
+        """The request's own origin is always allowed; others only if configured
+        (:mod:`archon_chat.origins`, the rule REST shares)."""
+        return origins.origin_allowed(origin, own_origin, self.options.cors_origins)
 
     def open_connection(self, transport: Transport, info: RequestInfo) -> Connection:
         """A new Engine.IO session (the handshake)."""
