@@ -7,7 +7,13 @@ meaning and defaults; ours all start with ``ARCHON_CHAT_``. Durations are second
 ``_s`` suffix); they go on the wire in milliseconds only where Engine.IO says so.
 
 An invalid value stops start-up with a :class:`ConfigError` naming the variable.
-Every bound (queue, buffer, limit) is a setting with its reason in ``help``.
+Every bound (queue, buffer, limit) and timeout is a setting with its reason in ``help``.
+
+Declared once. The parts that must not import this module (``actors``, the sans-IO
+``archon_chat.protocol``) take their settings as small frozen dataclasses without defaults
+whose fields are named as here (``HubSettings``, ``AgentsClientSettings``,
+``ServerOptions``, ``EngineConfig``); :func:`derive` builds one by copying the same-named
+fields, so a default lives only in :class:`Settings`.
 """
 
 from __future__ import annotations
@@ -17,8 +23,10 @@ import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 from urllib.parse import urlsplit
 
 
@@ -78,6 +86,15 @@ def _origins(raw: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be one of 1, true, yes, on, 0, false, no, off")
+
+
 def _text(raw: str) -> str:
     return raw.strip()
 
@@ -118,6 +135,12 @@ class Settings:
     backlog: int = _setting(
         "ARCHON_CHAT_BACKLOG", 4096, _positive_int, "listen backlog: bursts of connects"
     )
+    http_keep_alive_s: float = _setting(
+        "ARCHON_CHAT_HTTP_KEEP_ALIVE_S",
+        75.0,
+        _positive_float,
+        "an idle HTTP keep-alive connection is closed after this",
+    )
     write_timeout_s: float = _setting(
         "ARCHON_CHAT_WRITE_TIMEOUT_S",
         10.0,
@@ -130,6 +153,13 @@ class Settings:
         _origins,
         "other origins allowed besides the page's own (comma separated; * for any)",
         "--cors-origins",
+    )
+    websocket_compression: bool = _setting(
+        "ARCHON_CHAT_WEBSOCKET_COMPRESSION",
+        False,
+        _flag,
+        "accept permessage-deflate (off as in Socket.IO's reference server: ~95 KiB and a "
+        "deflate pass per frame for every websocket)",
     )
     api_key: str = _setting(
         "ARCHON_CHAT_API_KEY", "", _text, "when set, REST and Socket.IO need this key"
@@ -173,6 +203,12 @@ class Settings:
     llm_timeout_s: float = _setting(
         "ARCHON_CHAT_LLM_TIMEOUT_S", 60.0, _positive_float, "longest wait for the LLM's next token"
     )
+    health_timeout_s: float = _setting(
+        "ARCHON_CHAT_HEALTH_TIMEOUT_S",
+        2.0,
+        _positive_float,
+        "/healthz waits this long for the agents service's /health",
+    )
     agent_ping_interval_s: float = _setting(
         "ARCHON_CHAT_AGENT_PING_INTERVAL_S",
         10.0,
@@ -184,6 +220,19 @@ class Settings:
         0.004,
         _non_negative_float,
         "built-in agents: pause between two deltas of an offline answer",
+    )
+    agent_event_buffer: int = _setting(
+        "ARCHON_CHAT_AGENT_EVENT_BUFFER",
+        8,
+        _positive_int,
+        "agents service: events encoded but not yet written (small: backpressure reaches "
+        "the agent quickly; a few let it work ahead by a phrase or two)",
+    )
+    agent_compute_threads: int = _setting(
+        "ARCHON_CHAT_AGENT_COMPUTE_THREADS",
+        2,
+        _positive_int,
+        "built-in agents: offline answers composed at once in worker threads",
     )
     max_prompt_chars: int = _setting(
         "ARCHON_CHAT_MAX_PROMPT_CHARS", 100_000, _positive_int, "agents service: longest prompt"
@@ -221,11 +270,23 @@ class Settings:
         "idle keep-alive connections kept in all pools (small: httpcore walks a pool's "
         "connections on every request)",
     )
+    agent_keepalive_expiry_s: float = _setting(
+        "ARCHON_CHAT_AGENT_KEEPALIVE_EXPIRY_S",
+        5.0,
+        _positive_float,
+        "an idle keep-alive connection to the agents is closed after this",
+    )
     agent_pools: int = _setting(
         "ARCHON_CHAT_AGENT_POOLS",
         32,
         _positive_int,
         "HTTP client pools to the agents, used round-robin (small pools are cheaper to walk)",
+    )
+    agent_max_event_chars: int = _setting(
+        "ARCHON_CHAT_AGENT_MAX_EVENT_CHARS",
+        1 << 20,
+        _positive_int,
+        "largest event of an agent's stream; past it the turn fails (agent_protocol_error)",
     )
     history_turns: int = _setting(
         "ARCHON_CHAT_HISTORY_TURNS", 20, _positive_int, "complete turns sent to the agent"
@@ -252,6 +313,18 @@ class Settings:
     )
     max_attachments: int = _setting(
         "ARCHON_CHAT_MAX_ATTACHMENTS", 10, _positive_int, "binary attachments per packet"
+    )
+    upgrade_timeout_s: float = _setting(
+        "ARCHON_CHAT_UPGRADE_TIMEOUT_S",
+        10.0,
+        _positive_float,
+        "a polling-to-websocket upgrade must complete within this",
+    )
+    inbox_size: int = _setting(
+        "ARCHON_CHAT_INBOX_SIZE",
+        64,
+        _positive_int,
+        "events of one socket waiting for their handler before its transport is not read",
     )
     outbox_size: int = _setting(
         "ARCHON_CHAT_OUTBOX_SIZE",
@@ -322,12 +395,6 @@ class Settings:
     max_queued_turns: int = _setting(
         "ARCHON_CHAT_MAX_QUEUED_TURNS", 8, _positive_int, "messages waiting for their turn"
     )
-    turn_buffer: int = _setting(
-        "ARCHON_CHAT_TURN_BUFFER",
-        4096,
-        _positive_int,
-        "events of the turn in progress kept for rejoining clients (merged past it)",
-    )
     events_channel_size: int = _setting(
         "ARCHON_CHAT_EVENTS_CHANNEL_SIZE",
         1024,
@@ -364,6 +431,18 @@ class Settings:
         _positive_float,
         "how long a request waits for its session actor's answer",
     )
+    checkpoint_interval_s: float = _setting(
+        "ARCHON_CHAT_CHECKPOINT_INTERVAL_S",
+        5.0,
+        _positive_float,
+        "a streaming reply is saved this often (what a crash can lose)",
+    )
+    seq_block: int = _setting(
+        "ARCHON_CHAT_SEQ_BLOCK",
+        256,
+        _positive_int,
+        "seqs reserved per store write (the persisted high-water mark moves by this)",
+    )
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -371,6 +450,23 @@ class Settings:
     @property
     def builtin_agents(self) -> bool:
         return not self.agent_service_url
+
+
+_Options = TypeVar("_Options", bound="DataclassInstance")
+
+
+def derive(cls: type[_Options], source: object) -> _Options:
+    """A ``cls`` (a dataclass) whose every field is copied from the same-named attribute
+    of ``source``, usually :class:`Settings`.
+
+    Raises :class:`TypeError` naming the fields ``source`` lacks.
+    """
+    names = [f.name for f in dataclasses.fields(cls)]
+    missing = [name for name in names if not hasattr(source, name)]
+    if missing:
+        raise TypeError(f"{type(source).__name__} has no {', '.join(missing)} for {cls.__name__}")
+    options: _Options = cast(Any, cls)(**{name: getattr(source, name) for name in names})
+    return options
 
 
 def _fields() -> Sequence[dataclasses.Field[Any]]:
@@ -443,7 +539,3 @@ def describe() -> str:
     for f in _fields():
         lines.append(f"{f.metadata['env']:<42} {f.default!r:<22} {f.metadata['help']}")
     return "\n".join(lines)
-
-
-def db_parent(path: str) -> Path:
-    return Path(path).expanduser().resolve().parent

@@ -3,7 +3,8 @@
 We own the root nursery (design.md section 2): hypercorn runs inside it beside the store,
 the built-in agents service, the session hub, the Socket.IO server, the fan-out, the
 grace timer and the sweeper. A crash of any of them fails the process loudly; nothing
-important lives in quart's lifespan nursery.
+important lives in quart's lifespan nursery. Hypercorn's process-wide hooks (write
+deadline, permessage-deflate declined) are installed here, at start-up, and nowhere else.
 
 Shutdown (SIGTERM/SIGINT, or :meth:`Running.stop`): stop accepting connections, cancel
 turns in flight (stored ``cancelled``, their end events emitted), give sockets a moment to
@@ -28,15 +29,16 @@ from quart_trio import QuartTrio
 from actors.chat.agents_client import open_agents_client
 from actors.chat.hub import open_session_hub
 from actors.chat.messages import SessionEvent
-from actors.chat.settings import HubSettings
+from actors.chat.settings import AgentsClientSettings, HubSettings
 from archon_chat.agents import serve_agents
-from archon_chat.config import Settings
+from archon_chat.config import Settings, derive
 from archon_chat.gateway import sockets
 from archon_chat.gateway.core import Gateway
 from archon_chat.gateway.emitter import LocalEmitter
 from archon_chat.gateway.metrics import Metrics
 from archon_chat.sio import Outgoing, ServerOptions, SocketIOServer
 from archon_chat.store import SqliteStore, open_store
+from archon_chat.transports.deflate import refuse_permessage_deflate
 from archon_chat.transports.rest import configure, create_rest_blueprint
 from archon_chat.transports.static import create_static_blueprint
 from archon_chat.transports.write_deadline import install_write_deadline
@@ -73,9 +75,9 @@ def compose(sio_app: Any, web_app: Any) -> Any:
     return app
 
 
-async def _agents_health(client: httpx.AsyncClient, url: str) -> bool:
+async def _agents_health(client: httpx.AsyncClient, url: str, timeout_s: float) -> bool:
     try:
-        response = await client.get(f"{url}/health", timeout=2.0)
+        response = await client.get(f"{url}/health", timeout=timeout_s)
     except httpx.HTTPError:
         return False
     return response.status_code == 200
@@ -92,6 +94,8 @@ async def serve(
     # threshold makes the collector rescan them so often that it doubles the CPU per chunk.
     gc.set_threshold(10_000, 50, 50)
     install_write_deadline(settings.write_timeout_s)
+    if not settings.websocket_compression:
+        refuse_permessage_deflate()
     stop = trio.Event()
     async with trio.open_nursery() as root:
         if handle_signals:
@@ -117,21 +121,15 @@ async def _serve_gateway(
         settings.events_channel_size
     )
     async with (
-        open_agents_client(
-            agents_url,
-            max_connections=settings.agent_pool_size,
-            max_keepalive_connections=settings.agent_keepalive,
-            connect_timeout_s=settings.agent_connect_timeout_s,
-            pools=settings.agent_pools,
-        ) as agents,
+        open_agents_client(agents_url, derive(AgentsClientSettings, settings)) as agents,
         httpx.AsyncClient() as probe,
         # The fan-out outlives the hub: actors stopping at shutdown still emit their turns'
         # end events, and must never wait on a channel nobody drains.
         trio.open_nursery() as drain,
     ):
-        sio = SocketIOServer(ServerOptions.from_settings(settings))
+        sio = SocketIOServer(derive(ServerOptions, settings))
         async with (
-            open_session_hub(store, agents, events_send, HubSettings.from_config(settings)) as hub,
+            open_session_hub(store, agents, events_send, derive(HubSettings, settings)) as hub,
             trio.open_nursery() as nursery,
         ):
             gateway = Gateway(settings, store, hub, LocalEmitter(sio), metrics)
@@ -147,7 +145,7 @@ async def _serve_gateway(
             metrics.stored_sessions.set((await store.stats()).get("sessions", 0))
 
             async def health() -> tuple[bool, dict[str, Any]]:
-                agents_ok = await _agents_health(probe, agents_url)
+                agents_ok = await _agents_health(probe, agents_url, settings.health_timeout_s)
                 counts = await store.stats()
                 metrics.stored_sessions.set(counts.get("sessions", 0))
                 return agents_ok, {
@@ -174,7 +172,7 @@ async def _serve_gateway(
             config.accesslog = None
             config.errorlog = logging.getLogger("archon_chat.http")
             config.websocket_max_message_size = settings.max_http_buffer_size
-            config.keep_alive_timeout = 75
+            config.keep_alive_timeout = settings.http_keep_alive_s
             http_closed = trio.Event()
 
             async def shutdown_trigger() -> None:

@@ -49,6 +49,7 @@ from actors.chat.messages import (
     TurnState,
 )
 from actors.chat.settings import HubSettings
+from archon_chat.config import Settings, derive
 
 CHUNK = b'data: {"type": "stream_chunk", "content": "token "}\n\n'
 COMPLETE = b'data: {"type": "stream_complete"}\n\n'
@@ -207,7 +208,8 @@ async def run_size(
 ) -> Result:
     result = Result(sessions, chunks)
     upstream = FakeAgents(chunks, cancel_interval)
-    settings = HubSettings(idle_passivate_s=passivate_s, mailbox_size=8, max_queued_turns=2)
+    config = Settings().replace(idle_passivate_s=passivate_s, mailbox_size=8, max_queued_turns=2)
+    settings = derive(HubSettings, config)
     sink = Sink()
     send, receive = trio.open_memory_channel[SessionEvent](1024)
 
@@ -220,7 +222,9 @@ async def run_size(
         httpx.AsyncClient(transport=upstream) as client,
     ):
         nursery.start_soon(sink.run, receive)
-        agents = AgentsClient("http://agents.bench", client)
+        agents = AgentsClient(
+            "http://agents.bench", client, max_event_chars=config.agent_max_event_chars
+        )
         async with open_session_hub(store, agents, send, settings) as hub:
             # Memory: idle live actors, then the same sessions passivated.
             gc.collect()

@@ -13,6 +13,7 @@ import timeit
 from collections.abc import Callable
 from pathlib import Path
 
+from archon_chat.config import Settings, derive
 from archon_chat.protocol.codecs import decode_payload, encode_payload
 from archon_chat.protocol.engineio import EngineConfig, EngineSession, Transport
 from archon_chat.protocol.socketio import SocketIOConnection, event_frames, with_offset
@@ -30,13 +31,13 @@ INBOUND = '2["chat_message",{"session_id":"6f1c0b1e","message":"What is Archon?"
 
 
 def _engine() -> EngineSession:
-    session = EngineSession("sid", EngineConfig(), Transport.WEBSOCKET, 0.0)
+    session = EngineSession("sid", derive(EngineConfig, Settings()), Transport.WEBSOCKET, 0.0)
     session.take_frames()
     return session
 
 
 def _sio() -> SocketIOConnection:
-    conn = SocketIOConnection()
+    conn = SocketIOConnection(Settings().max_attachments)
     conn.receive_message("0")
     conn.accept("/")
     conn.events()
@@ -78,7 +79,7 @@ def cases() -> list[tuple[str, Callable[[], object]]]:
         return engine.take_frames()
 
     def polling_round() -> object:
-        session = EngineSession("sid", EngineConfig(), Transport.POLLING, 0.0)
+        session = EngineSession("sid", derive(EngineConfig, Settings()), Transport.POLLING, 0.0)
         session.begin_poll()
         session.take_poll()
         session.send_frames(poll_frames)

@@ -30,6 +30,9 @@ def test_environment_is_parsed_including_fractions() -> None:
     assert s.agent_service_url == "http://agents:8052"
     assert s.cors_origins == ("https://a.example", "https://b.example")
     assert s.max_messages_per_session == 5
+    assert not s.websocket_compression
+    assert load_settings({"ARCHON_CHAT_WEBSOCKET_COMPRESSION": " On"}).websocket_compression
+    assert not load_settings({"ARCHON_CHAT_WEBSOCKET_COMPRESSION": "0"}).websocket_compression
 
 
 @pytest.mark.parametrize(
@@ -43,6 +46,7 @@ def test_environment_is_parsed_including_fractions() -> None:
         ("MAX_MESSAGES_PER_SESSION", "0"),
         ("ARCHON_CHAT_LOG_LEVEL", "LOUD"),
         ("SESSION_TTL_HOURS", "nan"),
+        ("ARCHON_CHAT_WEBSOCKET_COMPRESSION", "maybe"),
     ],
 )
 def test_invalid_values_name_the_variable(name: str, value: str) -> None:

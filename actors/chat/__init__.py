@@ -28,7 +28,7 @@ from actors.chat.hub import (
     open_session_hub,
 )
 from actors.chat.memory_store import MemoryStore
-from actors.chat.settings import HubConfig, HubSettings
+from actors.chat.settings import AgentsClientSettings, HubSettings
 
 __all__ = [
     "AgentEvent",
@@ -39,12 +39,12 @@ __all__ = [
     "AgentTimeout",
     "AgentUnavailable",
     "AgentsClient",
+    "AgentsClientSettings",
     "AgentsError",
     "ChunkReceived",
     "Heartbeat",
     "HistoryEntry",
     "HubClosed",
-    "HubConfig",
     "HubError",
     "HubSettings",
     "MemoryStore",

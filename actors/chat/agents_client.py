@@ -41,6 +41,7 @@ from typing import Any, Literal
 import httpx
 
 from actors.chat.messages import AgentType, ErrorCode
+from actors.chat.settings import AgentsClientSettings
 from actors.chat.sse import ServerSentEvent, SSEDecodeError, SSEDecoder
 
 logger = logging.getLogger(__name__)
@@ -262,7 +263,7 @@ class AgentsClient:
         base_url: str,
         client: httpx.AsyncClient | Sequence[httpx.AsyncClient],
         *,
-        max_event_chars: int = 1 << 20,
+        max_event_chars: int,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         # Requests go round-robin over the clients: each pool stays small, and httpcore's
@@ -329,9 +330,10 @@ class AgentsClient:
 
 def make_http_client(
     *,
-    max_connections: int = 20_000,
-    max_keepalive_connections: int = 20,
-    connect_timeout_s: float = 5.0,
+    max_connections: int,
+    max_keepalive_connections: int,
+    keepalive_expiry_s: float,
+    connect_timeout_s: float,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> httpx.AsyncClient:
     """The process's shared :class:`httpx.AsyncClient` for the agents service.
@@ -346,7 +348,7 @@ def make_http_client(
     limits = httpx.Limits(
         max_connections=max_connections,
         max_keepalive_connections=max_keepalive_connections,
-        keepalive_expiry=5.0,
+        keepalive_expiry=keepalive_expiry_s,
     )
     timeout = httpx.Timeout(
         connect=connect_timeout_s, read=None, write=connect_timeout_s, pool=None
@@ -357,30 +359,27 @@ def make_http_client(
 @asynccontextmanager
 async def open_agents_client(
     base_url: str,
+    settings: AgentsClientSettings,
     *,
-    max_connections: int = 20_000,
-    max_keepalive_connections: int = 20,
-    connect_timeout_s: float = 5.0,
     transport: httpx.AsyncBaseTransport | None = None,
-    pools: int = 1,
 ) -> AsyncIterator[AgentsClient]:
-    """An :class:`AgentsClient` over ``pools`` new shared clients (:func:`make_http_client`)
-    used round-robin, the connection limits split among them; closed when the block
-    ends. A checkpoint on exit (closing the pools)."""
-    if pools < 1:
-        raise ValueError("pools must be at least 1")
-    per_pool = -(-max_connections // pools)
-    keepalive = -(-max_keepalive_connections // pools)
+    """An :class:`AgentsClient` over ``settings.agent_pools`` new shared clients
+    (:func:`make_http_client`) used round-robin, the connection limits split among them;
+    closed when the block ends. A checkpoint on exit (closing the pools)."""
+    pools = settings.agent_pools
+    per_pool = -(-settings.agent_pool_size // pools)
+    keepalive = -(-settings.agent_keepalive // pools)
     async with AsyncExitStack() as stack:
         clients = [
             await stack.enter_async_context(
                 make_http_client(
                     max_connections=per_pool,
                     max_keepalive_connections=keepalive,
-                    connect_timeout_s=connect_timeout_s,
+                    keepalive_expiry_s=settings.agent_keepalive_expiry_s,
+                    connect_timeout_s=settings.agent_connect_timeout_s,
                     transport=transport,
                 )
             )
             for _ in range(pools)
         ]
-        yield AgentsClient(base_url, clients)
+        yield AgentsClient(base_url, clients, max_event_chars=settings.agent_max_event_chars)

@@ -82,10 +82,6 @@ class SessionHub:
         self._actors: dict[str, SessionActor] = {}
         self._closed = False
 
-    @property
-    def settings(self) -> HubSettings:
-        return self._settings
-
     def live_sessions(self) -> int:
         """How many sessions have a running actor. Not a checkpoint."""
         return len(self._actors)
@@ -93,10 +89,6 @@ class SessionHub:
     def is_live(self, session_id: str) -> bool:
         """Whether the session has a running actor. Not a checkpoint."""
         return session_id in self._actors
-
-    def busy_sessions(self) -> int:
-        """How many live sessions have a turn running or queued. Not a checkpoint."""
-        return sum(1 for actor in self._actors.values() if actor.busy)
 
     async def deliver(self, session_id: str, command: Command) -> None:
         """Put ``command`` in the session's mailbox, starting its actor if needed.

@@ -514,8 +514,8 @@ class SessionActor:
         scope = turn.scope
         turn.started_at = now = trio.current_time()
         turn.last_saved_at = now
-        turn_deadline = now + settings.turn_timeout_s
-        scope.deadline = min(turn_deadline, now + settings.first_event_timeout_s)
+        turn_deadline = now + settings.agent_turn_timeout_s
+        scope.deadline = min(turn_deadline, now + settings.agent_first_event_timeout_s)
         # A checkpoint before the request leaves, even with the history in memory: a stop
         # sent right after the message is handled before the agent hears of it.
         await trio.lowlevel.checkpoint()
@@ -545,7 +545,7 @@ class SessionActor:
                         scope.deadline = turn_deadline
                         await self._emit_chunk(turn, event.content)
                     now = trio.current_time()
-                    scope.deadline = min(turn_deadline, now + settings.gap_timeout_s)
+                    scope.deadline = min(turn_deadline, now + settings.agent_idle_timeout_s)
                     if now - turn.last_saved_at >= settings.checkpoint_interval_s:
                         turn.last_saved_at = now
                         await self._store.checkpoint_turn(

@@ -57,7 +57,7 @@ class SSEDecoder:
         "_started",
     )
 
-    def __init__(self, max_chars: int = 1 << 20) -> None:
+    def __init__(self, max_chars: int) -> None:
         self._max_chars = max_chars
         self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
         self._buffer = ""

@@ -1,9 +1,9 @@
 """A bounded, typed mailbox over a trio memory channel.
 
 A :class:`Mailbox` is the one way into an actor: many senders, one receiver (the actor).
-Its capacity is fixed at creation; past it :meth:`Mailbox.send` waits (backpressure) and
-:meth:`Mailbox.send_nowait` raises :class:`MailboxFull`, so a caller that must not wait
-(the gateway answering a client) can refuse the request instead.
+Its capacity is fixed at creation; past it :meth:`Mailbox.send_nowait` raises
+:class:`MailboxFull`, so the caller (the gateway answering a client) refuses the request
+instead of waiting.
 
 Closing. :meth:`Mailbox.close` stops new sends at once (they raise
 :class:`MailboxClosed`); items already queued stay receivable, and once they are drained
@@ -65,17 +65,6 @@ class Mailbox(Generic[T]):
     def closed(self) -> bool:
         return self._send.statistics().open_send_channels == 0
 
-    async def send(self, item: T) -> None:
-        """Queue ``item``, waiting while the mailbox is full.
-
-        A checkpoint. If cancelled, the item was not queued. Raises :class:`MailboxClosed`
-        if the mailbox is closed, or closed while waiting.
-        """
-        try:
-            await self._send.send(item)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise MailboxClosed("mailbox is closed") from None
-
     def send_nowait(self, item: T) -> None:
         """Queue ``item`` without waiting.
 
@@ -121,8 +110,5 @@ class Mailbox(Generic[T]):
                 return out
 
     def close(self) -> None:
-        """Refuse further sends; queued items stay receivable. Idempotent, not a checkpoint.
-
-        Senders blocked in :meth:`send` wake up with :class:`MailboxClosed`.
-        """
+        """Refuse further sends; queued items stay receivable. Idempotent, not a checkpoint."""
         self._send.close()

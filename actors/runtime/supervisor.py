@@ -216,10 +216,6 @@ class Supervisor:
     def __len__(self) -> int:
         return len(self._children)
 
-    def which_children(self) -> list[ChildHandle]:
-        """Handles of the running children, in start order. Not a checkpoint."""
-        return list(self._children.values())
-
     # -- starting -----------------------------------------------------------------------
 
     async def start_child(
@@ -415,9 +411,9 @@ async def open_supervisor(
     *,
     children: Sequence[ChildSpec] = (),
     template: ChildTemplate | None = None,
-    intensity: int = 3,
-    period: float = 5.0,
-    shutdown_s: float = 5.0,
+    intensity: int,
+    period: float,
+    shutdown_s: float,
     isolate_children: bool = False,
     name: str = "supervisor",
 ) -> AsyncIterator[Supervisor]:

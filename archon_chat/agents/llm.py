@@ -36,9 +36,7 @@ def completions_url(base_url: str) -> str:
 class LLMBackend:
     """Streams chat completions from one OpenAI-compatible endpoint."""
 
-    def __init__(
-        self, base_url: str, model: str, api_key: str = "", timeout_s: float = 60.0
-    ) -> None:
+    def __init__(self, base_url: str, model: str, api_key: str, timeout_s: float) -> None:
         self.url = completions_url(base_url)
         self.model = model
         self._api_key = api_key

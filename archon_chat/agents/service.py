@@ -41,10 +41,6 @@ from archon_chat.config import Settings
 
 log = logging.getLogger("archon_chat.agents")
 
-#: Pause between two deltas of an offline answer: enough for a reader to see the answer
-#: arrive word by word, negligible next to an LLM's own pace.
-#: Offline answers compose in worker threads; a few at a time keeps the other core free.
-COMPUTE_THREADS = 2
 #: The body holds the prompt (up to 4 bytes per character in UTF-8) plus history and
 #: envelope; history is the gateway's last turns, bounded by this margin.
 BODY_MARGIN_BYTES = 8 * 1024 * 1024
@@ -76,7 +72,7 @@ def create_agents_app(settings: Settings, *, pacing_s: float | None = None) -> Q
     tools = Toolkit(
         kb=KnowledgeBase(settings.kb_dir or None, settings.kb_index_path),
         llm=llm,
-        compute=trio.CapacityLimiter(COMPUTE_THREADS),
+        compute=trio.CapacityLimiter(settings.agent_compute_threads),
         pacing_s=settings.agent_pacing_s if pacing_s is None else pacing_s,
     )
     agents: dict[str, Agent] = {a.spec.name: a for a in (RagAgent(), DocumentAgent(), TaskAgent())}
@@ -146,6 +142,7 @@ def create_agents_app(settings: Settings, *, pacing_s: float | None = None) -> Q
         events = EventStream(
             partial(agent.answer, parsed, tools),
             ping_interval_s=settings.agent_ping_interval_s,
+            buffer=settings.agent_event_buffer,
             label=f"{agent_type} agent",
             on_open=opened,
             on_close=closed,

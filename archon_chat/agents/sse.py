@@ -30,9 +30,6 @@ from archon_chat.agents.errors import AgentFailure
 log = logging.getLogger("archon_chat.agents")
 
 PING = b": ping\n\n"
-#: Events encoded but not yet written: small, so that backpressure reaches the agent
-#: quickly; a few allow the agent to work ahead by a phrase or two.
-EVENT_BUFFER = 8
 
 Emit = Callable[[str], Awaitable[None]]
 Producer = Callable[[Emit], Awaitable[None]]
@@ -69,6 +66,7 @@ class EventStream(ResponseBody):
         producer: Producer,
         *,
         ping_interval_s: float,
+        buffer: int,
         label: str,
         on_open: Callable[[], None] | None = None,
         on_close: Callable[[], None] | None = None,
@@ -78,7 +76,7 @@ class EventStream(ResponseBody):
         self._label = label
         self._on_open = on_open
         self._on_close = on_close
-        self._send, self._receive = trio.open_memory_channel[bytes](EVENT_BUFFER)
+        self._send, self._receive = trio.open_memory_channel[bytes](buffer)
         self._nursery_manager: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._nursery: trio.Nursery | None = None
 

@@ -34,7 +34,7 @@ import enum
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import ClassVar, Final
 from urllib.parse import parse_qsl
 
 from .codecs import Frame, decode_payload, dumps, encode_payload, payload_length
@@ -82,13 +82,23 @@ class SessionState(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
-    """Session settings; durations in seconds (milliseconds only in the handshake)."""
+    """Session settings; durations in seconds (milliseconds only in the handshake).
 
-    ping_interval_s: float = 25.0
-    ping_timeout_s: float = 60.0
-    max_payload: int = 1_000_000
-    upgrade_timeout_s: float = 10.0
-    max_poll_packets: int = MAX_POLL_PACKETS
+    Each field is the gateway setting of the same name, which declares its default (this
+    module imports no configuration: the shell builds one by copying those fields).
+    """
+
+    ping_interval_s: float
+    ping_timeout_s: float
+    max_http_buffer_size: int
+    upgrade_timeout_s: float
+    #: python-engineio's client refuses a payload of more packets: not a setting
+    max_poll_packets: ClassVar[int] = MAX_POLL_PACKETS
+
+    @property
+    def max_payload(self) -> int:
+        """``maxPayload`` of the handshake: the largest message or polling body, bytes."""
+        return self.max_http_buffer_size
 
 
 # --- events -------------------------------------------------------------------------------

@@ -111,7 +111,7 @@ class SocketIOConnection:
 
     __slots__ = ("_attachments", "_events", "_pending", "max_attachments", "namespaces")
 
-    def __init__(self, max_attachments: int = 10) -> None:
+    def __init__(self, max_attachments: int) -> None:
         self.max_attachments = max_attachments
         self.namespaces: dict[str, NamespaceState] = {}
         self._events: list[SioEvent] = []

@@ -2,7 +2,7 @@
 
 ::
 
-    sio = SocketIOServer(ServerOptions(...))
+    sio = SocketIOServer(derive(ServerOptions, settings))
 
     @sio.on("connect")
     async def connect(sid: str, info: ConnectInfo, auth: Any) -> None: ...

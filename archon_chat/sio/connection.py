@@ -48,8 +48,7 @@ from archon_chat.protocol.socketio import (
 from .outgoing import Outgoing, Packet
 
 if TYPE_CHECKING:
-    from archon_chat.transports.engineio_asgi import RequestInfo
-
+    from .asgi import RequestInfo
     from .server import SocketIOServer
 
 __all__ = ["Connection", "Socket", "SocketState"]

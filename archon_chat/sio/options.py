@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from archon_chat.config import Settings
 
 __all__ = ["ServerOptions"]
 
@@ -15,27 +11,27 @@ __all__ = ["ServerOptions"]
 class ServerOptions:
     """Bounds and timings; durations in seconds, sizes in bytes or events.
 
+    Each field is the setting of the same name in :class:`archon_chat.config.Settings`,
+    which declares its default and meaning; build one with
+    ``archon_chat.config.derive(ServerOptions, settings)``.
+
     ``outbox_size``: events queued for one connected socket before it is cut as a slow
     client. ``recovery_buffer``: events kept for an opted-in socket to replay after a drop
     (and the most a disconnected one may gather during ``grace_s``). ``inbox_size``: events
     of one socket waiting for its handler before we stop reading from its transport.
     ``cors_origins``: origins allowed besides the request's own; ``"*"`` allows any.
-    ``websocket_compression``: accept permessage-deflate; off by default, as in Socket.IO's
-    reference server, since it costs ~95 KiB and a deflate pass per frame for every
-    websocket (see :mod:`archon_chat.transports.deflate`; turning it off is process-wide).
     """
 
-    ping_interval_s: float = 25.0
-    ping_timeout_s: float = 60.0
-    max_http_buffer_size: int = 1_000_000
-    outbox_size: int = 1024
-    recovery_buffer: int = 2048
-    grace_s: float = 30.0
-    max_attachments: int = 10
-    cors_origins: tuple[str, ...] = ()
-    inbox_size: int = 64
-    upgrade_timeout_s: float = 10.0
-    websocket_compression: bool = False
+    ping_interval_s: float
+    ping_timeout_s: float
+    max_http_buffer_size: int
+    outbox_size: int
+    recovery_buffer: int
+    grace_s: float
+    max_attachments: int
+    cors_origins: tuple[str, ...]
+    inbox_size: int
+    upgrade_timeout_s: float
 
     def __post_init__(self) -> None:
         for name in ("ping_interval_s", "ping_timeout_s", "upgrade_timeout_s"):
@@ -46,17 +42,3 @@ class ServerOptions:
                 raise ValueError(f"{name} must be at least 1")
         if self.grace_s < 0 or self.max_attachments < 0:
             raise ValueError("grace_s and max_attachments must not be negative")
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ServerOptions:
-        """The options :class:`~archon_chat.config.Settings` describe."""
-        return cls(
-            ping_interval_s=settings.ping_interval_s,
-            ping_timeout_s=settings.ping_timeout_s,
-            max_http_buffer_size=settings.max_http_buffer_size,
-            outbox_size=settings.outbox_size,
-            recovery_buffer=settings.recovery_buffer,
-            grace_s=settings.grace_s,
-            max_attachments=settings.max_attachments,
-            cors_origins=settings.cors_origins,
-        )

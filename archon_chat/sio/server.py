@@ -30,6 +30,8 @@ from typing import Any, Final, TypeVar, overload
 
 import trio
 
+from archon_chat import origins
+from archon_chat.config import derive
 from archon_chat.protocol.engineio import EngineConfig, EngineSession, Transport
 from archon_chat.protocol.errors import UnknownSid
 from archon_chat.protocol.socketio import (
@@ -39,9 +41,8 @@ from archon_chat.protocol.socketio import (
     disconnect_frame,
     event_frames,
 )
-from archon_chat.transports.deflate import refuse_permessage_deflate
-from archon_chat.transports.engineio_asgi import EngineIOApp, RequestInfo
 
+from .asgi import EngineIOApp, RequestInfo
 from .connection import (
     Connection,
     ConnectJob,
@@ -121,14 +122,9 @@ def _new_id() -> str:
 class SocketIOServer:
     """Engine.IO v4 / Socket.IO v5 server; see the module docstring."""
 
-    def __init__(self, options: ServerOptions | None = None) -> None:
-        self.options = options or ServerOptions()
-        self.engine_config = EngineConfig(
-            ping_interval_s=self.options.ping_interval_s,
-            ping_timeout_s=self.options.ping_timeout_s,
-            max_payload=self.options.max_http_buffer_size,
-            upgrade_timeout_s=self.options.upgrade_timeout_s,
-        )
+    def __init__(self, options: ServerOptions) -> None:
+        self.options = options
+        self.engine_config = derive(EngineConfig, options)
         self._handlers: dict[str, dict[str, _Registered]] = {"/": {}}
         self._conns: dict[str, Connection] = {}
         self._sockets: dict[str, Socket] = {}
@@ -199,12 +195,10 @@ class SocketIOServer:
     def asgi(self) -> EngineIOApp:
         """The raw ASGI application serving ``/socket.io/`` (http and websocket scopes).
 
-        Unless ``options.websocket_compression``, hypercorn's websocket handshakes decline
-        permessage-deflate from then on (process-wide; see ``ServerOptions``).
+        Whether its websockets may use permessage-deflate is the HTTP server's business
+        (``archon_chat.server`` configures hypercorn at start-up).
         """
         if self._asgi is None:
-            if not self.options.websocket_compression:
-                refuse_permessage_deflate()
             self._asgi = EngineIOApp(self)
         return self._asgi
 
@@ -416,14 +410,9 @@ class SocketIOServer:
         return self.options.max_http_buffer_size
 
     def origin_allowed(self, origin: str | None, own_origin: str | None) -> bool:
-        """The request's own origin is always allowed; others only if configured."""
-        if origin is None:
-            return True
-        origin = origin.rstrip("/").lower()
-        allowed = self.options.cors_origins
-        if "*" in allowed or (own_origin is not None and origin == own_origin.lower()):
-            return True
-        return any(origin == o.lower() for o in allowed)
+        """The request's own origin is always allowed; others only if configured
+        (:mod:`archon_chat.origins`, the rule REST shares)."""
+        return origins.origin_allowed(origin, own_origin, self.options.cors_origins)
 
     def open_connection(self, transport: Transport, info: RequestInfo) -> Connection:
         """A new Engine.IO session (the handshake)."""

@@ -13,7 +13,6 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from quart import Blueprint, Response, request
 from quart_trio import QuartTrio
@@ -22,6 +21,7 @@ from werkzeug.exceptions import HTTPException
 from actors.chat.messages import ErrorCode
 from archon_chat.gateway.core import Gateway
 from archon_chat.gateway.errors import GatewayError
+from archon_chat.origins import origin_allowed, own_origin
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,10 @@ def error_response(status: int, detail: str, code: str) -> Response:
     return json_response({"detail": detail, "code": code}, status)
 
 
-def origin_allowed(origin: str | None, host: str | None, allowlist: tuple[str, ...]) -> bool:
-    """The page's own origin is always allowed, others only if listed (or ``*``)."""
-    if not origin:
-        return True
-    origin = origin.rstrip("/")
-    if "*" in allowlist or origin in allowlist:
-        return True
-    return bool(host) and urlsplit(origin).netloc.lower() == (host or "").lower()
+def _origin_allowed(origins: tuple[str, ...]) -> bool:
+    """The rule of :mod:`archon_chat.origins`, the one Socket.IO applies too."""
+    own = own_origin(request.scheme, request.headers.get("Host"))
+    return origin_allowed(request.headers.get("Origin"), own, origins)
 
 
 def create_rest_blueprint(
@@ -70,7 +66,7 @@ def create_rest_blueprint(
     @bp.before_app_request
     async def guard() -> Response | None:
         origin = request.headers.get("Origin")
-        allowed = origin_allowed(origin, request.headers.get("Host"), settings.cors_origins)
+        allowed = _origin_allowed(settings.cors_origins)
         if not allowed and request.path.startswith(PREFIX):
             return refused(403, "Origin not allowed", "forbidden_origin")
         if request.method == "OPTIONS" and origin and allowed:
@@ -85,7 +81,7 @@ def create_rest_blueprint(
     @bp.after_app_request
     async def cors(response: Response) -> Response:
         origin = request.headers.get("Origin")
-        if origin and origin_allowed(origin, request.headers.get("Host"), settings.cors_origins):
+        if origin and _origin_allowed(settings.cors_origins):
             _with_cors(response, origin, preflight=False)
         return response
 

@@ -31,7 +31,10 @@ from actors.chat.messages import (
     TurnState,
 )
 from actors.chat.settings import HubSettings
+from archon_chat.config import Settings
 from archon_chat.gateway import wire
+
+from ..derived import derived
 
 BASE_URL = "http://agents.test"
 
@@ -134,7 +137,7 @@ class Upstream:
 @asynccontextmanager
 async def agents_over(upstream: Upstream) -> AsyncIterator[AgentsClient]:
     async with httpx.AsyncClient(transport=upstream.transport()) as client:
-        yield AgentsClient(BASE_URL, client)
+        yield AgentsClient(BASE_URL, client, max_event_chars=Settings().agent_max_event_chars)
 
 
 class Recorder:
@@ -294,7 +297,7 @@ async def open_harness(
     send, receive = trio.open_memory_channel[SessionEvent](events_size)
     async with trio.open_nursery() as nursery, agents_over(upstream) as agents:
         nursery.start_soon(recorder.run, receive)
-        async with open_session_hub(store, agents, send, settings or HubSettings()) as hub:
+        async with open_session_hub(store, agents, send, settings or derived(HubSettings)) as hub:
             yield Harness(hub, store, upstream, recorder)
         nursery.cancel_scope.cancel()
 

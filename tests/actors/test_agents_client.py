@@ -30,10 +30,14 @@ from actors.chat.agents_client import (
     open_agents_client,
 )
 from actors.chat.messages import ErrorCode
+from actors.chat.settings import AgentsClientSettings
+from archon_chat.config import Settings
 
+from ..derived import derived
 from .fakes import COMPLETE, PING, Hang, Sleep, Step, Upstream, agents_over, chunk, sse
 
 CEILING_S = 10
+MAX_EVENT = Settings().agent_max_event_chars
 
 REQUEST = AgentRequest(
     agent_type="document",
@@ -63,7 +67,7 @@ async def test_request_and_events(autojump_clock: object) -> None:
 
     with trio.fail_after(CEILING_S):
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-            agents = AgentsClient("http://agents.test/base/", client)
+            agents = AgentsClient("http://agents.test/base/", client, max_event_chars=MAX_EVENT)
             async with agents.open_stream(REQUEST) as stream:
                 events = [event async for event in stream]
     assert events == [ChunkReceived("Hel"), Heartbeat(), ChunkReceived("lo"), Heartbeat(),
@@ -178,7 +182,7 @@ async def test_request_failures_are_mapped(
 ) -> None:
     with trio.fail_after(CEILING_S):
         async with httpx.AsyncClient(transport=httpx.MockTransport(failing_transport(exc))) as c:
-            agents = AgentsClient("http://agents.test", c)
+            agents = AgentsClient("http://agents.test", c, max_event_chars=MAX_EVENT)
             with pytest.raises(error, match=text) as info:
                 async with agents.open_stream(REQUEST):
                     pytest.fail("no stream expected")
@@ -208,20 +212,26 @@ async def test_body_exceptions_are_not_mapped(autojump_clock: object) -> None:
 async def test_shared_client_pool_settings() -> None:
     with trio.fail_after(CEILING_S):
         client = make_http_client(
-            max_connections=5000, max_keepalive_connections=20, connect_timeout_s=2.5
+            max_connections=5000,
+            max_keepalive_connections=20,
+            keepalive_expiry_s=7.5,
+            connect_timeout_s=2.5,
         )
         async with client:
             assert client.timeout == httpx.Timeout(connect=2.5, read=None, write=2.5, pool=None)
             pool = client._transport._pool  # type: ignore[attr-defined]
             assert pool._max_connections == 5000
             assert pool._max_keepalive_connections == 20
+            assert pool._keepalive_expiry == 7.5
         upstream = scripted([COMPLETE])
+        settings = derived(AgentsClientSettings, agent_pools=4, agent_keepalive=9)
         async with open_agents_client(
-            "http://agents.test", transport=upstream.transport()
+            "http://agents.test", settings, transport=upstream.transport()
         ) as agents:
             async with agents.open_stream(REQUEST) as stream:
                 assert [e async for e in stream] == [StreamFinished()]
             assert agents.base_url == "http://agents.test"
+            assert len(agents._clients) == 4
 
 
 async def test_requests_go_round_robin_over_the_pools(autojump_clock: object) -> None:
@@ -239,10 +249,10 @@ async def test_requests_go_round_robin_over_the_pools(autojump_clock: object) ->
             httpx.AsyncClient(transport=transport(0)) as first,
             httpx.AsyncClient(transport=transport(1)) as second,
         ):
-            agents = AgentsClient("http://agents.test", [first, second])
+            agents = AgentsClient("http://agents.test", [first, second], max_event_chars=MAX_EVENT)
             for _ in range(5):
                 async with agents.open_stream(REQUEST) as stream:
                     assert [e async for e in stream] == [StreamFinished()]
     assert served == [0, 1, 0, 1, 0]
     with pytest.raises(ValueError, match="at least one"):
-        AgentsClient("http://agents.test", [])
+        AgentsClient("http://agents.test", [], max_event_chars=MAX_EVENT)

@@ -33,12 +33,18 @@ from actors.chat.messages import (
     TurnEnded,
     TurnFailed,
 )
-from actors.chat.settings import HubSettings
+from actors.chat.settings import AgentsClientSettings, HubSettings
 
+from ..derived import derived
 from .fakes import Recorder
 
 CEILING_S = 5
-SETTINGS = HubSettings(first_event_timeout_s=0.3, gap_timeout_s=0.3, turn_timeout_s=3)
+SETTINGS = derived(
+    HubSettings,
+    agent_first_event_timeout_s=0.3,
+    agent_idle_timeout_s=0.3,
+    agent_turn_timeout_s=3,
+)
 
 
 @dataclass
@@ -112,7 +118,9 @@ async def hub_for(base_url: str) -> AsyncIterator[tuple[Any, MemoryStore, Record
     send, receive = trio.open_memory_channel[SessionEvent](256)
     async with (
         trio.open_nursery() as nursery,
-        open_agents_client(base_url, connect_timeout_s=1) as agents,
+        open_agents_client(
+            base_url, derived(AgentsClientSettings, agent_connect_timeout_s=1)
+        ) as agents,
     ):
         nursery.start_soon(recorder.run, receive)
         async with open_session_hub(store, agents, send, SETTINGS) as hub:
@@ -167,7 +175,7 @@ async def test_silence_is_an_agent_timeout() -> None:
     with trio.fail_after(CEILING_S):
         start = trio.current_time()
         failed, _ = await failure_of("silence")
-        assert trio.current_time() - start >= SETTINGS.first_event_timeout_s
+        assert trio.current_time() - start >= SETTINGS.agent_first_event_timeout_s
     assert (failed.code, failed.error) == (ErrorCode.AGENT_TIMEOUT, "Agent response timeout")
 
 

@@ -34,6 +34,7 @@ from actors.chat.settings import HubSettings
 from actors.runtime import MailboxFull
 from archon_chat.gateway import wire
 
+from ..derived import derived
 from .fakes import (
     COMPLETE,
     PING,
@@ -102,7 +103,7 @@ async def test_one_turn_in_order_with_seq_and_store(autojump_clock: object) -> N
 async def test_history_context_and_prompt_reach_the_agent(autojump_clock: object) -> None:
     upstream = Upstream(script=lambda body: [chunk(f"re: {body['prompt']}"), COMPLETE])
     with trio.fail_after(CEILING_S):
-        async with open_harness(upstream, HubSettings(history_turns=2)) as h:
+        async with open_harness(upstream, derived(HubSettings, history_turns=2)) as h:
             sid = (await h.store.create_session("document")).session_id
             for n, text in enumerate(["one", "two", "three", "four"], start=1):
                 await h.submit(sid, text, context={"format": "markdown", "n": n})
@@ -130,7 +131,7 @@ async def test_history_context_and_prompt_reach_the_agent(autojump_clock: object
 async def test_history_is_read_once_after_reactivation(autojump_clock: object) -> None:
     upstream = Upstream(script=lambda body: [chunk(f"re: {body['prompt']}"), COMPLETE])
     with trio.fail_after(CEILING_S):
-        async with open_harness(upstream, HubSettings(idle_passivate_s=1)) as h:
+        async with open_harness(upstream, derived(HubSettings, idle_passivate_s=1)) as h:
             sid = (await h.store.create_session()).session_id
             await h.submit(sid, "one")
             await h.recorder.turns_ended(1)
@@ -148,7 +149,9 @@ async def test_history_is_read_once_after_reactivation(autojump_clock: object) -
     ]
 
 
-TIMEOUTS = HubSettings(first_event_timeout_s=7, gap_timeout_s=3, turn_timeout_s=50)
+TIMEOUTS = derived(
+    HubSettings, agent_first_event_timeout_s=7, agent_idle_timeout_s=3, agent_turn_timeout_s=50
+)
 
 
 @pytest.mark.parametrize(
@@ -286,7 +289,7 @@ async def test_cancel_for_an_idle_session_starts_no_actor(autojump_clock: object
 async def test_queued_turns_run_in_order_and_the_bound_refuses(autojump_clock: object) -> None:
     upstream = Upstream(script=lambda body: [Sleep(1), chunk(body["prompt"].upper()), COMPLETE])
     with trio.fail_after(CEILING_S):
-        async with open_harness(upstream, HubSettings(max_queued_turns=2)) as h:
+        async with open_harness(upstream, derived(HubSettings, max_queued_turns=2)) as h:
             sid = (await h.store.create_session()).session_id
             outcomes = [(await h.submit(sid, text)).outcome for text in ["a", "b", "c", "d"]]
             ended = await h.recorder.turns_ended(3)
@@ -321,7 +324,7 @@ async def test_left_cancels_the_turn_and_drops_queued_ones(autojump_clock: objec
 
 async def test_session_full_and_duplicates(autojump_clock: object) -> None:
     with trio.fail_after(CEILING_S):
-        async with open_harness(settings=HubSettings(max_messages_per_session=4)) as h:
+        async with open_harness(settings=derived(HubSettings, max_messages_per_session=4)) as h:
             sid = (await h.store.create_session()).session_id
             first = await h.submit(sid, "hi", client_message_id="c-1")
             await h.recorder.turns_ended(1)
@@ -349,7 +352,7 @@ async def test_the_message_cap_counts_queued_turns_and_their_replies(
     # would need 6 even though only 2 messages are stored when it arrives.
     upstream = script(Sleep(10), chunk("ok"), COMPLETE)
     with trio.fail_after(CEILING_S):
-        async with open_harness(upstream, HubSettings(max_messages_per_session=5)) as h:
+        async with open_harness(upstream, derived(HubSettings, max_messages_per_session=5)) as h:
             sid = (await h.store.create_session()).session_id
             outcomes = [(await h.submit(sid, f"m{n}")).outcome for n in range(3)]
             await h.recorder.turns_ended(2)
@@ -365,7 +368,7 @@ async def test_the_message_cap_counts_queued_turns_and_their_replies(
 async def test_unknown_session_and_full_mailbox(autojump_clock: object) -> None:
     store = FaultyStore()
     with trio.fail_after(CEILING_S):
-        async with open_harness(store=store, settings=HubSettings(mailbox_size=1)) as h:
+        async with open_harness(store=store, settings=derived(HubSettings, mailbox_size=1)) as h:
             with pytest.raises(SessionNotFound):
                 await h.hub.deliver("no-such-session", SubmitMessage("hi"))
             assert h.hub.live_sessions() == 0
@@ -440,7 +443,7 @@ async def test_rejoin_gets_exactly_the_missed_text_as_one_chunk(
 
 
 async def test_passivation_and_reactivation_keep_seq(autojump_clock: object) -> None:
-    settings = HubSettings(idle_passivate_s=10)
+    settings = derived(HubSettings, idle_passivate_s=10)
     with trio.fail_after(CEILING_S):
         async with open_harness(settings=settings) as h:
             sid = (await h.store.create_session()).session_id
@@ -466,7 +469,7 @@ async def test_passivation_and_reactivation_keep_seq(autojump_clock: object) -> 
 async def test_a_busy_session_is_not_passivated(autojump_clock: object) -> None:
     upstream = script(*[x for _ in range(30) for x in (Sleep(1), PING)], COMPLETE)
     with trio.fail_after(CEILING_S):
-        async with open_harness(upstream, HubSettings(idle_passivate_s=5)) as h:
+        async with open_harness(upstream, derived(HubSettings, idle_passivate_s=5)) as h:
             sid = (await h.store.create_session()).session_id
             await h.submit(sid, "slow one")
             await h.recorder.turns_ended(1)
@@ -518,7 +521,7 @@ async def test_a_session_that_keeps_crashing_is_given_up_alone(
 ) -> None:
     store = FaultyStore()
     upstream = script(chunk("a"), Sleep(1), chunk("b"), COMPLETE)
-    settings = HubSettings(restart_intensity=2, restart_period_s=10)
+    settings = derived(HubSettings, restart_intensity=2, restart_period_s=10)
     with trio.fail_after(CEILING_S):
         async with open_harness(upstream, settings, store=store) as h:
             bad = (await store.create_session()).session_id
@@ -578,7 +581,7 @@ async def test_forced_shutdown_bounds_the_shielded_save(
 ) -> None:
     store = FaultyStore()
     upstream = script(chunk("half"), Hang())
-    settings = HubSettings(shutdown_grace_s=2, save_timeout_s=3)
+    settings = derived(HubSettings, shutdown_grace_s=2, save_timeout_s=3)
     with trio.fail_after(CEILING_S):
         async with open_harness(upstream, settings, store=store) as h:
             sid = (await store.create_session()).session_id
@@ -630,7 +633,9 @@ async def test_a_message_sent_during_a_turn_keeps_seq_order(autojump_clock: obje
 async def test_a_session_deleted_while_passive_is_not_found(autojump_clock: object) -> None:
     store = MemoryStore()
     with trio.fail_after(CEILING_S):
-        async with open_harness(store=store, settings=HubSettings(idle_passivate_s=1)) as h:
+        async with open_harness(
+            store=store, settings=derived(HubSettings, idle_passivate_s=1)
+        ) as h:
             sid = (await store.create_session()).session_id
             await h.submit(sid, "hi")
             await h.recorder.turns_ended(1)
@@ -642,7 +647,7 @@ async def test_a_session_deleted_while_passive_is_not_found(autojump_clock: obje
 
 async def test_the_partial_reply_is_checkpointed_while_it_streams(autojump_clock: object) -> None:
     upstream = script(chunk("a"), Sleep(1), chunk("b"), Sleep(1.5), chunk("c"), Hang())
-    settings = HubSettings(checkpoint_interval_s=2)
+    settings = derived(HubSettings, checkpoint_interval_s=2)
     with trio.fail_after(CEILING_S):
         async with open_harness(upstream, settings) as h:
             sid = (await h.store.create_session()).session_id
@@ -661,7 +666,7 @@ async def test_the_partial_reply_is_checkpointed_while_it_streams(autojump_clock
 
 async def test_a_slow_gateway_is_not_an_agent_timeout(autojump_clock: object) -> None:
     upstream = script(chunk("a"), chunk("b"), COMPLETE)
-    settings = HubSettings(first_event_timeout_s=3, gap_timeout_s=3)
+    settings = derived(HubSettings, agent_first_event_timeout_s=3, agent_idle_timeout_s=3)
     store = MemoryStore()
     send, receive = trio.open_memory_channel[SessionEvent](0)
     events: list[SessionEvent] = []
@@ -700,7 +705,7 @@ async def test_turn_state_counts_events_whose_send_is_still_waiting(
     with trio.fail_after(CEILING_S):
         async with (
             agents_over(upstream) as agents,
-            open_session_hub(store, agents, send, HubSettings()) as hub,
+            open_session_hub(store, agents, send, derived(HubSettings)) as hub,
         ):
             sid = (await store.create_session()).session_id
             await hub.deliver(sid, SubmitMessage("hi"))

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from actors.chat.sse import ServerSentEvent, SSEComment, SSEDecodeError, SSEDecoder
 
+MAX_CHARS = 4096  # far above any event below
+
 WIRE = (
     b"\xef\xbb\xbf: ping\r\n"
     b"\r\n"
@@ -37,13 +39,13 @@ EXPECTED = [
 
 
 def test_whole_stream_in_one_feed() -> None:
-    decoder = SSEDecoder()
+    decoder = SSEDecoder(MAX_CHARS)
     assert decoder.feed(WIRE) == EXPECTED
     decoder.close()
 
 
 def test_byte_by_byte_gives_the_same_events() -> None:
-    decoder = SSEDecoder()
+    decoder = SSEDecoder(MAX_CHARS)
     out = []
     for i in range(len(WIRE)):
         out += decoder.feed(WIRE[i : i + 1])
@@ -53,7 +55,7 @@ def test_byte_by_byte_gives_the_same_events() -> None:
 @given(st.lists(st.integers(min_value=0, max_value=len(WIRE)), max_size=12))
 def test_any_split_gives_the_same_events(cuts: list[int]) -> None:
     bounds = [0, *sorted(cuts), len(WIRE)]
-    decoder = SSEDecoder()
+    decoder = SSEDecoder(MAX_CHARS)
     out = []
     for start, end in itertools.pairwise(bounds):
         out += decoder.feed(WIRE[start:end])
@@ -61,27 +63,30 @@ def test_any_split_gives_the_same_events(cuts: list[int]) -> None:
 
 
 def test_crlf_split_across_feeds_is_one_line_end() -> None:
-    decoder = SSEDecoder()
+    decoder = SSEDecoder(MAX_CHARS)
     assert decoder.feed(b"data: a\r") == []
     assert decoder.feed(b"\n") == []
     assert decoder.feed(b"\r\n") == [ServerSentEvent("a")]
 
 
 def test_comment_without_space_and_empty_comment() -> None:
-    assert SSEDecoder().feed(b":keepalive\n:\n") == [SSEComment("keepalive"), SSEComment("")]
+    assert SSEDecoder(MAX_CHARS).feed(b":keepalive\n:\n") == [
+        SSEComment("keepalive"),
+        SSEComment(""),
+    ]
 
 
 def test_id_with_nul_is_ignored() -> None:
-    assert SSEDecoder().feed(b"id: a\x00b\ndata: x\n\n") == [ServerSentEvent("x")]
+    assert SSEDecoder(MAX_CHARS).feed(b"id: a\x00b\ndata: x\n\n") == [ServerSentEvent("x")]
 
 
 def test_invalid_utf8_is_an_error() -> None:
     with pytest.raises(SSEDecodeError, match="UTF-8"):
-        SSEDecoder().feed(b"data: \xff\n\n")
+        SSEDecoder(MAX_CHARS).feed(b"data: \xff\n\n")
 
 
 def test_stream_ending_inside_a_character_is_an_error() -> None:
-    decoder = SSEDecoder()
+    decoder = SSEDecoder(MAX_CHARS)
     assert decoder.feed(b"data: caf\xc3") == []
     with pytest.raises(SSEDecodeError, match="UTF-8"):
         decoder.close()

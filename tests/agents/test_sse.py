@@ -18,6 +18,8 @@ from archon_chat.agents.errors import AgentFailure
 from archon_chat.agents.sse import PING, Emit, EventStream
 
 CEILING = 60
+#: events encoded ahead of the writer (the agents service uses its setting, 8 by default)
+BUFFER = 8
 
 
 def decode(frames: list[bytes]) -> list[object]:
@@ -46,7 +48,9 @@ async def test_deltas_then_complete(autojump_clock: trio.testing.MockClock) -> N
             await emit(piece)
 
     with trio.fail_after(CEILING):
-        frames = await drain(EventStream(agent, ping_interval_s=1.0, label="test agent"))
+        frames = await drain(
+            EventStream(agent, ping_interval_s=1.0, buffer=BUFFER, label="test agent")
+        )
     assert decode(frames) == [
         {"type": "stream_chunk", "content": "Hello"},
         {"type": "stream_chunk", "content": " world"},
@@ -61,7 +65,9 @@ async def test_pings_while_thinking(autojump_clock: trio.testing.MockClock) -> N
         await emit("late")
 
     with trio.fail_after(CEILING):
-        frames = await drain(EventStream(agent, ping_interval_s=1.0, label="test agent"))
+        frames = await drain(
+            EventStream(agent, ping_interval_s=1.0, buffer=BUFFER, label="test agent")
+        )
     assert decode(frames) == [
         "ping",
         "ping",
@@ -79,7 +85,9 @@ async def test_an_agent_failure_is_an_error_event(
         raise AgentFailure("the knowledge base is unavailable")
 
     with trio.fail_after(CEILING):
-        frames = await drain(EventStream(agent, ping_interval_s=1.0, label="test agent"))
+        frames = await drain(
+            EventStream(agent, ping_interval_s=1.0, buffer=BUFFER, label="test agent")
+        )
     assert decode(frames) == [
         {"type": "stream_chunk", "content": "partial"},
         {"type": "error", "error": "the knowledge base is unavailable"},
@@ -93,7 +101,9 @@ async def test_a_bug_is_logged_and_reported_without_details(
         raise KeyError("secret internals")
 
     with trio.fail_after(CEILING), caplog.at_level(logging.ERROR, "archon_chat.agents"):
-        frames = await drain(EventStream(agent, ping_interval_s=1.0, label="test agent"))
+        frames = await drain(
+            EventStream(agent, ping_interval_s=1.0, buffer=BUFFER, label="test agent")
+        )
     assert decode(frames) == [{"type": "error", "error": "Internal error in the test agent"}]
     assert "test agent failed" in caplog.text
     assert "secret internals" in caplog.text
@@ -114,6 +124,7 @@ async def test_leaving_early_cancels_the_agent(autojump_clock: trio.testing.Mock
     body = EventStream(
         agent,
         ping_interval_s=10.0,
+        buffer=BUFFER,
         label="test agent",
         on_open=lambda: opened.append("open"),
         on_close=lambda: opened.append("close"),
@@ -134,7 +145,9 @@ async def test_a_slow_reader_holds_the_agent_back(autojump_clock: trio.testing.M
             sent.append(n)
 
     with trio.fail_after(CEILING):
-        async with EventStream(agent, ping_interval_s=100.0, label="test agent") as events:
+        async with EventStream(
+            agent, ping_interval_s=100.0, buffer=BUFFER, label="test agent"
+        ) as events:
             first = await events.__anext__()
             await trio.sleep(5)
             # The bounded channel lets the agent run only a few events ahead.
@@ -152,6 +165,7 @@ def test_a_body_never_sent_counts_nothing() -> None:
     EventStream(
         agent,
         ping_interval_s=1.0,
+        buffer=BUFFER,
         label="test agent",
         on_open=lambda: calls.append("open"),
         on_close=lambda: calls.append("close"),

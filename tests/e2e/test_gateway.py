@@ -7,13 +7,19 @@ Ceiling: every test runs under ``trio.fail_after(30)``.
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
+from hypercorn.protocol import ws_stream
+from wsproto.extensions import PerMessageDeflate
 
+from archon_chat.sio import ServerOptions, SocketIOServer
+
+from ..derived import derived
 from .agents_fake import AgentsFake
 from .support import (
     Client,
@@ -189,6 +195,51 @@ async def test_agents_service_down(tmp_path: Path) -> None:
             assert error["code"] == "agent_unavailable"
             await client.wait_for(turn_done)
             await client.disconnect()
+
+
+async def test_health_waits_for_the_agents_as_long_as_its_setting_says(tmp_path: Path) -> None:
+    answer_after_s = 2.5  # beyond the default health_timeout_s of 2
+
+    async def slow_health(stream: trio.SocketStream) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                return
+            request += chunk
+        await trio.sleep(answer_after_s)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        await stream.aclose()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(
+                partial(trio.serve_tcp, slow_health, 0, host="127.0.0.1")
+            )
+            port = listeners[0].socket.getsockname()[1]
+            settings = gateway_settings(
+                tmp_path, f"http://127.0.0.1:{port}", health_timeout_s=answer_after_s + 5
+            )
+            async with running_gateway(settings) as gw, httpx.AsyncClient(timeout=20) as c:
+                response = await c.get(f"{gw.url}/healthz")
+            assert response.status_code == 200
+            assert response.json()["agents"]["reachable"] is True
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("compression", [False, True])
+async def test_hypercorn_is_configured_at_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compression: bool
+) -> None:
+    # Start from hypercorn's own handshake, whatever earlier tests in this process did.
+    monkeypatch.setattr(ws_stream, "PerMessageDeflate", PerMessageDeflate)
+    sio = SocketIOServer(derived(ServerOptions))
+    assert sio.asgi is sio.asgi
+    assert ws_stream.PerMessageDeflate is PerMessageDeflate  # reading .asgi changes nothing
+    settings = gateway_settings(tmp_path, "http://127.0.0.1:9", websocket_compression=compression)
+    with trio.fail_after(30):
+        async with running_gateway(settings):
+            assert (ws_stream.PerMessageDeflate is PerMessageDeflate) is compression
 
 
 async def test_leave_cancels_and_stores_partial_reply(tmp_path: Path) -> None:

@@ -210,6 +210,14 @@ async def test_api_key_and_origins(tmp_path: Path) -> None:
                 )
                 assert r.status_code == 201
                 assert r.headers["access-control-allow-origin"] == "https://app.example"
+                # One rule for REST and websockets: the page's own origin includes its
+                # scheme, so https:// on the gateway's http:// host and port is foreign.
+                own = gw.url.rstrip("/")
+                for origin, status in ((own, 201), (own.replace("http:", "https:", 1), 403)):
+                    r = await http.post(
+                        "/api/agent-chat/sessions", json={}, headers={**auth, "Origin": origin}
+                    )
+                    assert r.status_code == status, origin
 
             refused = Client(gw.url, transports=["websocket"])
             with pytest.raises(socketio.exceptions.ConnectionError):

@@ -31,7 +31,11 @@ from archon_chat.protocol.errors import (
     UnsupportedProtocolVersion,
 )
 
-CONFIG = EngineConfig(ping_interval_s=25, ping_timeout_s=20, max_payload=1000, upgrade_timeout_s=10)
+from ..derived import derived
+
+CONFIG = EngineConfig(
+    ping_interval_s=25, ping_timeout_s=20, max_http_buffer_size=1000, upgrade_timeout_s=10
+)
 
 
 def polling(now: float = 0.0, config: EngineConfig = CONFIG) -> EngineSession:
@@ -90,7 +94,9 @@ def test_bad_requests(
 
 
 def test_handshake_packet() -> None:
-    config = EngineConfig(ping_interval_s=0.25, ping_timeout_s=0.5, max_payload=1_000_000)
+    config = derived(
+        EngineConfig, ping_interval_s=0.25, ping_timeout_s=0.5, max_http_buffer_size=1_000_000
+    )
     session = EngineSession("abc", config, Transport.POLLING, 0.0)
     session.begin_poll()
     body = session.take_poll()
@@ -153,7 +159,7 @@ def test_poll_response_caps_packet_count_at_16() -> None:
 
 
 def test_poll_response_caps_bytes_at_max_payload() -> None:
-    session = polling(config=EngineConfig(max_payload=10))
+    session = polling(config=derived(EngineConfig, max_http_buffer_size=10))
     session.send_frames(["4aaaa", "4bbbb", "4cccccccccccccc"])
     assert poll(session) == b"4aaaa"  # 5 + 1 + 5 > 10
     assert poll(session) == b"4bbbb"
@@ -183,7 +189,7 @@ def test_malformed_payloads(body: bytes) -> None:
 
 
 def test_oversized_payload() -> None:
-    session = polling(config=EngineConfig(max_payload=4))
+    session = polling(config=derived(EngineConfig, max_http_buffer_size=4))
     with pytest.raises(PayloadTooLarge) as info:
         session.receive_payload(b"4hello", now=1.0)
     assert info.value.status_hint == 413
@@ -251,7 +257,7 @@ def test_unsolicited_pong_changes_nothing() -> None:
 
 
 def test_fractional_intervals() -> None:
-    config = EngineConfig(ping_interval_s=0.2, ping_timeout_s=0.1)
+    config = derived(EngineConfig, ping_interval_s=0.2, ping_timeout_s=0.1)
     session = EngineSession("s", config, Transport.WEBSOCKET, 0.0)
     assert session.next_deadline() == pytest.approx(0.2)
 

@@ -127,7 +127,9 @@ operations = st.one_of(
 @FUZZ
 @given(st.sampled_from(Transport), st.lists(operations, max_size=40))
 def test_engine_state_machine(transport: Transport, ops: list[tuple[str, Any]]) -> None:
-    config = EngineConfig(ping_interval_s=5, ping_timeout_s=3, max_payload=60, upgrade_timeout_s=4)
+    config = EngineConfig(
+        ping_interval_s=5, ping_timeout_s=3, max_http_buffer_size=60, upgrade_timeout_s=4
+    )
     session = EngineSession("s", config, transport, 0.0)
     now = 0.0
     closes = 0

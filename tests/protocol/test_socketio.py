@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from archon_chat.config import Settings
 from archon_chat.protocol.codecs import decode_sio, encode_payload
 from archon_chat.protocol.errors import InvalidState, MalformedPacket
 from archon_chat.protocol.socketio import (
@@ -35,7 +36,7 @@ def connected(*namespaces: str) -> SocketIOConnection:
 
 
 def test_connect_default_namespace_with_auth() -> None:
-    conn = SocketIOConnection()
+    conn = SocketIOConnection(Settings().max_attachments)
     conn.receive_message('0{"token":"abc"}')
     assert conn.events() == [ConnectRequested("/", {"token": "abc"})]
     assert conn.namespaces == {"/": NamespaceState.CONNECTING}
@@ -44,7 +45,7 @@ def test_connect_default_namespace_with_auth() -> None:
 
 
 def test_connect_custom_namespace() -> None:
-    conn = SocketIOConnection()
+    conn = SocketIOConnection(Settings().max_attachments)
     conn.receive_message("0/admin,")
     conn.receive_message('0/chat?x=1,{"a":1}')
     assert conn.events() == [ConnectRequested("/admin", None), ConnectRequested("/chat", {"a": 1})]
@@ -57,7 +58,7 @@ def test_second_connect_is_invalid() -> None:
 
 
 def test_connect_payload_must_be_an_object() -> None:
-    conn = SocketIOConnection()
+    conn = SocketIOConnection(Settings().max_attachments)
     with pytest.raises(MalformedPacket):
         conn.receive_message('0["no"]')
 

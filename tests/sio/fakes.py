@@ -16,12 +16,14 @@ import trio
 from archon_chat.protocol.codecs import Frame
 from archon_chat.protocol.engineio import Transport
 from archon_chat.sio import ServerOptions, SocketIOServer
+from archon_chat.sio.asgi import RequestInfo
 from archon_chat.sio.connection import Connection
-from archon_chat.transports.engineio_asgi import RequestInfo
+
+from ..derived import derived
 
 
 async def start_server(nursery: trio.Nursery, **options: Any) -> SocketIOServer:
-    sio = SocketIOServer(ServerOptions(**options))
+    sio = SocketIOServer(derived(ServerOptions, **options))
     await nursery.start(sio.serve)
     return sio
 

@@ -10,11 +10,19 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from archon_chat.sio import ServerOptions, SocketIOServer
+from archon_chat.transports.deflate import refuse_permessage_deflate
+
+from ..derived import derived
 
 
 async def serve_sio(nursery: trio.Nursery, **options: Any) -> tuple[SocketIOServer, int]:
-    """Start the server and hypercorn in ``nursery``; return the server and its port."""
-    sio = SocketIOServer(ServerOptions(**options))
+    """Start the server and hypercorn in ``nursery``; return the server and its port.
+
+    Hypercorn is configured as ``archon-chat serve`` configures it (permessage-deflate
+    declined, process-wide).
+    """
+    refuse_permessage_deflate()
+    sio = SocketIOServer(derived(ServerOptions, **options))
     await nursery.start(sio.serve)
     return sio, await serve_app(nursery, sio.asgi)
 

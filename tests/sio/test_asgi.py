@@ -20,8 +20,9 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from archon_chat.sio import SocketIOServer
+from archon_chat.sio import ServerOptions, SocketIOServer
 
+from ..derived import derived
 from .serving import serve_app, serve_sio
 
 QUERY = "/socket.io/?EIO=4&transport=polling"
@@ -198,6 +199,22 @@ async def test_cors(nursery: trio.Nursery) -> None:
                 ):
                     pass
             assert rejected.value.status_code == 403
+            # The page's own origin includes its scheme (the rule REST shares).
+            other_scheme = f"https://127.0.0.1:{port}"
+            refused = await c.get(QUERY, headers={"Origin": other_scheme})
+            assert error(refused) == (403, {"code": 4, "message": "Forbidden"})
+            with pytest.raises(ConnectionRejected) as rejected:
+                async with open_websocket_url(
+                    f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket",
+                    extra_headers=[(b"origin", other_scheme.encode())],
+                ):
+                    pass
+            assert rejected.value.status_code == 403
+            async with open_websocket_url(
+                f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket",
+                extra_headers=[(b"origin", f"http://127.0.0.1:{port}".encode())],
+            ) as ws:
+                assert (await ws.get_message()).startswith("0{")
 
 
 async def test_any_origin_when_configured(nursery: trio.Nursery) -> None:
@@ -210,7 +227,7 @@ async def test_any_origin_when_configured(nursery: trio.Nursery) -> None:
 
 async def test_not_serving_yet(nursery: trio.Nursery) -> None:
     with trio.fail_after(10):
-        sio = SocketIOServer()
+        sio = SocketIOServer(derived(ServerOptions))
         port = await serve_app(nursery, sio.asgi)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
             assert (await c.get(QUERY)).status_code == 503

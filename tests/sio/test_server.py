@@ -20,9 +20,11 @@ from archon_chat.sio import (
     ConnectInfo,
     ConnectRefused,
     NotConnected,
+    ServerOptions,
     SocketIOServer,
 )
 
+from ..derived import derived
 from .fakes import FakeClient, start_server
 
 
@@ -573,7 +575,7 @@ async def test_cancelling_serve_closes_everything(
     autojump_clock: MockClock, nursery: trio.Nursery
 ) -> None:
     with trio.fail_after(60):
-        sio = SocketIOServer()
+        sio = SocketIOServer(derived(ServerOptions))
         async with trio.open_nursery() as inner:
             await inner.start(sio.serve)
             client = FakeClient(sio, nursery)

@@ -3,7 +3,8 @@
 Raw ASGI rather than quart because a websocket costs a third less memory this way
 (design.md section 6). Measured with hypercorn 0.18 and 1,000 npm clients: 30.6 KiB per idle
 websocket session joined to a room, of which 22.5 KiB is hypercorn's own bare websocket
-(permessage-deflate declined, see :mod:`.deflate`; accepting it costs ~95 KiB more).
+(permessage-deflate declined, see :mod:`archon_chat.transports.deflate`; accepting it costs
+~95 KiB more).
 
 Everything protocol-related is decided by the sans-IO core; this module only moves bytes
 between ASGI messages and a connection of the :class:`EngineHub`:
@@ -31,6 +32,7 @@ from typing import Any, Protocol
 
 import trio
 
+from archon_chat.origins import own_origin
 from archon_chat.protocol.codecs import Frame
 from archon_chat.protocol.engineio import Transport, parse_request
 from archon_chat.protocol.errors import (
@@ -42,7 +44,7 @@ from archon_chat.protocol.errors import (
 
 __all__ = ["EngineConnection", "EngineHub", "EngineIOApp", "RequestInfo"]
 
-log = logging.getLogger("archon_chat.transports.engineio")
+log = logging.getLogger("archon_chat.sio.asgi")
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -137,14 +139,13 @@ def _decode_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
 
 
 def _own_origin(scope: Scope, headers: dict[str, str]) -> str | None:
-    scheme = {"ws": "http", "wss": "https"}.get(scope.get("scheme", "http"), scope.get("scheme"))
     host = headers.get("host")
     if host is None:
         server = scope.get("server")
         if not server:
             return None
         host = f"{server[0]}:{server[1]}"
-    return f"{scheme}://{host}"
+    return own_origin(str(scope.get("scheme", "http")), host)
 
 
 def _info(scope: Scope, query: dict[str, str]) -> RequestInfo:
