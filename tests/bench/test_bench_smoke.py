@@ -193,3 +193,49 @@ async def test_slow_client_is_merged_cut_and_resumes_with_the_agents_text() -> N
     assert slow["cut_text_complete"] == 1
     assert figures["completed"] == 1  # the other client's reply, whole
     assert figures["failure_kinds"] == {}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not OURS_PRESENT, reason="no gateway in this tree")
+async def test_turn_cost_and_long_reply_points_come_out_in_tables_and_targets() -> None:
+    statuses: list[str] = []
+    plan = dataclasses.replace(
+        scenarios.SMOKE,
+        sweep_sessions=(2,),
+        sweep_paces=(0.0,),
+        turn_sessions=2,
+        long_sessions=2,
+        long_seconds=(0.1, 0.3),
+    )
+    db = temp_db()
+    try:
+        with trio.fail_after(90):
+            async with (
+                start_server("mock-agent", [python(), "-m", "bench.mock_agent"]) as mock,
+                open_worker_pool(1) as pool,
+            ):
+                argv, env = gateway_command("ours", mock.url, db)
+                async with start_server("ours", argv, env) as gateway:
+                    bench = scenarios.Bench(pool, mock, plan, statuses.append)
+                    document = {
+                        "throughput": await scenarios.throughput(bench, [gateway]),
+                        "long": await scenarios.long_replies(bench, [gateway]),
+                    }
+    finally:
+        remove_db(db)
+
+    sweep, turns = document["throughput"]
+    assert (sweep["kind"], sweep["n"], turns["kind"], turns["n"]) == ("sweep", 10, "turns", 1)
+    assert turns["completed"] == 2
+    assert turns["gateway_cpu_per_turn_us"] is not None
+    short, long = document["long"]
+    assert (short["reply_s"], long["reply_s"]) == (0.1, 0.3)
+    assert long["n"] == 3 * short["n"]
+    assert long["completed"] == short["completed"] == 2
+    assert long["latency_p99_ms"] is not None
+    text = "\n".join(report.tables(document, ["ours"]))
+    assert "[6] Long replies" in text
+    assert "1 chunks" in text
+    names = [t["name"] for t in report.targets(document)]
+    assert "gateway CPU per turn us, 2 one-chunk replies" in names
+    assert "long replies: p99 of 0.3 s vs 0.1 s replies" in names
