@@ -47,7 +47,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     size.add_argument("--full", action="store_true", help="the whole sweep")
     size.add_argument("--smoke", action="store_true", help="seconds: does the harness work")
     parser.add_argument(
-        "--scenarios", default="1,2,3,4,5", help="which scenarios, e.g. 1,3 (default all)"
+        "--scenarios", default="1,2,3,4,5,6", help="which scenarios, e.g. 1,3 (default all)"
     )
     parser.add_argument(
         "--gateways", default=",".join(ALL_GATEWAYS), help="ours,seed,seed-shared (default all)"
@@ -83,6 +83,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "plan": scenarios.plan_json(plan),
         "generator_processes": args.workers,
         "gateways": {k: report.LABELS[k] for k in kinds},
+        #: what each gateway said it runs on (the seed's event loop and HTTP parser)
+        "implementations": {},
         "unavailable": {},
     }
     out_json = args.out / f"{plan.mode}-{stamp}.json"
@@ -103,7 +105,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         bench = scenarios.Bench(pool, mock, plan, progress.status)
         available = list(kinds)
 
-        if wanted & {1, 3, 4, 5}:
+        if wanted & {1, 3, 4, 6}:
             async with AsyncExitStack() as gateways_stack:
                 running: list[Server] = []
                 for kind in kinds:
@@ -112,9 +114,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     argv, env = gateway_command(kind, mock.url, db)
                     progress.status(f"starting gateway {kind}")
                     try:
-                        running.append(
-                            await gateways_stack.enter_async_context(start_server(kind, argv, env))
+                        gateway = await gateways_stack.enter_async_context(
+                            start_server(kind, argv, env)
                         )
+                        running.append(gateway)
+                        document["implementations"][kind] = gateway.implementation
+                        if gateway.implementation:
+                            progress.line(f"{kind} runs on {gateway.implementation}")
                     except BenchError as exc:
                         progress.line(f"gateway {kind} unavailable: {exc}")
                         document["unavailable"][kind] = str(exc)
@@ -124,7 +130,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     (1, "throughput", scenarios.throughput),
                     (3, "cancel", scenarios.cancel),
                     (4, "resume", scenarios.resume),
-                    (5, "slow", scenarios.slow),
+                    (6, "long", scenarios.long_replies),
                 )
                 for number, key, scenario in steps:
                     if number not in wanted:
@@ -141,6 +147,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     save()
                     progress.line(report.tables({key: document[key]}, labels)[0])
                     progress.line()
+        if 5 in wanted:
+            # Fresh gateways per run (its own peak memory, our scenario's outbox bound).
+            document["slow"] = await scenarios.slow(bench, available, mock.url)
+            save()
+            progress.line(report.tables({"slow": document["slow"]}, available)[0])
+            progress.line()
         if 2 in wanted:
             idle_kinds = [k for k in available if k != "seed-shared"]
             document["idle"] = await scenarios.idle(bench, idle_kinds, mock.url)

@@ -12,7 +12,11 @@ answer, so every measurement window starts when all processes are ready:
   ``stream_complete``), ``stop`` / ``leave`` (``stop_response`` or ``leave_chat`` after
   a share of the chunks, then a quiet window in which every late chunk is counted),
   ``drop`` (the connection is cut after a share of the chunks; the client reconnects
-  and resumes with ``join_chat {last_seq}``). Progress lines go out twice a second.
+  and resumes with ``join_chat {last_seq}``). A turn may give the watched share of sessions
+  (``heavy_every``, chosen at setup) a reply of its own (``heavy_spec``), and with
+  ``resume_cut`` a client whose connection the server cut mid-reply reconnects at full
+  speed and resumes the same way; the watched clients' texts are hashed and returned, to be
+  compared with the agent's. Progress lines go out twice a second.
 * ``close``: disconnect every client. ``exit``: leave.
 
 Every step has a deadline; clients that miss it count as failures, never hang.
@@ -95,6 +99,7 @@ class Worker:
         count = int(command["count"])
         slow_rate = float(command.get("slow_rate", 0.0))
         slow_every = int(command.get("slow_every", 0))
+        heavy_every = int(command.get("heavy_every", 0))
         deadline = float(command.get("deadline", 120))
         failures: Counter[str] = Counter()
         session_ids: list[str | None] = [None] * count
@@ -105,9 +110,9 @@ class Worker:
             if session_id is None:
                 continue
             slow = slow_every > 0 and i % slow_every == 0
-            self.clients.append(
-                Client(self.host, self.port, session_id, slow_rate if slow else 0.0)
-            )
+            client = Client(self.host, self.port, session_id, slow_rate if slow else 0.0)
+            client.heavy = slow or (heavy_every > 0 and i % heavy_every == 0)
+            self.clients.append(client)
         if command.get("connect", True):
             self.clients = await self._connect_all(self.clients, failures, deadline)
             if command.get("join"):
@@ -150,22 +155,29 @@ class Worker:
         extra: dict[str, Any] = {"stops": {}, "resume_s": [], "resume_total_s": [], "acks": 0}
         failures: Counter[str] = Counter()
 
+        heavy_spec = command.get("heavy_spec") or spec
+        resume_cut = bool(command.get("resume_cut", False))
+        reconnect_delay = float(command.get("reconnect_delay", 0.1))
+
         async def one(i: int, client: Client) -> None:
             token = f"{prefix}-{self.index}-{i}"
-            n = int(spec["n"])
+            shape = heavy_spec if client.heavy else spec
+            n = int(shape["n"])
             threshold = max(1, int(n * share)) if mode != "normal" else 0
-            turn = Turn(token, n, tag, threshold=threshold)
+            turn = Turn(token, n, tag, threshold=threshold, keep_text=client.heavy)
             turn.slow = bool(client.slow_rate)
+            turn.heavy = client.heavy
             turns.append(turn)
             client.turn = turn
             prompt = spec_prompt(
                 StreamSpec(
                     n,
-                    int(spec["size"]),
-                    float(spec["pace"]),
-                    float(spec.get("first", 0)),
+                    int(shape["size"]),
+                    float(shape["pace"]),
+                    float(shape.get("first", 0)),
                     token,
                     tag,
+                    digest=client.heavy,
                 )
             )
             turn.sent_at = time.monotonic()
@@ -179,6 +191,13 @@ class Worker:
                 return
             if mode == "normal":
                 await turn.done.wait()
+                if resume_cut and turn.completed_at is None and client.closed.is_set():
+                    # Cut by the server mid-reply (not by this step's end: the reader
+                    # runs in the worker's nursery): come back and resume, once.
+                    turn.cut = True
+                    await self._drop_and_resume(
+                        client, turn, reconnect_delay, extra, throttled=False
+                    )
                 return
             await turn.reached.wait()
             if client.closed.is_set():
@@ -186,9 +205,7 @@ class Worker:
             if mode in ("stop", "leave"):
                 await self._stop(client, turn, mode, quiet, extra)
             elif mode == "drop":
-                await self._drop_and_resume(
-                    client, turn, float(command.get("reconnect_delay", 0.1)), extra
-                )
+                await self._drop_and_resume(client, turn, reconnect_delay, extra)
 
         async def progress() -> None:
             while True:
@@ -201,29 +218,49 @@ class Worker:
                     }
                 )
 
-        slow_grace = float(command.get("slow_grace", 1.0))
+        # Slow clients do not hold the step up: once every other reply is in, they get
+        # ``slow_wait`` more (a cut one resumes meanwhile), then what they have is what
+        # they got. With ``slow_for`` their link recovers that long after the turn starts.
+        slow_wait = float(command.get("slow_wait", command.get("slow_grace", 1.0)))
+        slow_for = command.get("slow_for")
+        if slow_for is not None:
+            for client in self.clients:
+                if client.throttle is not None:
+                    client.throttle.until = trio.current_time() + float(slow_for)
         async with trio.open_nursery() as outer:
             outer.start_soon(progress)
             with trio.move_on_after(deadline):
-                # Slow clients do not hold the step up: once every other reply is in,
-                # they get a grace, then whatever they have is what they got.
-                async with trio.open_nursery() as nursery:
-                    for i, client in enumerate(self.clients):
-                        if client.closed.is_set():
-                            failures["closed before turn"] += 1
-                        else:
-                            (outer if client.slow_rate else nursery).start_soon(one, i, client)
-                await trio.sleep(slow_grace if any(c.slow_rate for c in self.clients) else 0)
+                async with trio.open_nursery() as slow_nursery:
+                    async with trio.open_nursery() as nursery:
+                        for i, client in enumerate(self.clients):
+                            if client.closed.is_set():
+                                failures["closed before turn"] += 1
+                            else:
+                                (slow_nursery if client.slow_rate else nursery).start_soon(
+                                    one, i, client
+                                )
+                    slow_nursery.cancel_scope.deadline = trio.current_time() + slow_wait
             outer.cancel_scope.cancel()
-        slow_clients = [c for c in self.clients if c.slow_rate]
-        result = self._turn_result([t for t in turns if not t.slow], mode, failures, extra)
-        slow_turns = [t for t in turns if t.slow]
+        result = self._turn_result([t for t in turns if not t.heavy], mode, failures, extra)
+        watched = [t for t in turns if t.heavy]
         result["slow"] = {
-            "clients": len(slow_clients),
-            "completed": sum(1 for t in slow_turns if t.completed_at is not None),
-            "disconnected": sum(1 for c in slow_clients if c.closed.is_set()),
-            "chunks": sum(t.distinct for t in slow_turns),
-            "latency_p50_s": _median([x for t in slow_turns for x in t.latencies]),
+            "clients": len(watched),
+            "throttled": sum(1 for t in watched if t.slow),
+            "completed": sum(1 for t in watched if t.completed_at is not None),
+            "disconnected": sum(1 for c in self.clients if c.heavy and c.closed.is_set()),
+            "cut": sum(1 for t in watched if t.cut),
+            "resumed": sum(1 for t in watched if t.resumed),
+            "chunks": sum(t.distinct for t in watched),
+            "latency_p50_s": _median([x for t in watched for x in t.latencies]),
+            "texts": {
+                t.token: {
+                    "chunks_sha256": t.text_sha256,
+                    "message_sha256": t.message_sha256,
+                    "completed": t.completed_at is not None,
+                    "cut": t.cut,
+                }
+                for t in watched
+            },
         }
         return result
 
@@ -255,8 +292,16 @@ class Worker:
         turn.done.set()
 
     async def _drop_and_resume(
-        self, client: Client, turn: Turn, delay: float, extra: dict[str, Any]
+        self,
+        client: Client,
+        turn: Turn,
+        delay: float,
+        extra: dict[str, Any],
+        *,
+        throttled: bool = True,
     ) -> None:
+        """Cut the connection (if the server has not already), reconnect after ``delay``,
+        rejoin with ``last_seq`` and wait for the reply's end."""
         dropped_at = time.monotonic()
         await client.drop()
         await trio.sleep(delay)
@@ -264,13 +309,15 @@ class Worker:
         reconnect_at = time.monotonic()
         assert self.nursery is not None
         try:
-            await client.connect(self.nursery)
+            await client.connect(self.nursery, throttled=throttled)
             client.turn = turn
             await client.join(client.last_seq if client.last_seq else None)
         except (OSError, ConnectionError, trio_websocket.HandshakeError) as exc:
             turn.errors.append(f"reconnect: {type(exc).__name__}")
+            turn.done.set()
             return
-        if client.confirmed_at is not None:
+        if client.confirmed_at is not None and not client.closed.is_set():
+            turn.resumed = True
             extra["resume_s"].append(client.confirmed_at - reconnect_at)
             extra["resume_total_s"].append(client.confirmed_at - dropped_at)
         await turn.done.wait()

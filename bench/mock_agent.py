@@ -7,6 +7,7 @@ service serves every scenario::
 
     bench n=<chunks> size=<chars per chunk> pace=<seconds between chunks>
           first=<seconds before the first chunk> id=<stream token> tag=<reply tag>
+          [digest=1]
 
 Each chunk's content starts with a marker ``~<tag>.<index>:<send time>~`` (the send time is
 ``time.monotonic()``, a clock shared by every process of the machine), padded with dots
@@ -16,7 +17,9 @@ duplicates even when chunks were merged on the way.
 For every stream token it records when the stream started and ended and how: complete,
 or the moment the client disconnected (a watcher waits on the socket's readability
 while the chunks go out, so a disconnect is seen when it happens, not at the next
-write). ``GET /stats?prefix=<p>`` returns those records; ``POST /reset`` forgets them.
+write), and, for a stream that asked with ``digest=1``, the SHA-256 of the text it sent (its
+chunks' contents in order: what a client's final text must equal). ``GET /stats?prefix=<p>``
+returns those records; ``POST /reset`` forgets them.
 
 It must never be the bottleneck: plain non-blocking sockets under trio's low-level
 wait functions, a hand-written HTTP/1.1 reader for the one client it expects (httpx),
@@ -29,6 +32,7 @@ task only steps in when its socket is full. Streams at pace 0 write back to back
 from __future__ import annotations
 
 import argparse
+import hashlib
 import heapq
 import itertools
 import json
@@ -63,6 +67,8 @@ class StreamSpec:
     token: str = ""
     #: marks this reply's chunks, so a late chunk of an earlier reply is never counted
     tag: str = "x"
+    #: record the SHA-256 of the text sent (the chunks' contents in order), for /stats
+    digest: bool = False
 
 
 def parse_spec(prompt: str) -> StreamSpec:
@@ -77,13 +83,14 @@ def parse_spec(prompt: str) -> StreamSpec:
         first=max(0.0, float(fields.get("first", 0.0))),
         token=fields.get("id", ""),
         tag=fields.get("tag", "x") if fields.get("tag", "x").isalnum() else "x",
+        digest=fields.get("digest") == "1",
     )
 
 
 def spec_prompt(spec: StreamSpec) -> str:
     return (
         f"bench n={spec.n} size={spec.size} pace={spec.pace} first={spec.first} "
-        f"id={spec.token} tag={spec.tag}"
+        f"id={spec.token} tag={spec.tag}" + (" digest=1" if spec.digest else "")
     )
 
 
@@ -122,9 +129,18 @@ class StreamRecord:
     chunks_sent: int = 0
     status: str = "streaming"  # complete | disconnected
     ended: float | None = None
+    #: the text sent so far, hashed (only for streams that asked for ``digest=1``)
+    hasher: Any = None
+
+    def sent(self, content: str) -> None:
+        """One chunk's content went out (wholly, or its rest is pending in order)."""
+        self.chunks_sent += 1
+        if self.hasher is not None:
+            self.hasher.update(content.encode())
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "text_sha256": None if self.hasher is None else self.hasher.hexdigest(),
             "agent_type": self.agent_type,
             "started": self.started,
             "n": self.n,
@@ -221,7 +237,8 @@ class Pacer:
 
     def _write(self, stream: PacedStream, now: float) -> None:
         spec = stream.spec
-        data = _sse_chunk(chunk_content(stream.index, time.monotonic(), spec.size, spec.tag))
+        content = chunk_content(stream.index, time.monotonic(), spec.size, spec.tag)
+        data = _sse_chunk(content)
         try:
             sent = stream.conn.send(data)
         except BlockingIOError:
@@ -231,7 +248,7 @@ class Pacer:
             stream.wake.set()
             return
         stream.index += 1
-        stream.record.chunks_sent += 1
+        stream.record.sent(content)
         self.agent.chunks_total += 1
         # Keep the schedule, but never burst to catch up after a stall.
         stream.due = max(stream.due + spec.pace, now)
@@ -384,6 +401,8 @@ class MockAgent:
 
     async def _stream(self, conn: socket.socket, agent_type: str, spec: StreamSpec) -> bool:
         record = StreamRecord(spec.token, agent_type, time.monotonic(), spec.n)
+        if spec.digest:
+            record.hasher = hashlib.sha256()
         if spec.token:
             self.records[spec.token] = record
             if len(self.records) > MAX_RECORDS:
@@ -435,10 +454,9 @@ class MockAgent:
         for index in range(spec.n):
             if index % BURST == 0:
                 await trio.lowlevel.checkpoint()
-            await _send_all(
-                conn, _sse_chunk(chunk_content(index, time.monotonic(), spec.size, spec.tag))
-            )
-            record.chunks_sent += 1
+            content = chunk_content(index, time.monotonic(), spec.size, spec.tag)
+            await _send_all(conn, _sse_chunk(content))
+            record.sent(content)
             self.chunks_total += 1
 
     async def _write_paced(

@@ -26,6 +26,8 @@ import psutil  # type: ignore[import-untyped]
 import trio
 
 SERVING = re.compile(r"serving on (http://[\w.\-]+:\d+)")
+#: a server may say, before it serves, which implementations it runs on (the seed baseline)
+IMPLEMENTATION = re.compile(r": implementation (\{.*\})\s*$")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -40,6 +42,8 @@ class Server:
     process: trio.Process
     ps: psutil.Process
     output: list[str] = field(default_factory=list)
+    #: what the server said it runs on (event loop, HTTP and websocket protocol classes)
+    implementation: dict[str, str] = field(default_factory=dict)
 
     @property
     def port(self) -> int:
@@ -76,6 +80,8 @@ def gateway_command(kind: str, agent_url: str, db_path: str) -> tuple[list[str],
     if kind == "ours":
         return ours_command(db_path), env
     argv = [python(), "-m", "bench.seed_baseline", "--port", "0", "--agent-url", agent_url]
+    # As uvicorn[standard] runs by default; named, so that a missing one fails loudly.
+    argv += ["--loop", "uvloop", "--http", "httptools"]
     if kind == "seed-shared":
         argv.append("--shared-client")
     return argv, env
@@ -136,7 +142,14 @@ async def start_server(
             if not found:
                 tail = "\n".join(output[-20:])
                 raise BenchError(f"{label} did not start ({' '.join(argv)}):\n{tail}")
-            server = Server(label, found[0], process, psutil.Process(process.pid), output)
+            server = Server(
+                label,
+                found[0],
+                process,
+                psutil.Process(process.pid),
+                output,
+                implementation_of(output),
+            )
             try:
                 yield server
             finally:
@@ -148,6 +161,19 @@ async def start_server(
             process.kill()
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await process.wait()
+
+
+def implementation_of(lines: Sequence[str]) -> dict[str, str]:
+    """The implementation a server announced in its output (empty if it said nothing)."""
+    for line in lines:
+        match = IMPLEMENTATION.search(line)
+        if match:
+            try:
+                found = json.loads(match.group(1))
+            except ValueError:
+                return {}
+            return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+    return {}
 
 
 async def stop_process(process: trio.Process, grace: float = 5.0) -> None:

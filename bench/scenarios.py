@@ -1,4 +1,4 @@
-"""The five scenarios of the load benchmark, and the figures each one yields.
+"""The six scenarios of the load benchmark, and the figures each one yields.
 
 Every measured run goes the same way: fresh sessions are created over REST and joined
 over Socket.IO by the worker processes, the mock agent is quiet, CPU readings are
@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.loadgen import unpack
 from bench.runner import (
@@ -54,6 +55,17 @@ class Plan:
     slow_every: int
     slow_rate: float
     slow_size: int
+    #: chunk size of the replies of the 1-in-``slow_every`` sessions (slow in one run, not
+    #: in the other): large, so that they outrun their readers' kernel buffers in seconds
+    slow_heavy_size: int
+    slow_seconds: float
+    #: our outbox bound (``ARCHON_CHAT_OUTBOX_SIZE``) in the slow-client scenario
+    slow_outbox: int
+    #: the 1,000 one-chunk replies of the turn-cost point (run at this sweep point)
+    turn_sessions: int
+    long_sessions: int
+    long_size: int
+    long_seconds: tuple[float, ...]
     reps: int
 
 
@@ -73,6 +85,13 @@ QUICK = Plan(
     slow_every=10,
     slow_rate=8192.0,
     slow_size=4000,
+    slow_heavy_size=32_000,
+    slow_seconds=15.0,
+    slow_outbox=16,
+    turn_sessions=1000,
+    long_sessions=100,
+    long_size=4000,
+    long_seconds=(2.0, 20.0),
     reps=1,
 )
 
@@ -92,6 +111,13 @@ FULL = Plan(
     slow_every=10,
     slow_rate=8192.0,
     slow_size=4000,
+    slow_heavy_size=32_000,
+    slow_seconds=40.0,
+    slow_outbox=16,
+    turn_sessions=1000,
+    long_sessions=100,
+    long_size=4000,
+    long_seconds=(2.0, 20.0),
     reps=1,
 )
 
@@ -111,6 +137,13 @@ SMOKE = Plan(
     slow_every=5,
     slow_rate=8192.0,
     slow_size=4000,
+    slow_heavy_size=4000,
+    slow_seconds=0.5,
+    slow_outbox=16,
+    turn_sessions=3,
+    long_sessions=3,
+    long_size=4000,
+    long_seconds=(0.2, 1.0),
     reps=1,
 )
 
@@ -174,6 +207,7 @@ class Bench:
         *,
         join: bool,
         slow_every: int = 0,
+        heavy_every: int = 0,
         deadline: float = 180,
     ) -> Counter[str]:
         counts = split(sessions, len(self.pool.workers))
@@ -185,6 +219,7 @@ class Bench:
                     "count": count,
                     "join": join,
                     "slow_every": slow_every,
+                    "heavy_every": heavy_every,
                     "slow_rate": self.plan.slow_rate,
                     "deadline": deadline,
                 }
@@ -209,11 +244,14 @@ class Bench:
         mode: str = "normal",
         label: str = "",
         slow_every: int = 0,
+        heavy_every: int = 0,
         deadline: float = 60.0,
         extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """One measured run: setup, one turn for every session, close."""
-        failures = await self.open_sessions(gateway, sessions, label, slow_every=slow_every)
+        failures = await self.open_sessions(
+            gateway, sessions, label, slow_every=slow_every, heavy_every=heavy_every
+        )
         try:
             return await self.turn(
                 gateway,
@@ -230,11 +268,19 @@ class Bench:
             await self.close()
 
     async def open_sessions(
-        self, gateway: Server, sessions: int, label: str, *, slow_every: int = 0
+        self,
+        gateway: Server,
+        sessions: int,
+        label: str,
+        *,
+        slow_every: int = 0,
+        heavy_every: int = 0,
     ) -> Counter[str]:
         await self.wait_quiet()
         self.status(f"{label}: {gateway.label}: creating and joining {sessions} sessions")
-        return await self.setup(gateway, sessions, join=True, slow_every=slow_every)
+        return await self.setup(
+            gateway, sessions, join=True, slow_every=slow_every, heavy_every=heavy_every
+        )
 
     async def turn(
         self,
@@ -275,7 +321,9 @@ class Bench:
         after = self.reading(gateway)
         self.pool.on_progress = None
         figures = summarize(results, setup_failures, before, after, expected, mode)
+        figures["run_prefix"] = prefix
         figures["rss_before_mib"] = round(rss_before / 2**20, 1)
+        figures["rss_peak_mib"] = round(max(sampler.peak, rss_before) / 2**20, 1)
         figures["rss_peak_growth_mib"] = round(max(0, sampler.peak - rss_before) / 2**20, 1)
         if mode in ("stop", "leave"):
             figures.update(await self.cancel_figures(prefix, results))
@@ -349,6 +397,9 @@ def summarize(
         "gateway_cpu_s": round(gateway_cpu, 3),
         "gateway_cpu_util": round(gateway_cpu / wall, 3),
         "gateway_cpu_per_chunk_us": round(1e6 * gateway_cpu / chunks, 1) if chunks else None,
+        "gateway_cpu_per_turn_us": (
+            round(1e6 * gateway_cpu / total("turns"), 1) if total("turns") else None
+        ),
         "mock_cpu_util": round(mock_cpu / wall, 3),
         "mock_cpu_per_chunk_us": round(1e6 * mock_cpu / chunks, 1) if chunks else None,
         "generator_cpu_util": [round(u, 3) for u in worker_util],
@@ -364,9 +415,18 @@ def summarize(
     slow = [r["slow"] for r in results if r.get("slow", {}).get("clients")]
     if slow:
         out["slow"] = {
-            key: sum(int(w[key]) for w in slow)
-            for key in ("clients", "completed", "disconnected", "chunks")
+            key: sum(int(w.get(key, 0)) for w in slow)
+            for key in (
+                "clients",
+                "throttled",
+                "completed",
+                "disconnected",
+                "cut",
+                "resumed",
+                "chunks",
+            )
         }
+        out["slow_texts"] = {t: v for w in slow for t, v in (w.get("texts") or {}).items()}
     if resume:
         out["resume_p50_ms"] = ms(percentile(resume, 0.5))
         out["resume_p99_ms"] = ms(percentile(resume, 0.99))
@@ -448,8 +508,31 @@ async def throughput(bench: Bench, gateways: Sequence[Server]) -> list[dict[str,
                         rows.append(
                             {
                                 "gateway": gateway.label,
+                                "kind": "sweep",
                                 "sessions": sessions,
                                 "pace_s": pace,
+                                "rep": rep,
+                            }
+                            | spec
+                            | figures
+                        )
+                    if sessions == bench.plan.turn_sessions:
+                        # What a turn costs: one-chunk replies, all at once.
+                        spec = {"n": 1, "size": bench.plan.chunk_size, "pace": 0.0}
+                        figures = await bench.turn(
+                            gateway,
+                            sessions,
+                            spec,
+                            failures,
+                            label=f"{label}, one-chunk replies",
+                            deadline=turn_deadline(sessions, spec),
+                        )
+                        rows.append(
+                            {
+                                "gateway": gateway.label,
+                                "kind": "turns",
+                                "sessions": sessions,
+                                "pace_s": 0.0,
                                 "rep": rep,
                             }
                             | spec
@@ -458,7 +541,7 @@ async def throughput(bench: Bench, gateways: Sequence[Server]) -> list[dict[str,
                 finally:
                     bench.status(f"{label}: {gateway.label}: closing")
                     await bench.close()
-    rows.sort(key=lambda r: (r["pace_s"], r["sessions"], r["rep"]))
+    rows.sort(key=lambda r: (r["kind"] != "sweep", r["pace_s"], r["sessions"], r["rep"]))
     return rows
 
 
@@ -561,34 +644,184 @@ async def resume(bench: Bench, gateways: Sequence[Server]) -> list[dict[str, Any
     return rows
 
 
-async def slow(bench: Bench, gateways: Sequence[Server]) -> list[dict[str, Any]]:
+#: metric families read from a gateway's /metrics: the current name first, then older ones
+MERGES_METRICS = ("archon_chat_outbox_merges", "archon_chat_slow_client_merges")
+CUTS_METRICS = ("archon_chat_slow_client_disconnects",)
+
+
+def metric_value(text: str, names: Sequence[str]) -> float | None:
+    """The value of the first of ``names`` (counter or gauge, its samples summed) found in
+    a Prometheus exposition ``text``; ``None`` if none is there. Raises ``ValueError``
+    on text that is not the exposition format."""
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        own = (family.name, f"{family.name}_total")
+        found[family.name] = sum(x.value for x in family.samples if x.name in own)
+    return next((found[name] for name in names if name in found), None)
+
+
+async def scrape(gateway: Server) -> dict[str, float | None]:
+    """Outbox merges and slow-client cuts so far, from the gateway's /metrics (``None``
+    each where the gateway has no such metric or no /metrics at all, like the seed)."""
+    empty: dict[str, float | None] = {"merges": None, "cuts": None}
+    try:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
+            response = await http.get("/metrics")
+    except httpx.HTTPError:
+        return empty
+    if response.status_code != 200:
+        return empty
+    try:
+        return {
+            "merges": metric_value(response.text, MERGES_METRICS),
+            "cuts": metric_value(response.text, CUTS_METRICS),
+        }
+    except ValueError:
+        return empty
+
+
+def difference(after: float | None, before: float | None) -> int | None:
+    if after is None or before is None:
+        return None
+    return round(after - before)
+
+
+def check_texts(texts: dict[str, Any], streams: dict[str, Any]) -> dict[str, int]:
+    """How many watched replies ended with the agent's exact text: their chunks' contents
+    in order, or the agent's final ``message`` (live or replayed after a cut)."""
+    complete = cut_complete = 0
+    for token, seen in texts.items():
+        agent = (streams.get(token) or {}).get("text_sha256")
+        whole = agent is not None and (
+            seen["chunks_sha256"] == agent or seen["message_sha256"] == agent
+        )
+        complete += whole
+        cut_complete += whole and seen["cut"]
+    return {"text_complete": complete, "cut_text_complete": cut_complete}
+
+
+def slow_env(plan: Plan) -> dict[str, str]:
+    """Our settings in the slow-client scenario: a lower outbox bound, so that a client
+    falling behind reaches it within the run (README: a scale model of the default)."""
+    return {"ARCHON_CHAT_OUTBOX_SIZE": str(plan.slow_outbox)}
+
+
+async def slow(bench: Bench, kinds: Sequence[str], agent_url: str) -> list[dict[str, Any]]:
+    """1 session in ``slow_every`` gets large chunks; in the second run its client reads
+    ``slow_rate`` bytes a second, far below its reply's rate, for ``slow_seconds``: its
+    kernel buffers fill, its outbox merges, it passes the bound and is cut, then resumes
+    at full speed. Each run on a fresh gateway, so its peak memory is its own."""
+    plan = bench.plan
     rows = []
-    sessions = bench.plan.slow_sessions
+    sessions = plan.slow_sessions
     # A load the gateways carry without queueing, so a change in the others' latency is
     # the slow clients' doing.
     pace = carried_pace(sessions)
+    n = max(1, round(plan.slow_seconds / pace))
     # The first chunk waits a second, so every turn has started before any streams: the
     # latencies are the steady relay's, not the start-up burst's.
-    spec = {"n": round(5 / pace), "size": bench.plan.slow_size, "pace": pace, "first": 1.0}
-    for point, every in enumerate((0, bench.plan.slow_every)):
+    spec = {"n": n, "size": plan.slow_size, "pace": pace, "first": 1.0}
+    heavy = {**spec, "size": plan.slow_heavy_size}
+    deadline = 40 + 3 * plan.slow_seconds
+    for point, every in enumerate((0, plan.slow_every)):
+        for kind in order_kinds(kinds, point):
+            db = temp_db()
+            argv, env = gateway_command(kind, agent_url, db)
+            if kind == "ours":
+                env.update(slow_env(plan))
+            label = f"[5 slow clients] {'1 in ' + str(every) if every else 'none'} slow"
+            try:
+                async with start_server(kind, argv, env) as gateway:
+                    figures = await slow_run(
+                        bench, gateway, sessions, spec, heavy, every, label=label, deadline=deadline
+                    )
+            finally:
+                remove_db(db)
+            rows.append(
+                {
+                    "gateway": kind,
+                    "sessions": sessions,
+                    "slow_every": every,
+                    "heavy_size": plan.slow_heavy_size,
+                    "gateway_env": slow_env(plan) if kind == "ours" else {},
+                    "implementation": gateway.implementation,
+                    **spec,
+                    **figures,
+                }
+            )
+    return rows
+
+
+async def slow_run(
+    bench: Bench,
+    gateway: Server,
+    sessions: int,
+    spec: dict[str, Any],
+    heavy: dict[str, Any],
+    slow_every: int,
+    *,
+    label: str,
+    deadline: float,
+) -> dict[str, Any]:
+    """One run of the slow-client scenario on ``gateway``: 1 session in
+    ``bench.plan.slow_every`` gets the ``heavy`` reply, 1 in ``slow_every`` (if any) reads
+    slowly for ``bench.plan.slow_seconds`` (after the reply's first delay), then at full
+    speed; cut clients resume; the figures, with merges and cuts from /metrics and how
+    many watched replies ended with the agent's exact text."""
+    before = await scrape(gateway)
+    figures = await bench.run(
+        gateway,
+        sessions,
+        spec,
+        label=label,
+        slow_every=slow_every,
+        heavy_every=bench.plan.slow_every,
+        deadline=deadline,
+        extra={
+            "heavy_spec": heavy,
+            # Slow for the length of the reply, then the link recovers: a client that
+            # was cut finds out and resumes, one that was not reads the rest.
+            "slow_for": float(heavy.get("first", 0)) + bench.plan.slow_seconds,
+            "slow_wait": 10 + bench.plan.slow_seconds,
+            "resume_cut": True,
+            "reconnect_delay": 0.2,
+        },
+    )
+    after = await scrape(gateway)
+    texts = figures.pop("slow_texts", {})
+    streams = (await bench.mock_stats(figures["run_prefix"]))["streams"]
+    figures.setdefault("slow", {}).update(check_texts(texts, streams))
+    figures["outbox_merges"] = difference(after["merges"], before["merges"])
+    figures["slow_cuts"] = difference(after["cuts"], before["cuts"])
+    return figures
+
+
+async def long_replies(bench: Bench, gateways: Sequence[Server]) -> list[dict[str, Any]]:
+    """The same chunk rate, replies of different lengths: does the latency grow with the
+    reply (work that grows with the text so far)?"""
+    plan = bench.plan
+    rows = []
+    sessions = plan.long_sessions
+    pace = carried_pace(sessions)
+    first = min(1.0, min(plan.long_seconds) / 2)
+    for point, seconds in enumerate(plan.long_seconds):
+        spec = {
+            "n": max(1, round(seconds / pace)),
+            "size": plan.long_size,
+            "pace": pace,
+            "first": first,
+        }
         for gateway in order(gateways, point):
             figures = await bench.run(
                 gateway,
                 sessions,
                 spec,
-                label=f"[5 slow clients] {'1 in ' + str(every) if every else 'none'} slow",
-                slow_every=every,
-                deadline=40,
-                extra={"slow_grace": 1.0},
+                label=f"[6 long replies] {seconds:g} s",
+                deadline=turn_deadline(sessions, spec),
             )
             rows.append(
-                {
-                    "gateway": gateway.label,
-                    "sessions": sessions,
-                    "slow_every": every,
-                    **spec,
-                    **figures,
-                }
+                {"gateway": gateway.label, "sessions": sessions, "reply_s": seconds, **spec}
+                | figures
             )
     return rows
 

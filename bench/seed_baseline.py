@@ -18,6 +18,12 @@ and ``error {"error": "Agent service error: <status>"}`` or ``"Agent response ti
 ``--shared-client`` is the labelled variant: one ``httpx.AsyncClient`` for every reply
 (unbounded connections, 20 kept alive: design.md section 6's pool trap).
 
+It runs as uvicorn normally runs once installed as ``uvicorn[standard]``: the uvloop event
+loop and the httptools HTTP parser (``--loop`` / ``--http`` choose others, ``auto`` takes
+whatever is installed). Before its serving line it prints the implementations it really
+got, ``seed-baseline: implementation {"loop": ..., "http": ..., "ws": ...}``, so that the
+benchmark records them; a requested implementation that is missing stops it with an error.
+
 Run: ``python -m bench.seed_baseline --port 0 --agent-url http://127.0.0.1:8052``; it
 prints ``seed-baseline: serving on http://127.0.0.1:<port>`` once bound.
 """
@@ -216,23 +222,56 @@ def create_app(agent_url: str, *, shared_client: bool = False) -> socketio.ASGIA
     return socketio.ASGIApp(sio, other_asgi_app=rest)
 
 
-async def serve(host: str, port: int, agent_url: str, shared_client: bool) -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+def make_config(agent_url: str, shared_client: bool, loop: str, http: str) -> uvicorn.Config:
+    """The uvicorn configuration, loaded: its protocol classes are resolved.
+
+    Raises :class:`ImportError` naming the missing package if ``http`` asks for an
+    implementation that is not installed (uvicorn itself would exit without a word)."""
+    if http == "httptools":
+        import httptools  # noqa: F401 (only its presence is checked)
     config = uvicorn.Config(
         create_app(agent_url, shared_client=shared_client),
+        loop=loop,
+        http=http,
         log_level="warning",
         access_log=False,
         lifespan="off",
         backlog=4096,
     )
+    config.load()
+    return config
+
+
+def loop_factory(config: uvicorn.Config) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop factory ``config.loop`` names (``None``: asyncio's default).
+
+    Raises :class:`ImportError` if it names uvloop and uvloop is not installed."""
+    if config.loop == "uvloop":
+        import uvloop  # noqa: F401 (only its presence is checked)
+    return config.get_loop_factory()
+
+
+def implementation(config: uvicorn.Config) -> dict[str, str]:
+    """What really serves: the running event loop's class and uvicorn's protocol classes."""
+    loop = type(asyncio.get_running_loop())
+    ws = config.ws_protocol_class
+    return {
+        "loop": f"{loop.__module__}.{loop.__qualname__}",
+        "http": f"{config.http_protocol_class.__module__}.{config.http_protocol_class.__name__}",
+        "ws": "none" if ws is None else f"{ws.__module__}.{ws.__name__}",
+    }
+
+
+async def serve(host: str, port: int, config: uvicorn.Config, label: str) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
     server = uvicorn.Server(config)
     task = asyncio.ensure_future(server.serve(sockets=[sock]))
     while not server.started and not task.done():
         await asyncio.sleep(0.01)
     if server.started:
-        label = "seed-baseline-shared" if shared_client else "seed-baseline"
+        print(f"{label}: implementation {json.dumps(implementation(config))}", flush=True)
         print(f"{label}: serving on http://{host}:{sock.getsockname()[1]}", flush=True)
     await task
 
@@ -247,9 +286,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--shared-client", action="store_true", help="one httpx client for every reply"
     )
+    parser.add_argument(
+        "--loop", default="uvloop", choices=("uvloop", "asyncio", "auto"), help="event loop"
+    )
+    parser.add_argument(
+        "--http", default="httptools", choices=("httptools", "h11", "auto"), help="HTTP parser"
+    )
     args = parser.parse_args(argv)
+    label = "seed-baseline-shared" if args.shared_client else "seed-baseline"
     try:
-        asyncio.run(serve(args.host, args.port, args.agent_url.rstrip("/"), args.shared_client))
+        config = make_config(args.agent_url.rstrip("/"), args.shared_client, args.loop, args.http)
+        factory = loop_factory(config)
+    except ImportError as exc:
+        # The bench extra installs uvicorn[standard]; without it the figures would be
+        # those of a slower seed than the one users run.
+        print(f"{label}: {exc.name or exc} is not installed (pip install 'uvicorn[standard]')")
+        sys.exit(2)
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(serve(args.host, args.port, config, label))
     except KeyboardInterrupt:
         sys.exit(0)
 

@@ -12,6 +12,7 @@ dropped, as design.md section 3 asks of clients) and the seed's (no seq).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import time
@@ -80,6 +81,17 @@ class Turn:
     stop_acked: bool = False
     stop_ack_id: int | None = None
     slow: bool = False
+    #: a session of the watched share (slow in one run, reading at full speed in the other)
+    heavy: bool = False
+    #: the reply's text as received (chunk contents after seq de-duplication), hashed;
+    #: only kept when asked (``keep_text``), since hashing costs the generator CPU
+    keep_text: bool = False
+    text: Any = None
+    #: SHA-256 of the content of the agent's final ``message`` (live or replayed)
+    message_sha256: str | None = None
+    #: the server cut the connection during the reply; then whether the rejoin confirmed
+    cut: bool = False
+    resumed: bool = False
     after_stop: int = 0
     after_request: int = 0
     stop_at: float | None = None
@@ -88,9 +100,17 @@ class Turn:
 
     def __post_init__(self) -> None:
         self.counts = bytearray(self.n)
+        if self.keep_text:
+            self.text = hashlib.sha256()
+
+    @property
+    def text_sha256(self) -> str | None:
+        return None if self.text is None else str(self.text.hexdigest())
 
     def on_chunk(self, content: str, now: float) -> None:
         self.frames += 1
+        if self.text is not None:
+            self.text.update(content.encode())
         if self.first_chunk_at is None:
             self.first_chunk_at = now
         for tag, index_text, sent_text in MARKER.findall(content):
@@ -118,17 +138,21 @@ class Turn:
 
 
 class ThrottledStream(trio.abc.Stream):
-    """A client that reads at most ``rate`` bytes a second (a slow reader)."""
+    """A client that reads at most ``rate`` bytes a second (a slow reader), until
+    ``until`` (``trio.current_time()``) if set: then its link has recovered."""
 
     def __init__(self, inner: trio.SocketStream, rate: float) -> None:
         self.inner = inner
         self.rate = rate
+        self.until: float | None = None
         self._next = 0.0
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self.until is not None and trio.current_time() >= self.until:
+            return await self.inner.receive_some(max_bytes)
         data = await self.inner.receive_some(min(max_bytes or 4096, 4096))
         self._next = max(self._next, trio.current_time()) + len(data) / self.rate
-        await trio.sleep_until(self._next)
+        await trio.sleep_until(self._next if self.until is None else min(self._next, self.until))
         return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -152,8 +176,12 @@ class Client:
         self.port = port
         self.session_id = session_id
         self.slow_rate = slow_rate
+        #: one of the watched share of sessions (see :attr:`Turn.heavy`)
+        self.heavy = False
         self.ws: trio_websocket.WebSocketConnection | None = None
         self.stream: trio.SocketStream | None = None
+        #: the slow reader in front of the socket, while a slow client is connected
+        self.throttle: ThrottledStream | None = None
         self.connected = trio.Event()
         self.confirmed = trio.Event()
         self.closed = trio.Event()
@@ -173,8 +201,9 @@ class Client:
         """The ack id the next :meth:`emit_with_ack` will use."""
         return self._next_ack
 
-    async def connect(self, nursery: trio.Nursery) -> None:
+    async def connect(self, nursery: trio.Nursery, *, throttled: bool = True) -> None:
         """Open the websocket and start the reader; returns once Socket.IO connected.
+        A slow client reads slowly unless ``throttled`` is false (a link that recovered).
 
         Raises ``OSError`` / ``trio_websocket.HandshakeError`` / ``ConnectionError``."""
         self.connected = trio.Event()
@@ -185,10 +214,11 @@ class Client:
         stream = await trio.open_tcp_stream(self.host, self.port)
         self.stream = stream
         transport: trio.abc.Stream = stream
-        if self.slow_rate:
+        self.throttle = None
+        if self.slow_rate and throttled:
             # A small receive window, so the slowness reaches the server at once.
             stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-            transport = ThrottledStream(stream, self.slow_rate)
+            transport = self.throttle = ThrottledStream(stream, self.slow_rate)
         try:
             self.ws = await trio_websocket.wrap_client_stream(
                 nursery,
@@ -313,9 +343,23 @@ class Client:
         if name == "stream_chunk":
             if turn is not None:
                 turn.on_chunk(str(payload.get("content", "")), now)
+        elif name == "message":
+            message = payload.get("data")
+            if turn is not None and isinstance(message, dict) and message.get("sender") == "agent":
+                content = str(message.get("content", ""))
+                turn.message_sha256 = hashlib.sha256(content.encode()).hexdigest()
         elif name == "connection_confirmed":
             self.confirmed_at = now
             self.confirmed.set()
+            if (
+                turn is not None
+                and turn.cut
+                and turn.message_sha256 is not None
+                and not payload.get("turn")
+            ):
+                # Resumed after the reply ended: the replay carried its final message
+                # (stream events are not stored) and no turn is in progress: it is over.
+                turn.done.set()
         elif name == "stream_complete":
             if turn is not None:
                 turn.completed_at = now
