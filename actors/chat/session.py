@@ -152,6 +152,13 @@ class _Turn:
     stored: bool = False
     sent: int = 0
 
+    def joined(self) -> str:
+        """The text so far; the pieces are joined once and kept joined, so rejoins and
+        checkpoints do not each rebuild the whole reply from its chunks."""
+        if len(self.text) != 1:
+            self.text[:] = ["".join(self.text)]
+        return self.text[0] if self.text else ""
+
 
 class SessionActor:
     """The actor of one session. Built by the hub; :meth:`run` is its supervised task.
@@ -451,7 +458,7 @@ class SessionActor:
         if seen == len(turn.chunk_seqs):
             return ()
         start = turn.chunk_ends[seen - 1] if seen else 0
-        text = "".join(turn.text)
+        text = turn.joined()
         return (ChunkStreamed(self.session_id, turn.chunk_seqs[-1], turn.message_id, text[start:]),)
 
     # -- turns --------------------------------------------------------------------------
@@ -549,7 +556,7 @@ class SessionActor:
                     if now - turn.last_saved_at >= settings.checkpoint_interval_s:
                         turn.last_saved_at = now
                         await self._store.checkpoint_turn(
-                            self.session_id, turn.message_id, "".join(turn.text)
+                            self.session_id, turn.message_id, turn.joined()
                         )
         except AgentsError as exc:
             return exc.code, str(exc)
@@ -566,7 +573,7 @@ class SessionActor:
         async with self._emit_lock:
             if turn.final is None:
                 await self._reserve(4 if failure else 3)
-                text = "".join(turn.text)
+                text = turn.joined()
                 events: list[SessionEvent] = []
                 if failure is not None:
                     code, error = failure
