@@ -173,6 +173,18 @@ class Settings:
     llm_timeout_s: float = _setting(
         "ARCHON_CHAT_LLM_TIMEOUT_S", 60.0, _positive_float, "longest wait for the LLM's next token"
     )
+    llm_max_connections: int = _setting(
+        "ARCHON_CHAT_LLM_MAX_CONNECTIONS",
+        100,
+        _positive_int,
+        "concurrent requests to the LLM (one connection each; more wait for a free one)",
+    )
+    llm_keepalive: int = _setting(
+        "ARCHON_CHAT_LLM_KEEPALIVE",
+        20,
+        _positive_int,
+        "idle keep-alive connections to the LLM (small: httpcore walks them per request)",
+    )
     agent_ping_interval_s: float = _setting(
         "ARCHON_CHAT_AGENT_PING_INTERVAL_S",
         10.0,
