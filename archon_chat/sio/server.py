@@ -4,7 +4,7 @@ Handlers run in the server's own nursery (:meth:`SocketIOServer.serve`), one dis
 per socket while it has work, so the events of one socket are handled in order, one at a
 time. Emitting never blocks on a client: the event goes into each target socket's bounded
 outbox, encoded once for all of them; a connected socket whose outbox overflows is cut as a
-slow client (``"slow client"``) and, if it opted in to recovery, may resume.
+slow client (:attr:`CloseReason.SLOW_CLIENT`) and, if it opted in to recovery, may resume.
 
 Every connect the application accepted is matched by exactly one disconnect, with the
 reason as Socket.IO names it. A socket that opted in to recovery (``auth: {"recover":
@@ -27,7 +27,7 @@ from typing import Any, Final, TypeVar, overload
 
 import trio
 
-from archon_chat.protocol.engineio import EngineConfig, EngineSession, Transport
+from archon_chat.protocol.engineio import CloseReason, EngineConfig, EngineSession, Transport
 from archon_chat.protocol.errors import UnknownSid
 from archon_chat.protocol.socketio import (
     ack_frames,
@@ -65,7 +65,13 @@ OutboxMerger = Callable[[Outgoing, Outgoing], Outgoing | None]
 
 # Transport losses after which an opted-in socket waits for its client to recover it.
 RECOVERABLE: Final = frozenset(
-    {"transport close", "transport error", "ping timeout", "slow client", "forced server close"}
+    {
+        CloseReason.TRANSPORT_CLOSE,
+        CloseReason.TRANSPORT_ERROR,
+        CloseReason.PING_TIMEOUT,
+        CloseReason.SLOW_CLIENT,
+        CloseReason.FORCED_SERVER_CLOSE,
+    }
 )
 _RESERVED: Final = frozenset({"connect", "disconnect"})
 
@@ -204,9 +210,9 @@ class SocketIOServer:
                 # is started, whatever the transports still report while they wind down.
                 self._nursery = None
                 for conn in list(self._conns.values()):
-                    conn.close("server shutting down")
+                    conn.close(CloseReason.SERVER_SHUTTING_DOWN)
                 for sock in list(self._sockets.values()):
-                    self._remove_socket(sock, "server shutting down")
+                    self._remove_socket(sock, CloseReason.SERVER_SHUTTING_DOWN)
 
     @property
     def serving(self) -> bool:
@@ -333,7 +339,7 @@ class SocketIOServer:
             if conn is not None and sock.state is SocketState.CONNECTED:
                 conn.flush_socket(sock)
                 conn.send_now([disconnect_frame(namespace)])
-            self._remove_socket(sock, "server namespace disconnect")
+            self._remove_socket(sock, CloseReason.SERVER_NAMESPACE_DISCONNECT)
         await trio.lowlevel.checkpoint()
 
     def stats(self) -> dict[str, int]:
@@ -407,7 +413,7 @@ class SocketIOServer:
                     if resume_from is not None:
                         self._resume(old, conn, handler_auth, resume_from)
                         return
-                    self._remove_socket(old, old.lost_reason or "transport close")
+                    self._remove_socket(old, old.lost_reason or CloseReason.TRANSPORT_CLOSE)
                 self._counters["recovery_misses"] += 1
         sock = Socket(self, _new_id(), namespace, conn, self._offset)
         if opted_in:
@@ -428,8 +434,8 @@ class SocketIOServer:
             del old_conn.sockets[sock.namespace]
             old_conn.sio.forget(sock.namespace)
             if not old_conn.sockets:
-                old_conn.cut("transport close")
-            self._report_disconnect(sock, "transport close")
+                old_conn.cut(CloseReason.TRANSPORT_CLOSE)
+            self._report_disconnect(sock, CloseReason.TRANSPORT_CLOSE)
         sock.conn = conn
         sock.state = SocketState.CONNECTING
         sock.held = True
@@ -474,12 +480,12 @@ class SocketIOServer:
             # The transport went away while the handler decided: an application that
             # accepted the connect is owed the matching disconnect.
             if refusal is None:
-                await self._run_disconnect(sock, sock.lost_reason or "transport close")
+                await self._run_disconnect(sock, sock.lost_reason or CloseReason.TRANSPORT_CLOSE)
             return
         if refusal is not None:
             conn.sio.forget(sock.namespace)
             conn.send_now([connect_error_frame(sock.namespace, refusal)])
-            self._remove_socket(sock, "server namespace disconnect")
+            self._remove_socket(sock, CloseReason.SERVER_NAMESPACE_DISCONNECT)
             return
         reply: dict[str, Any] = {"sid": sock.sid}
         replay: list[Outgoing] = []
@@ -523,7 +529,7 @@ class SocketIOServer:
         if job.ack_id is not None and sock.state is SocketState.CONNECTED:
             sock.push(Packet(ack_frames(sock.namespace, job.ack_id, event_args(result))))
 
-    async def _run_disconnect(self, sock: Socket, reason: str) -> None:
+    async def _run_disconnect(self, sock: Socket, reason: CloseReason) -> None:
         registered = self._handlers.get(sock.namespace, {}).get("disconnect")
         if registered is None:
             return
@@ -534,14 +540,14 @@ class SocketIOServer:
             self._counters["handler_errors"] += 1
             log.exception("disconnect handler failed (sid %s)", sock.sid)
 
-    def _connection_closed(self, conn: Connection, reason: str) -> None:
+    def _connection_closed(self, conn: Connection, reason: CloseReason) -> None:
         if self._conns.get(conn.sid) is conn:
             del self._conns[conn.sid]
         for sock in list(conn.sockets.values()):
             self._socket_lost(sock, reason)
         conn.sockets.clear()
 
-    def _socket_lost(self, sock: Socket, reason: str) -> None:
+    def _socket_lost(self, sock: Socket, reason: CloseReason) -> None:
         if (
             sock.pid is not None
             and sock.connected_once
@@ -562,12 +568,12 @@ class SocketIOServer:
             return
         self._remove_socket(sock, reason)
 
-    def _report_disconnect(self, sock: Socket, reason: str) -> None:
+    def _report_disconnect(self, sock: Socket, reason: CloseReason) -> None:
         if sock.accepted:
             sock.accepted = False
             sock.enqueue(DisconnectJob(reason))
 
-    def _remove_socket(self, sock: Socket, reason: str) -> None:
+    def _remove_socket(self, sock: Socket, reason: CloseReason) -> None:
         if sock.state is SocketState.GONE:
             return
         sock.state = SocketState.GONE
@@ -591,6 +597,6 @@ class SocketIOServer:
         if sock.state is SocketState.CONNECTED and sock.conn is not None:
             self._counters["slow_disconnects"] += 1
             log.info("sid %s cannot keep up: %d events queued", sock.sid, len(sock.outbox))
-            sock.conn.cut("slow client")
+            sock.conn.cut(CloseReason.SLOW_CLIENT)
         else:
-            self._remove_socket(sock, sock.lost_reason or "slow client")
+            self._remove_socket(sock, sock.lost_reason or CloseReason.SLOW_CLIENT)
