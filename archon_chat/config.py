@@ -89,6 +89,16 @@ def _log_level(raw: str) -> str:
     return value
 
 
+RECOVERY_MODES = ("opt-in", "all", "off")
+
+
+def _recovery(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in RECOVERY_MODES:
+        raise ValueError(f"must be one of {', '.join(RECOVERY_MODES)}")
+    return value
+
+
 def _setting(
     env: str,
     default: Any,
@@ -282,6 +292,13 @@ class Settings:
         30.0,
         _non_negative_float,
         "disconnect grace and recovery window",
+    )
+    recovery: str = _setting(
+        "ARCHON_CHAT_RECOVERY",
+        "opt-in",
+        _recovery,
+        "connection state recovery: opt-in (clients sending auth {recover: true}), all "
+        "(every client gets pid and offsets, as Node's connectionStateRecovery), off",
     )
     rate_limit_messages: int = _setting(
         "ARCHON_CHAT_RATE_LIMIT_MESSAGES", 20, _positive_int, "chat messages per connection..."

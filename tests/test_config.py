@@ -24,12 +24,14 @@ def test_environment_is_parsed_including_fractions() -> None:
             "AGENT_SERVICE_URL": "http://agents:8052/",
             "ARCHON_CHAT_CORS_ORIGINS": "https://a.example, https://b.example",
             "MAX_MESSAGES_PER_SESSION": "5",
+            "ARCHON_CHAT_RECOVERY": " All ",
         }
     )
     assert s.ping_interval_s == 0.25
     assert s.agent_service_url == "http://agents:8052"
     assert s.cors_origins == ("https://a.example", "https://b.example")
     assert s.max_messages_per_session == 5
+    assert s.recovery == "all"
 
 
 @pytest.mark.parametrize(
@@ -43,6 +45,7 @@ def test_environment_is_parsed_including_fractions() -> None:
         ("MAX_MESSAGES_PER_SESSION", "0"),
         ("ARCHON_CHAT_LOG_LEVEL", "LOUD"),
         ("SESSION_TTL_HOURS", "nan"),
+        ("ARCHON_CHAT_RECOVERY", "sometimes"),
     ],
 )
 def test_invalid_values_name_the_variable(name: str, value: str) -> None:

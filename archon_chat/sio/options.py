@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from archon_chat.config import Settings
 
-__all__ = ["ServerOptions"]
+__all__ = ["Recovery", "ServerOptions"]
+
+
+class Recovery(enum.StrEnum):
+    """Which clients get connection state recovery (a ``pid`` in the CONNECT reply and an
+    offset as the last argument of every event)."""
+
+    OPT_IN = "opt-in"  # those whose CONNECT carries auth {"recover": true}
+    ALL = "all"  # every client, as Node's ``connectionStateRecovery``
+    OFF = "off"
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +33,8 @@ class ServerOptions:
     ``websocket_compression``: accept permessage-deflate; off by default, as in Socket.IO's
     reference server, since it costs ~95 KiB and a deflate pass per frame for every
     websocket (see :mod:`archon_chat.transports.deflate`; turning it off is process-wide).
+    ``recovery``: which clients get connection state recovery (:class:`Recovery`); ``all``
+    breaks clients that do not expect the offset argument, such as python-socketio's.
     """
 
     ping_interval_s: float = 25.0
@@ -36,6 +48,7 @@ class ServerOptions:
     inbox_size: int = 64
     upgrade_timeout_s: float = 10.0
     websocket_compression: bool = False
+    recovery: Recovery = Recovery.OPT_IN
 
     def __post_init__(self) -> None:
         for name in ("ping_interval_s", "ping_timeout_s", "upgrade_timeout_s"):
@@ -59,4 +72,5 @@ class ServerOptions:
             grace_s=settings.grace_s,
             max_attachments=settings.max_attachments,
             cors_origins=settings.cors_origins,
+            recovery=Recovery(settings.recovery),
         )

@@ -7,11 +7,12 @@ outbox, encoded once for all of them; a connected socket whose outbox overflows 
 slow client (:attr:`CloseReason.SLOW_CLIENT`) and, if it opted in to recovery, may resume.
 
 Every connect the application accepted is matched by exactly one disconnect, with the
-reason as Socket.IO names it. A socket that opted in to recovery (``auth: {"recover":
-true}``) is reported disconnected when its transport goes, but stays a member of its rooms
-for the grace period, its events kept; if its client comes back in time, the connect handler
-runs again for the same sid with ``info.recovered`` set (and its rooms are as they were),
-otherwise it leaves its rooms silently when the grace ends.
+reason as Socket.IO names it. A socket with recovery (``ServerOptions.recovery``: those
+whose client sent ``auth: {"recover": true}``, every one, or none) is reported disconnected
+when its transport goes, but stays a member of its rooms for the grace period, its events
+kept; if its client comes back in time, the connect handler runs again for the same sid
+with ``info.recovered`` set (and its rooms are as they were), otherwise it leaves its rooms
+silently when the grace ends.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from .connection import (
     SocketState,
 )
 from .errors import CallTimeout, ConnectRefused, NotConnected
-from .options import ServerOptions
+from .options import Recovery, ServerOptions
 from .outgoing import Outgoing, Packet, event_args
 from .rooms import Rooms
 from .timers import TimerWheel
@@ -401,9 +402,10 @@ class SocketIOServer:
             conn.send_now([connect_error_frame(namespace, {"message": "Invalid namespace"})])
             return
         handler_auth = auth
-        opted_in = False
+        recovery = self.options.recovery
+        opted_in = recovery is Recovery.ALL
         if isinstance(auth, dict):
-            opted_in = auth.get("recover") is True
+            opted_in |= recovery is Recovery.OPT_IN and auth.get("recover") is True
             if "pid" in auth or "offset" in auth:
                 handler_auth = {k: v for k, v in auth.items() if k not in ("pid", "offset")}
                 pid = auth.get("pid")
