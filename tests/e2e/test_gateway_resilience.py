@@ -65,7 +65,9 @@ async def test_resume_with_last_seq_has_no_gap_and_no_duplicate(tmp_path: Path) 
             await first.disconnect()
             before = first.snapshot()
             last_seq = max(d["seq"] for _, d in before)
-            await trio.sleep(0.25)  # the turn goes on while nobody listens
+            sent = agents.chunks_sent
+            while agents.chunks_sent < min(sent + 2, 10):  # the turn goes on unwatched
+                await trio.sleep(0.01)
 
             second = Client(gw.url, transports=["websocket"])
             await second.connect()
