@@ -9,7 +9,7 @@ PIP_STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 NPM_STAMP := node_modules/.installed-$(shell cksum package-lock.json 2>/dev/null | cut -d' ' -f1)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint typecheck pytest setup bench bench-full chromium clean
+.PHONY: run test lint typecheck pytest setup bench bench-full chromium screenshot clean
 
 run: setup
 	$(VENV)/bin/archon-chat serve
@@ -44,6 +44,12 @@ typecheck: setup
 
 pytest: setup
 	$(VENV)/bin/pytest
+
+# The README's picture of the panel mid-stream; outside `make test`, which never writes
+# the repository.
+screenshot: setup chromium
+	ARCHON_CHAT_PANEL_SCREENSHOT=$(CURDIR)/docs/panel.png $(VENV)/bin/pytest -q -p no:randomly \
+	  tests/e2e/test_panel.py::test_screenshot_mid_stream
 
 bench: setup
 	$(PY) -m bench --quick

@@ -106,6 +106,16 @@ def _log_level(raw: str) -> str:
     return value
 
 
+RECOVERY_MODES = ("opt-in", "all", "off")
+
+
+def _recovery(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in RECOVERY_MODES:
+        raise ValueError(f"must be one of {', '.join(RECOVERY_MODES)}")
+    return value
+
+
 def _setting(
     env: str,
     default: Any,
@@ -208,6 +218,18 @@ class Settings:
         2.0,
         _positive_float,
         "/healthz waits this long for the agents service's /health",
+    )
+    llm_max_connections: int = _setting(
+        "ARCHON_CHAT_LLM_MAX_CONNECTIONS",
+        100,
+        _positive_int,
+        "concurrent requests to the LLM (one connection each; more wait for a free one)",
+    )
+    llm_keepalive: int = _setting(
+        "ARCHON_CHAT_LLM_KEEPALIVE",
+        20,
+        _positive_int,
+        "idle keep-alive connections to the LLM (small: httpcore walks them per request)",
     )
     agent_ping_interval_s: float = _setting(
         "ARCHON_CHAT_AGENT_PING_INTERVAL_S",
@@ -343,6 +365,13 @@ class Settings:
         30.0,
         _non_negative_float,
         "disconnect grace and recovery window",
+    )
+    recovery: str = _setting(
+        "ARCHON_CHAT_RECOVERY",
+        "opt-in",
+        _recovery,
+        "connection state recovery: opt-in (clients sending auth {recover: true}), all "
+        "(every client gets pid and offsets, as Node's connectionStateRecovery), off",
     )
     rate_limit_messages: int = _setting(
         "ARCHON_CHAT_RATE_LIMIT_MESSAGES", 20, _positive_int, "chat messages per connection..."

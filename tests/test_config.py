@@ -24,6 +24,7 @@ def test_environment_is_parsed_including_fractions() -> None:
             "AGENT_SERVICE_URL": "http://agents:8052/",
             "ARCHON_CHAT_CORS_ORIGINS": "https://a.example, https://b.example",
             "MAX_MESSAGES_PER_SESSION": "5",
+            "ARCHON_CHAT_RECOVERY": " All ",
         }
     )
     assert s.ping_interval_s == 0.25
@@ -33,6 +34,7 @@ def test_environment_is_parsed_including_fractions() -> None:
     assert not s.websocket_compression
     assert load_settings({"ARCHON_CHAT_WEBSOCKET_COMPRESSION": " On"}).websocket_compression
     assert not load_settings({"ARCHON_CHAT_WEBSOCKET_COMPRESSION": "0"}).websocket_compression
+    assert s.recovery == "all"
 
 
 @pytest.mark.parametrize(
@@ -47,6 +49,7 @@ def test_environment_is_parsed_including_fractions() -> None:
         ("ARCHON_CHAT_LOG_LEVEL", "LOUD"),
         ("SESSION_TTL_HOURS", "nan"),
         ("ARCHON_CHAT_WEBSOCKET_COMPRESSION", "maybe"),
+        ("ARCHON_CHAT_RECOVERY", "sometimes"),
     ],
 )
 def test_invalid_values_name_the_variable(name: str, value: str) -> None:

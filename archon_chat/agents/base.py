@@ -43,6 +43,14 @@ class Toolkit:
     def backend(self) -> str:
         return "llm" if self.llm is not None else "offline"
 
+    async def aclose(self) -> None:
+        """Close the knowledge-base index and the LLM client (closing twice is harmless)."""
+        try:
+            await self.kb.aclose()
+        finally:
+            if self.llm is not None:
+                await self.llm.aclose()
+
     async def in_thread(self, fn: Callable[..., T], *args: object) -> T:
         """Run CPU-bound work off the event loop, a bounded number at a time."""
         return await trio.to_thread.run_sync(fn, *args, limiter=self.compute)

@@ -9,12 +9,16 @@ JSON completion is accepted too. Every failure becomes :class:`LLMError` with a 
 for the user: the HTTP status and the server's own message, "unreachable", "timed out"
 (``llm_timeout_s`` bounds the connect and every wait for the next bytes), or "malformed".
 Cancellation closes the upstream connection at once.
+
+One backend owns one :class:`httpx.AsyncClient` (one SSL context, one connection pool with
+explicit limits) for all its streams; whoever creates the backend closes it with
+:meth:`LLMBackend.aclose` (the agents service does at shutdown).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,6 +30,8 @@ Emit = Callable[[str], Awaitable[None]]
 #: Bytes of an error response kept for the message: enough for any JSON error object.
 ERROR_BODY_BYTES = 4096
 ERROR_TEXT_CHARS = 300
+#: Lines read after the end of a reply so that its connection can be reused.
+DRAIN_LINES = 16
 
 
 def completions_url(base_url: str) -> str:
@@ -36,13 +42,36 @@ def completions_url(base_url: str) -> str:
 class LLMBackend:
     """Streams chat completions from one OpenAI-compatible endpoint."""
 
-    def __init__(self, base_url: str, model: str, api_key: str, timeout_s: float) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str,
+        timeout_s: float,
+        *,
+        max_connections: int,
+        keepalive: int,
+    ) -> None:
         self.url = completions_url(base_url)
         self.model = model
         self._api_key = api_key
         self._timeout_s = timeout_s
         parts = urlsplit(self.url)
         self.where = f"{parts.scheme}://{parts.netloc}"  # never the key, never a path secret
+        # The pool timeout is the same bound as every other wait: a request that finds all
+        # connections busy for that long fails as "timed out", never waits forever.
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s),
+            limits=httpx.Limits(
+                max_connections=max_connections,
+                max_keepalive_connections=min(keepalive, max_connections),
+            ),
+        )
+
+    async def aclose(self) -> None:
+        """Close the connection pool. A checkpoint; closing twice is harmless, and a
+        stream started afterwards fails with :class:`LLMError`."""
+        await self._client.aclose()
 
     async def stream(self, messages: Sequence[Mapping[str, str]], emit: Emit) -> None:
         """Send ``messages`` and ``await emit(delta)`` for each piece of the reply.
@@ -54,12 +83,12 @@ class LLMBackend:
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         body = {"model": self.model, "messages": list(messages), "stream": True}
-        timeout = httpx.Timeout(self._timeout_s)
+        if self._client.is_closed:
+            raise LLMError(f"LLM service at {self.where}: the backend is shut down")
         try:
-            async with (
-                httpx.AsyncClient(timeout=timeout) as client,
-                client.stream("POST", self.url, json=body, headers=headers) as response,
-            ):
+            async with self._client.stream(
+                "POST", self.url, json=body, headers=headers
+            ) as response:
                 if response.status_code != 200:
                     raise LLMError(await self._status_error(response))
                 ctype = response.headers.get("content-type", "")
@@ -110,7 +139,8 @@ class LLMBackend:
 
     async def _relay(self, response: httpx.Response, emit: Emit) -> None:
         data: list[str] = []
-        async for line in response.aiter_lines():
+        lines = response.aiter_lines()
+        async for line in lines:
             if line:
                 field, _, value = line.partition(":")
                 if field == "data":
@@ -121,9 +151,8 @@ class LLMBackend:
             if not data:
                 continue
             payload, data = "\n".join(data), []
-            if payload.strip() == "[DONE]":
-                return
-            if await self._handle(payload, emit):
+            if payload.strip() == "[DONE]" or await self._handle(payload, emit):
+                await _drain(lines)
                 return
         if data and "\n".join(data).strip() == "[DONE]":
             return
@@ -158,6 +187,17 @@ class LLMBackend:
 
     def _malformed(self, what: str) -> LLMError:
         return LLMError(f"LLM service at {self.where} sent a malformed stream: {what}")
+
+
+async def _drain(lines: AsyncIterator[str]) -> None:
+    """Read what follows the end of a reply (``[DONE]``, a usage chunk) up to the end of
+    the response, so its connection goes back to the pool instead of being dropped; a
+    server that keeps talking past ``DRAIN_LINES`` lines loses its connection instead."""
+    count = 0
+    async for _ in lines:
+        count += 1
+        if count > DRAIN_LINES:
+            return
 
 
 async def _read_json(response: httpx.Response) -> Any:

@@ -68,6 +68,8 @@ def create_agents_app(settings: Settings, *, pacing_s: float | None = None) -> Q
             settings.llm_model,
             settings.llm_api_key,
             settings.llm_timeout_s,
+            max_connections=settings.llm_max_connections,
+            keepalive=settings.llm_keepalive,
         )
     tools = Toolkit(
         kb=KnowledgeBase(settings.kb_dir or None, settings.kb_index_path),
@@ -154,8 +156,8 @@ def create_agents_app(settings: Settings, *, pacing_s: float | None = None) -> Q
         return response
 
     @app.after_serving
-    async def close_index() -> None:
-        await tools.kb.aclose()
+    async def close_resources() -> None:
+        await tools.aclose()
 
     app.extensions[EXTENSION] = tools
     return app
@@ -204,10 +206,11 @@ async def serve_agents(
             task_status.started(_port_of(binds[0]))
     finally:
         # Cancelled from outside, hypercorn skips the lifespan shutdown: close the index
-        # here too (closing twice is harmless), waiting at most for a query in flight.
+        # and the LLM client here too (closing twice is harmless), waiting at most for a
+        # query in flight.
         with trio.move_on_after(max(settings.shutdown_grace_s, 1.0)) as cleanup:
             cleanup.shield = True
-            await tools.kb.aclose()
+            await tools.aclose()
 
 
 def run_agents(settings: Settings) -> None:

@@ -19,13 +19,16 @@ can pause polling and complete the upgrade; the queue is not drained to the poll
 than the client asks, so what is queued then goes over the websocket.
 
 Heartbeat (v4: the server pings): ``2`` every ``ping_interval_s`` after the previous pong
-(or the handshake); no ``3`` within ``ping_timeout_s`` closes the session with reason
-``"ping timeout"``. Only a pong proves the peer alive, as in the reference server.
+(or the handshake), reported as :class:`PingSent`; no ``3`` within ``ping_timeout_s`` closes
+the session with :attr:`CloseReason.PING_TIMEOUT`. Only a pong proves the peer alive, as in
+the reference server.
 
-A close always leaves the session ``CLOSED`` with one :class:`Closed` event. A server-side
-close (:meth:`~EngineSession.close`) keeps what is queued and adds a ``1``, so the peer gets
-both before the websocket closes; a failure (:meth:`~EngineSession.fail`, a missed pong, a
-peer fault) drops what is queued. Any close while polling leaves a ``1`` for the next poll.
+A close always leaves the session ``CLOSED`` with one :class:`Closed` event carrying a
+:class:`CloseReason`. A server-side close (:meth:`~EngineSession.close`) keeps what is
+queued and adds a ``1``, so the peer gets both before the websocket closes; a failure
+(:meth:`~EngineSession.fail`, a missed pong, a peer fault) drops what is queued. A close
+while polling leaves a ``1`` for the next poll, except the client's own ``1``: as in the
+reference server, the pending poll is then released with a ``6`` (the client knows).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from urllib.parse import parse_qsl
 
 from .codecs import Frame, decode_payload, dumps, encode_payload, payload_length
 from .errors import (
+    AlreadyUpgraded,
     BadHandshakeMethod,
     BadRequest,
     InvalidState,
@@ -49,12 +53,14 @@ from .errors import (
 )
 
 __all__ = [
+    "CloseReason",
     "Closed",
     "EngineConfig",
     "EngineEvent",
     "EngineRequest",
     "EngineSession",
     "MessageReceived",
+    "PingSent",
     "PongReceived",
     "SessionState",
     "Transport",
@@ -72,6 +78,21 @@ PING: Final = "2"
 class Transport(enum.Enum):
     POLLING = "polling"
     WEBSOCKET = "websocket"
+
+
+class CloseReason(enum.StrEnum):
+    """Why a session (or one Socket.IO socket on it) ended: Socket.IO's own reason strings,
+    which is what a ``disconnect`` handler receives; ``SLOW_CLIENT`` is ours."""
+
+    TRANSPORT_CLOSE = "transport close"
+    TRANSPORT_ERROR = "transport error"
+    PING_TIMEOUT = "ping timeout"
+    PARSE_ERROR = "parse error"
+    FORCED_SERVER_CLOSE = "forced server close"
+    SERVER_SHUTTING_DOWN = "server shutting down"
+    SERVER_NAMESPACE_DISCONNECT = "server namespace disconnect"
+    CLIENT_NAMESPACE_DISCONNECT = "client namespace disconnect"
+    SLOW_CLIENT = "slow client"
 
 
 class SessionState(enum.Enum):
@@ -112,6 +133,11 @@ class MessageReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class PingSent:
+    """A ``2`` was queued: its pong will prove the peer read everything queued before it."""
+
+
+@dataclass(frozen=True, slots=True)
 class PongReceived:
     """The peer answered our ping: it has read everything we sent before that ping."""
 
@@ -128,12 +154,12 @@ class UpgradeAborted:
 
 @dataclass(frozen=True, slots=True)
 class Closed:
-    """The session is over; ``reason`` uses Socket.IO's names (``"ping timeout"``...)."""
+    """The session is over."""
 
-    reason: str
+    reason: CloseReason
 
 
-EngineEvent = MessageReceived | PongReceived | Upgraded | UpgradeAborted | Closed
+EngineEvent = MessageReceived | PingSent | PongReceived | Upgraded | UpgradeAborted | Closed
 
 
 # --- requests -----------------------------------------------------------------------------
@@ -195,7 +221,6 @@ class EngineSession:
         "_upgrade_deadline",
         "close_reason",
         "config",
-        "pings_sent",
         "sid",
         "state",
         "transport",
@@ -207,8 +232,7 @@ class EngineSession:
         self.config = config
         self.transport = transport
         self.state = SessionState.OPEN
-        self.close_reason: str | None = None
-        self.pings_sent = 0
+        self.close_reason: CloseReason | None = None
         # A list, not a deque: it is short, the websocket writer takes it whole, and an
         # empty deque costs 760 bytes per session against 56.
         self._queue: list[Frame] = []
@@ -265,7 +289,7 @@ class EngineSession:
         if self.transport is not Transport.POLLING:
             raise BadRequest("poll on a session that has upgraded to websocket")
         if self._poll_active:
-            self._close("transport error", notify=True)
+            self._close(CloseReason.TRANSPORT_ERROR, notify=True)
             raise BadRequest("overlapping polls")
         self._poll_active = True
 
@@ -298,6 +322,11 @@ class EngineSession:
             del queue[:count]
         self._poll_active = False
         return encode_payload(frames)
+
+    @property
+    def poll_pending(self) -> bool:
+        """A GET poll has begun and is not answered yet."""
+        return self._poll_active
 
     def cancel_poll(self) -> None:
         """The pending poll went away (its HTTP connection closed) without an answer."""
@@ -345,7 +374,7 @@ class EngineSession:
                 self._next_ping = now + self.config.ping_interval_s
                 self._events.append(PongReceived())
         elif kind == "1":
-            self._close("transport close", notify=False)
+            self._close(CloseReason.TRANSPORT_CLOSE, notify=False, last=NOOP)
         elif kind == "2":
             # v4 clients do not ping, but answering costs nothing and keeps old ones alive.
             self._queue.append("3" + frame[1:])
@@ -358,10 +387,13 @@ class EngineSession:
     def begin_upgrade(self, now: float) -> None:
         """A websocket arrived for this polling session and will probe.
 
-        Raises :class:`BadRequest` if the session is not polling or is already upgrading.
+        Raises :class:`AlreadyUpgraded` if the session uses a websocket or is probing one
+        (the session is unchanged), :class:`BadRequest` if it is closed.
         """
+        if self.state is SessionState.CLOSED:
+            raise BadRequest("upgrade of a closed session")
         if self.transport is not Transport.POLLING or self.state is not SessionState.OPEN:
-            raise BadRequest("session already upgraded or upgrading")
+            raise AlreadyUpgraded("session already upgraded or upgrading")
         self.state = SessionState.UPGRADING
         self._upgrade_deadline = now + self.config.upgrade_timeout_s
 
@@ -415,25 +447,27 @@ class EngineSession:
             return
         if self._pong_deadline is not None:
             if now >= self._pong_deadline:
-                self._close("ping timeout", notify=False)
+                self._close(CloseReason.PING_TIMEOUT, notify=False)
                 return
         elif now >= self._next_ping:
             self._queue.append(PING)
-            self.pings_sent += 1
+            self._events.append(PingSent())
             self._pong_deadline = now + self.config.ping_timeout_s
         if self._upgrade_deadline is not None and now >= self._upgrade_deadline:
             self.abort_upgrade()
             self._events.append(UpgradeAborted())
 
-    def close(self, reason: str = "forced server close") -> None:
+    def close(self, reason: CloseReason = CloseReason.FORCED_SERVER_CLOSE) -> None:
         """Close from our side; the peer is told with a ``1`` packet."""
         self._close(reason, notify=True)
 
-    def fail(self, reason: str = "transport error") -> None:
+    def fail(self, reason: CloseReason = CloseReason.TRANSPORT_ERROR) -> None:
         """The transport broke (websocket gone, peer fault): close without telling the peer."""
         self._close(reason, notify=False)
 
-    def _close(self, reason: str, *, notify: bool) -> None:
+    def _close(self, reason: CloseReason, *, notify: bool, last: Frame = CLOSE) -> None:
+        """``last``: what a poll gets after the close (``1``; ``6`` when the client
+        closed, so its pending poll just ends)."""
         if self.state is SessionState.CLOSED:
             return
         if not notify:
@@ -441,7 +475,7 @@ class EngineSession:
             # whatever mattered is in the recovery log of its socket).
             self._queue.clear()
         if notify or self.transport is Transport.POLLING:
-            self._queue.append(CLOSE)
+            self._queue.append(CLOSE if notify else last)
         self.state = SessionState.CLOSED
         self.close_reason = reason
         self._upgrade_deadline = None

@@ -14,6 +14,7 @@ code::
     ├── Forbidden                      (403, code 4 "Forbidden")
     ├── BadRequest                     (400, code 3 "Bad request")
     │   ├── PayloadTooLarge            (413, close 1009)
+    │   ├── AlreadyUpgraded            (a second websocket for a session: accepted, closed)
     │   └── MalformedPacket            (undecodable Engine.IO or Socket.IO packet)
     └── InvalidState                   (a packet the current state does not allow)
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "AlreadyUpgraded",
     "BadHandshakeMethod",
     "BadRequest",
     "Forbidden",
@@ -93,6 +95,12 @@ class PayloadTooLarge(BadRequest):
 
 class MalformedPacket(BadRequest):
     pass
+
+
+class AlreadyUpgraded(BadRequest):
+    """A websocket for a session that already has one, or is probing one. The reference
+    server accepts such a websocket and closes it at once (a refused handshake surfaces as
+    an uncaught error in clients without an error listener); the shell does the same."""
 
 
 class InvalidState(ProtocolError):

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 from .errors import CallTimeout, ConnectRefused, NotConnected, SocketIOError
-from .options import ServerOptions
+from .options import Recovery, ServerOptions
 from .outgoing import Outgoing
 from .server import ConnectInfo, OutboxMerger, SocketIOServer
 
@@ -26,6 +26,7 @@ __all__ = [
     "NotConnected",
     "OutboxMerger",
     "Outgoing",
+    "Recovery",
     "ServerOptions",
     "SocketIOError",
     "SocketIOServer",

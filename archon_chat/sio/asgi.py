@@ -18,8 +18,9 @@ between ASGI messages and a connection of the :class:`EngineHub`:
   everything pending at once, after merges, not about fewer syscalls per frame.
 - Refusals are Engine.IO's JSON ``{"code": N, "message": "..."}`` with the status hint of
   the :class:`~archon_chat.protocol.errors.ProtocolError`; a websocket handshake is refused
-  the same way through the ``websocket.http.response`` extension where the server has it.
-  Each refusal is logged once, at INFO.
+  the same way through the ``websocket.http.response`` extension where the server has it,
+  except a websocket for a session that already has one: accepted then closed, as the
+  reference server does. Each refusal is logged once, at INFO.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ import trio
 
 from archon_chat.origins import own_origin
 from archon_chat.protocol.codecs import Frame
-from archon_chat.protocol.engineio import Transport, parse_request
+from archon_chat.protocol.engineio import CloseReason, Transport, parse_request
 from archon_chat.protocol.errors import (
+    AlreadyUpgraded,
     BadRequest,
     Forbidden,
     PayloadTooLarge,
@@ -96,7 +98,7 @@ class EngineConnection(Protocol):
 
     def fault(self, exc: ProtocolError) -> None: ...
 
-    def transport_lost(self, reason: str = ...) -> None: ...
+    def transport_lost(self, reason: CloseReason = ...) -> None: ...
 
     def begin_upgrade(self) -> None: ...
 
@@ -316,6 +318,13 @@ class EngineIOApp:
             else:
                 conn = self.hub.get_connection(req.sid)
                 conn.begin_upgrade()
+        except AlreadyUpgraded as exc:
+            # As the reference server: accepted, then closed; the session's own websocket
+            # (or probe) carries on untouched.
+            log.info("closed a surplus websocket: %s", exc.detail)
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.close", "code": 1000})
+            return
         except ProtocolError as exc:
             await self._refuse_websocket(scope, send, exc)
             return
@@ -385,7 +394,7 @@ class EngineIOApp:
                     message = await receive()
                     kind = message["type"]
                     if kind == "websocket.disconnect":
-                        conn.transport_lost("transport close")
+                        conn.transport_lost(CloseReason.TRANSPORT_CLOSE)
                         break
                     if kind != "websocket.receive":
                         continue
@@ -399,7 +408,7 @@ class EngineIOApp:
             finally:
                 conn.ws_scope = None
                 if not conn.closed:
-                    conn.transport_lost("transport error")
+                    conn.transport_lost(CloseReason.TRANSPORT_ERROR)
 
 
 def _frame_of(message: Message) -> Frame:

@@ -28,8 +28,10 @@ from archon_chat.protocol.codecs import Frame
 from archon_chat.protocol.engineio import (
     MAX_POLL_PACKETS,
     Closed,
+    CloseReason,
     EngineSession,
     MessageReceived,
+    PingSent,
     PongReceived,
     SessionState,
     Transport,
@@ -78,7 +80,7 @@ class EventJob:
 
 @dataclass(slots=True)
 class DisconnectJob:
-    reason: str
+    reason: CloseReason
 
 
 Job = ConnectJob | EventJob | DisconnectJob
@@ -140,7 +142,7 @@ class Socket:
         self.space: trio.Event | None = None
         self.ack_seq = 0
         self.calls: dict[int, PendingCall] | None = None
-        self.lost_reason = ""
+        self.lost_reason: CloseReason | None = None
         self.ghost_deadline: float | None = None
         self.timer_at: float | None = None
         # Connection state recovery (only when pid is set): offsets are the server's emit
@@ -310,7 +312,7 @@ class Socket:
             and self.ghost_deadline is not None
             and now >= self.ghost_deadline
         ):
-            self.server._remove_socket(self, self.lost_reason)
+            self.server._remove_socket(self, self.lost_reason or CloseReason.TRANSPORT_CLOSE)
 
 
 class Connection:
@@ -398,22 +400,23 @@ class Connection:
             return
         exc.logged = True
         log.info("closing Engine.IO session %s: %s", self.sid, exc.detail)
-        self.eio.fail("parse error" if isinstance(exc, MalformedPacket) else "transport error")
+        malformed = isinstance(exc, MalformedPacket)
+        self.eio.fail(CloseReason.PARSE_ERROR if malformed else CloseReason.TRANSPORT_ERROR)
         self.process()
 
-    def transport_lost(self, reason: str = "transport close") -> None:
+    def transport_lost(self, reason: CloseReason = CloseReason.TRANSPORT_CLOSE) -> None:
         """The websocket (or its TCP connection) is gone."""
         if not self.closed:
             self.eio.fail(reason)
             self.process()
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: CloseReason) -> None:
         """Close from our side (the peer is told with a CLOSE packet)."""
         if not self.closed:
             self.eio.close(reason)
             self.process()
 
-    def cut(self, reason: str) -> None:
+    def cut(self, reason: CloseReason) -> None:
         """Drop the transport at once, without flushing (a slow client)."""
         if not self.closed:
             self.eio.fail(reason)
@@ -431,6 +434,10 @@ class Connection:
             for ev in events:
                 if isinstance(ev, MessageReceived):
                     self._on_message(ev.data)
+                elif isinstance(ev, PingSent):
+                    # Its pong will acknowledge everything handed to the transport so far.
+                    for sock in self.sockets.values():
+                        sock.ping_mark = sock.sent_offset
                 elif isinstance(ev, PongReceived):
                     for sock in self.sockets.values():
                         sock.trim_acknowledged()
@@ -467,7 +474,7 @@ class Connection:
             elif isinstance(ev, DisconnectRequested):
                 sock = self.sockets.get(ev.namespace)
                 if sock is not None:
-                    server._socket_lost(sock, "client namespace disconnect")
+                    server._socket_lost(sock, CloseReason.CLIENT_NAMESPACE_DISCONNECT)
 
     # -- timer -----------------------------------------------------------------------------
 
@@ -475,11 +482,7 @@ class Connection:
         return self.eio.next_deadline()
 
     def on_timer(self, now: float) -> None:
-        pings = self.eio.pings_sent
         self.eio.handle_timeout(now)
-        if self.eio.pings_sent != pings:
-            for sock in self.sockets.values():
-                sock.ping_mark = sock.sent_offset
         self.process()
 
     # -- output ----------------------------------------------------------------------------

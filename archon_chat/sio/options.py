@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
-__all__ = ["ServerOptions"]
+__all__ = ["Recovery", "ServerOptions"]
+
+
+class Recovery(enum.StrEnum):
+    """Which clients get connection state recovery (a ``pid`` in the CONNECT reply and an
+    offset as the last argument of every event)."""
+
+    OPT_IN = "opt-in"  # those whose CONNECT carries auth {"recover": true}
+    ALL = "all"  # every client, as Node's ``connectionStateRecovery``
+    OFF = "off"
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +30,8 @@ class ServerOptions:
     (and the most a disconnected one may gather during ``grace_s``). ``inbox_size``: events
     of one socket waiting for its handler before we stop reading from its transport.
     ``cors_origins``: origins allowed besides the request's own; ``"*"`` allows any.
+    ``recovery``: which clients get connection state recovery (a :class:`Recovery` value);
+    ``all`` breaks clients that do not expect the offset argument, such as python-socketio's.
     """
 
     ping_interval_s: float
@@ -32,6 +44,7 @@ class ServerOptions:
     cors_origins: tuple[str, ...]
     inbox_size: int
     upgrade_timeout_s: float
+    recovery: str
 
     def __post_init__(self) -> None:
         for name in ("ping_interval_s", "ping_timeout_s", "upgrade_timeout_s"):
@@ -42,3 +55,4 @@ class ServerOptions:
                 raise ValueError(f"{name} must be at least 1")
         if self.grace_s < 0 or self.max_attachments < 0:
             raise ValueError("grace_s and max_attachments must not be negative")
+        Recovery(self.recovery)  # raises ValueError for anything else

@@ -4,17 +4,18 @@ Handlers run in the server's own nursery (:meth:`SocketIOServer.serve`), one dis
 per socket while it has work, so the events of one socket are handled in order, one at a
 time. Emitting never blocks on a client: the event goes into each target socket's bounded
 outbox, encoded once for all of them; a connected socket whose outbox overflows is cut as a
-slow client (``"slow client"``) and, if it opted in to recovery, may resume.
+slow client (:attr:`CloseReason.SLOW_CLIENT`) and, if it opted in to recovery, may resume.
 
 Every connect the application accepted is matched by exactly one disconnect, with the
 reason as Socket.IO names it. Rooms are the one record of who watches: a connected socket
 that goes away (its transport lost, or its client disconnecting) is reported disconnected
 at once but stays a member of its rooms for the grace period (a *ghost*), unless the server
-itself disconnected it. A ghost that opted in to recovery (``auth: {"recover": true}``) and
-was lost the way Socket.IO recovers from keeps its events; if its client comes back in
-time, the connect handler runs again for the same sid with ``info.recovered`` set (and its
-rooms are as they were). Other ghosts keep only their memberships. When a ghost's grace
-ends it leaves its rooms silently, and the room listener hears of each room left empty.
+itself disconnected it. A ghost with recovery (``ServerOptions.recovery``: those whose
+client sent ``auth: {"recover": true}``, every one, or none) that was lost the way
+Socket.IO recovers from keeps its events; if its client comes back in time, the connect
+handler runs again for the same sid with ``info.recovered`` set (and its rooms are as they
+were). Other ghosts keep only their memberships. When a ghost's grace ends it leaves its
+rooms silently, and the room listener hears of each room left empty.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import trio
 
 from archon_chat import origins
 from archon_chat.config import derive
-from archon_chat.protocol.engineio import EngineConfig, EngineSession, Transport
+from archon_chat.protocol.engineio import CloseReason, EngineConfig, EngineSession, Transport
 from archon_chat.protocol.errors import UnknownSid
 from archon_chat.protocol.socketio import (
     ack_frames,
@@ -54,7 +55,7 @@ from .connection import (
     SocketState,
 )
 from .errors import CallTimeout, ConnectRefused, NotConnected
-from .options import ServerOptions
+from .options import Recovery, ServerOptions
 from .outgoing import Outgoing, Packet, Render, event_args
 from .rooms import Rooms
 from .timers import TimerWheel
@@ -72,11 +73,19 @@ RoomListener = Callable[[str, str], None]
 
 # Disconnects the server decided: they end a socket's memberships at once. After any other
 # loss a socket that was connected stays a member of its rooms for the grace period.
-_SERVER_SIDE: Final = frozenset({"server namespace disconnect", "server shutting down"})
+_SERVER_SIDE: Final = frozenset(
+    {CloseReason.SERVER_NAMESPACE_DISCONNECT, CloseReason.SERVER_SHUTTING_DOWN}
+)
 
 # Transport losses after which an opted-in socket waits for its client to recover it.
 RECOVERABLE: Final = frozenset(
-    {"transport close", "transport error", "ping timeout", "slow client", "forced server close"}
+    {
+        CloseReason.TRANSPORT_CLOSE,
+        CloseReason.TRANSPORT_ERROR,
+        CloseReason.PING_TIMEOUT,
+        CloseReason.SLOW_CLIENT,
+        CloseReason.FORCED_SERVER_CLOSE,
+    }
 )
 _RESERVED: Final = frozenset({"connect", "disconnect"})
 
@@ -219,9 +228,9 @@ class SocketIOServer:
                 # is started, whatever the transports still report while they wind down.
                 self._nursery = None
                 for conn in list(self._conns.values()):
-                    conn.close("server shutting down")
+                    conn.close(CloseReason.SERVER_SHUTTING_DOWN)
                 for sock in list(self._sockets.values()):
-                    self._remove_socket(sock, "server shutting down")
+                    self._remove_socket(sock, CloseReason.SERVER_SHUTTING_DOWN)
 
     @property
     def serving(self) -> bool:
@@ -380,7 +389,7 @@ class SocketIOServer:
             if conn is not None and sock.state is SocketState.CONNECTED:
                 conn.flush_socket(sock)
                 conn.send_now([disconnect_frame(namespace)])
-            self._remove_socket(sock, "server namespace disconnect")
+            self._remove_socket(sock, CloseReason.SERVER_NAMESPACE_DISCONNECT)
         await trio.lowlevel.checkpoint()
 
     def stats(self) -> dict[str, int]:
@@ -437,9 +446,10 @@ class SocketIOServer:
             conn.send_now([connect_error_frame(namespace, {"message": "Invalid namespace"})])
             return
         handler_auth = auth
-        opted_in = False
+        recovery = Recovery(self.options.recovery)
+        opted_in = recovery is Recovery.ALL
         if isinstance(auth, dict):
-            opted_in = auth.get("recover") is True
+            opted_in |= recovery is Recovery.OPT_IN and auth.get("recover") is True
             if "pid" in auth or "offset" in auth:
                 handler_auth = {k: v for k, v in auth.items() if k not in ("pid", "offset")}
                 pid = auth.get("pid")
@@ -449,7 +459,7 @@ class SocketIOServer:
                     if resume_from is not None:
                         self._resume(old, conn, handler_auth, resume_from)
                         return
-                    self._remove_socket(old, old.lost_reason or "transport close")
+                    self._remove_socket(old, old.lost_reason or CloseReason.TRANSPORT_CLOSE)
                 self._counters["recovery_misses"] += 1
         sock = Socket(self, _new_id(), namespace, conn, self._offset)
         if opted_in:
@@ -470,8 +480,8 @@ class SocketIOServer:
             del old_conn.sockets[sock.namespace]
             old_conn.sio.forget(sock.namespace)
             if not old_conn.sockets:
-                old_conn.cut("transport close")
-            self._report_disconnect(sock, "transport close")
+                old_conn.cut(CloseReason.TRANSPORT_CLOSE)
+            self._report_disconnect(sock, CloseReason.TRANSPORT_CLOSE)
         sock.conn = conn
         sock.state = SocketState.CONNECTING
         sock.held = True
@@ -516,12 +526,12 @@ class SocketIOServer:
             # The transport went away while the handler decided: an application that
             # accepted the connect is owed the matching disconnect.
             if refusal is None:
-                await self._run_disconnect(sock, sock.lost_reason or "transport close")
+                await self._run_disconnect(sock, sock.lost_reason or CloseReason.TRANSPORT_CLOSE)
             return
         if refusal is not None:
             conn.sio.forget(sock.namespace)
             conn.send_now([connect_error_frame(sock.namespace, refusal)])
-            self._remove_socket(sock, "server namespace disconnect")
+            self._remove_socket(sock, CloseReason.SERVER_NAMESPACE_DISCONNECT)
             return
         reply: dict[str, Any] = {"sid": sock.sid}
         replay: list[Outgoing] = []
@@ -565,7 +575,7 @@ class SocketIOServer:
         if job.ack_id is not None and sock.state is SocketState.CONNECTED:
             sock.push(Packet(ack_frames(sock.namespace, job.ack_id, event_args(result))))
 
-    async def _run_disconnect(self, sock: Socket, reason: str) -> None:
+    async def _run_disconnect(self, sock: Socket, reason: CloseReason) -> None:
         registered = self._handlers.get(sock.namespace, {}).get("disconnect")
         if registered is None:
             return
@@ -576,17 +586,17 @@ class SocketIOServer:
             self._counters["handler_errors"] += 1
             log.exception("disconnect handler failed (sid %s)", sock.sid)
 
-    def _connection_closed(self, conn: Connection, reason: str) -> None:
+    def _connection_closed(self, conn: Connection, reason: CloseReason) -> None:
         if self._conns.get(conn.sid) is conn:
             del self._conns[conn.sid]
         for sock in list(conn.sockets.values()):
             self._socket_lost(sock, reason)
         conn.sockets.clear()
 
-    def _socket_lost(self, sock: Socket, reason: str) -> None:
+    def _socket_lost(self, sock: Socket, reason: CloseReason) -> None:
         """The socket's transport is gone, or its client disconnected it. A socket that was
         connected stays a member of its rooms for ``grace_s`` (a ghost); it can be recovered
-        meanwhile only if it opted in and the loss is one Socket.IO recovers from."""
+        meanwhile only if it has recovery and the loss is one Socket.IO recovers from."""
         if (
             sock.connected_once
             and self.options.grace_s > 0
@@ -615,12 +625,12 @@ class SocketIOServer:
             return
         self._remove_socket(sock, reason)
 
-    def _report_disconnect(self, sock: Socket, reason: str) -> None:
+    def _report_disconnect(self, sock: Socket, reason: CloseReason) -> None:
         if sock.accepted:
             sock.accepted = False
             sock.enqueue(DisconnectJob(reason))
 
-    def _remove_socket(self, sock: Socket, reason: str) -> None:
+    def _remove_socket(self, sock: Socket, reason: CloseReason) -> None:
         if sock.state is SocketState.GONE:
             return
         sock.state = SocketState.GONE
@@ -671,6 +681,6 @@ class SocketIOServer:
         if sock.state is SocketState.CONNECTED and sock.conn is not None:
             self._counters["slow_disconnects"] += 1
             log.info("sid %s cannot keep up: %d events queued", sock.sid, len(sock.outbox))
-            sock.conn.cut("slow client")
+            sock.conn.cut(CloseReason.SLOW_CLIENT)
         else:
-            self._remove_socket(sock, sock.lost_reason or "slow client")
+            self._remove_socket(sock, sock.lost_reason or CloseReason.SLOW_CLIENT)

@@ -12,6 +12,9 @@
  *   theme        light | dark (default: follow the system)
  *   storage-key  localStorage key remembering the conversation (default archon-chat:session);
  *                give each panel on a page its own
+ *   image-hosts  hosts images in replies may load from, e.g. "https://cdn.example.com"
+ *                (space or comma separated; default none: an image shows as a link with
+ *                its alt text, so a reply cannot make the reader's browser fetch anything)
  *
  * The panel connects only once it is visible (never while `hidden` or inside a hidden
  * container) and keeps its conversation across reloads. It dispatches composed, bubbling
@@ -20,7 +23,7 @@
  * archon-chat:complete {payload}, archon-chat:typing {isTyping}, archon-chat:error {error}.
  */
 import { agentChatService, AgentChatService } from './agentChatService.js';
-import { renderMarkdown } from './markdown.js';
+import { parseHosts, renderMarkdown } from './markdown.js';
 import { panelStyles } from './archon-chat-panel.styles.js';
 
 const AGENTS = {
@@ -72,6 +75,17 @@ const REFUSALS = {
   unauthorized: 'The chat server needs an API key.',
   network_error: 'The chat server cannot be reached.',
 };
+
+// What a reader is told when a reply fails; the upstream wording goes in a details element.
+const FAILURES = {
+  agent_unavailable: 'The agent service is not available right now. Try again in a moment.',
+  agent_timeout: 'The agent took too long to answer. Try again in a moment.',
+  agent_protocol_error: 'The agent sent a reply that could not be read.',
+  agent_error: 'The agent could not answer this message.',
+  owner_lost: 'The reply was interrupted by a server problem. Try again.',
+  internal_error: 'Something went wrong on the chat server. Try again.',
+};
+const FAILURE_DEFAULT = 'The agent could not answer this message.';
 
 const STATUS_TEXT = { online: 'Online', connecting: 'Connecting…', offline: 'Offline' };
 const WIDTH_KEY = 'archon-chat:width';
@@ -718,10 +732,21 @@ export class ArchonChatPanel extends HTMLElement {
     if (status === 'cancelled') {
       this._setNote(entry, ICONS.stopped, 'Stopped');
     } else if (status === 'failed') {
-      const text = error?.error ?? entry.errorText ?? 'The agent could not answer.';
-      entry.errorText = text;
-      this._setNote(entry, ICONS.alert, text, true);
+      if (error) entry.failure = error;
+      const failure = entry.failure ?? {};
+      this._setNote(entry, ICONS.alert, FAILURES[failure.code] ?? FAILURE_DEFAULT, true);
       entry.note.setAttribute('role', 'alert');
+      if (failure.error || failure.code) {
+        const details = document.createElement('details');
+        const summary = document.createElement('summary');
+        summary.textContent = 'Details';
+        const detail = document.createElement('code');
+        detail.textContent = [failure.error, failure.code && `(${failure.code})`]
+          .filter(Boolean)
+          .join(' ');
+        details.append(summary, detail);
+        entry.note.append(details);
+      }
     } else {
       entry.note.replaceChildren();
     }
@@ -737,7 +762,10 @@ export class ArchonChatPanel extends HTMLElement {
 
   _renderEntry(entry) {
     this._dirty.delete(entry);
-    if (entry.sender === 'agent') entry.bubble.replaceChildren(renderMarkdown(entry.text));
+    if (entry.sender === 'agent') {
+      const imageHosts = parseHosts(this.getAttribute('image-hosts'));
+      entry.bubble.replaceChildren(renderMarkdown(entry.text, { imageHosts }));
+    }
     else entry.bubble.textContent = entry.text;
   }
 

@@ -241,6 +241,8 @@ ol { list-style: none; margin: 0; padding: 0; }
 .msg.pending .bubble, .msg.sending .bubble { opacity: 0.62; }
 .msg.failed .bubble { background: var(--archon-danger-bg); color: var(--archon-text); }
 .msg.agent[data-status="failed"] .bubble { border: 1px solid color-mix(in srgb, var(--archon-danger) 35%, transparent); }
+/* A reply that ended before any text has no bubble: no "still typing" placeholder. */
+.msg.agent:is([data-status="failed"], [data-status="cancelled"]) .bubble:empty { display: none; }
 
 /* the caret sits at the end of the text, inside the last paragraph, item or code block */
 .streaming .bubble > :last-child:not(ul, ol, pre, table, hr)::after,
@@ -260,6 +262,11 @@ ol { list-style: none; margin: 0; padding: 0; }
 }
 .note svg { width: 13px; height: 13px; flex: none; }
 .note.error { color: var(--archon-danger); }
+.note { flex-wrap: wrap; }
+.note details { flex-basis: 100%; color: var(--archon-muted); }
+.note summary { cursor: pointer; width: max-content; }
+.note details code { font: 11px var(--archon-mono); overflow-wrap: anywhere; }
+.bubble a.image-link { font-style: italic; }
 .note button {
   padding: 0 2px; border: 0; background: none; cursor: pointer;
   color: var(--archon-accent); font-weight: 600; text-decoration: underline;

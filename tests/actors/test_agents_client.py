@@ -1,7 +1,9 @@
 """The agents client over ``httpx.MockTransport``: the request it sends, incremental
-events, and every failure mapped to our own exceptions (no httpx exception escapes).
+events, and every failure mapped to our own exceptions (no httpx exception escapes); and
+over a real local server, the connection bound it keeps.
 
-Pure trio on ``autojump_clock``; every test runs under ``trio.fail_after(10)`` (virtual).
+Pure trio on ``autojump_clock``; every test runs under ``trio.fail_after(10)`` (virtual),
+except the real-server test (real clock, ``trio.fail_after(60)`` for 1,000 streams).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 
+import h11
 import httpx
 import pytest
 import trio
@@ -26,7 +29,6 @@ from actors.chat.agents_client import (
     Heartbeat,
     HistoryEntry,
     StreamFinished,
-    make_http_client,
     open_agents_client,
 )
 from actors.chat.messages import ErrorCode
@@ -209,20 +211,94 @@ async def test_body_exceptions_are_not_mapped(autojump_clock: object) -> None:
     assert len(upstream.closed_early) == 1
 
 
-async def test_shared_client_pool_settings() -> None:
+class CountingAgents:
+    """A real HTTP/1.1 agents service on 127.0.0.1 port 0 (h11 on trio, keep-alive) that
+    answers every stream with one chunk and ``stream_complete`` after ``delay_s``, and counts
+    the TCP connections it accepts: in total, open now, and open at most at once."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.accepted = 0
+        self.open = 0
+        self.peak = 0
+        self.streams = 0
+        self.url = ""
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1", backlog=4096)
+        self.url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        task_status.started()
+        await trio.serve_listeners(self._connection, listeners)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        self.accepted += 1
+        self.open += 1
+        self.peak = max(self.peak, self.open)
+        conn = h11.Connection(h11.SERVER)
+        body = chunk("x") + COMPLETE
+        try:
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    data = await stream.receive_some(65536)
+                    conn.receive_data(data)
+                    if not data and conn.their_state is not h11.DONE:
+                        return
+                elif isinstance(event, h11.EndOfMessage):
+                    self.streams += 1
+                    if self.delay_s:
+                        await trio.sleep(self.delay_s)
+                    headers = [
+                        ("content-type", "text/event-stream"),
+                        ("content-length", str(len(body))),
+                    ]
+                    for out in (
+                        h11.Response(status_code=200, headers=headers),
+                        h11.Data(data=body),
+                        h11.EndOfMessage(),
+                    ):
+                        await stream.send_all(conn.send(out) or b"")
+                    conn.start_next_cycle()
+                elif isinstance(event, h11.ConnectionClosed):
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
+            return
+        finally:
+            self.open -= 1
+            await stream.aclose()
+
+
+@pytest.mark.slow
+async def test_concurrent_streams_open_at_most_the_configured_connections() -> None:
+    """1,000 concurrent streams over 4 pools sharing 8 connections: every reply arrives,
+    and the agents service never sees more than 8 connections open at once."""
+    service = CountingAgents(delay_s=0.001)
+    results: list[list[AgentEvent]] = []
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(service.serve)
+            settings = derived(
+                AgentsClientSettings, agent_pool_size=8, agent_keepalive=8, agent_pools=4
+            )
+            async with open_agents_client(service.url, settings) as agents:
+
+                async def one() -> None:
+                    async with agents.open_stream(REQUEST) as stream:
+                        results.append([e async for e in stream])
+
+                async with trio.open_nursery() as streams:
+                    for _ in range(1000):
+                        streams.start_soon(one)
+            while service.open:  # closing the client closed its kept-alive connections
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert results == [[ChunkReceived("x"), StreamFinished()]] * 1000
+    assert service.streams == 1000
+    assert service.peak <= 8
+
+
+async def test_the_shared_client_streams_through_a_transport() -> None:
     with trio.fail_after(CEILING_S):
-        client = make_http_client(
-            max_connections=5000,
-            max_keepalive_connections=20,
-            keepalive_expiry_s=7.5,
-            connect_timeout_s=2.5,
-        )
-        async with client:
-            assert client.timeout == httpx.Timeout(connect=2.5, read=None, write=2.5, pool=None)
-            pool = client._transport._pool  # type: ignore[attr-defined]
-            assert pool._max_connections == 5000
-            assert pool._max_keepalive_connections == 20
-            assert pool._keepalive_expiry == 7.5
         upstream = scripted([COMPLETE])
         settings = derived(AgentsClientSettings, agent_pools=4, agent_keepalive=9)
         async with open_agents_client(

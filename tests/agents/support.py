@@ -15,7 +15,10 @@ is set per test (``mode``):
 ``hold``       the first token, then waits for the client to close the connection
 
 Every request is recorded (headers and JSON body); ``closed`` is set when the client
-closes a connection the server was still holding open (``hold``).
+closes a connection the server was still holding open (``hold``). With ``keep_alive`` the
+server answers any number of requests per connection (as real servers do) instead of one;
+``connections`` counts the TCP connections accepted and ``open_connections`` those not
+closed yet.
 """
 
 from __future__ import annotations
@@ -197,6 +200,9 @@ class FakeLLM:
     requests: list[dict[str, Any]] = field(default_factory=list)
     closed: trio.Event = field(default_factory=trio.Event)
     port: int = 0
+    keep_alive: bool = False
+    connections: int = 0
+    open_connections: int = 0
 
     @property
     def base_url(self) -> str:
@@ -210,9 +216,13 @@ class FakeLLM:
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER)
+        self.connections += 1
+        self.open_connections += 1
         try:
-            request, body = await self._read(conn, stream)
-            if request is not None:
+            while True:
+                request, body = await self._read(conn, stream)
+                if request is None:
+                    break
                 self.requests.append(
                     {
                         "path": request.target.decode(),
@@ -221,9 +231,13 @@ class FakeLLM:
                     }
                 )
                 await self._respond(conn, stream)
+                if not self.keep_alive or conn.our_state is not h11.DONE:
+                    break
+                conn.start_next_cycle()
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
             pass
         finally:
+            self.open_connections -= 1
             await stream.aclose()
 
     async def _read(
@@ -252,9 +266,10 @@ class FakeLLM:
                     await stream.send_all(data)
 
         def start(status: int, ctype: str) -> h11.Response:
-            return h11.Response(
-                status_code=status, headers=[("content-type", ctype), ("connection", "close")]
-            )
+            headers = [("content-type", ctype)]
+            if not self.keep_alive:
+                headers.append(("connection", "close"))
+            return h11.Response(status_code=status, headers=headers)
 
         def chunk(content: str | None, finish: str | None = None) -> h11.Data:
             delta = {} if content is None else {"content": content}

@@ -232,6 +232,49 @@ async def test_a_client_disconnect_closes_the_llm_request(tmp_path: Path) -> Non
             await wait_idle(client)
 
 
+async def test_streams_share_one_client_and_its_connections(tmp_path: Path) -> None:
+    """One client per backend: sequential replies reuse a kept-alive connection, and the
+    connection is closed when the service shuts down."""
+    fake = FakeLLM(keep_alive=True)
+    with trio.fail_after(CEILING):
+        async with running_llm(fake):
+            async with (
+                running_service(llm_settings(tmp_path, fake)) as url,
+                httpx.AsyncClient(base_url=url) as client,
+            ):
+                for _ in range(5):
+                    stream = await ask(client, "task", "Fix the crash")
+                    assert stream.text == "Hello, world!"
+                assert len(fake.requests) == 5
+                assert fake.connections == 1
+                assert fake.open_connections == 1
+            while fake.open_connections:  # the service closed its client on the way out
+                await trio.sleep(0.01)
+
+
+async def test_concurrent_streams_respect_the_connection_limit(tmp_path: Path) -> None:
+    fake = FakeLLM(keep_alive=True, first_delay_s=0.1)
+    texts: list[str] = []
+    with trio.fail_after(CEILING):
+        async with (
+            running_llm(fake),
+            running_service(
+                llm_settings(tmp_path, fake, llm_max_connections=3, llm_keepalive=3)
+            ) as url,
+            httpx.AsyncClient(base_url=url) as client,
+        ):
+
+            async def one() -> None:
+                stream = await ask(client, "task", "Fix the crash")
+                texts.append(stream.text or str(stream.last))
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(12):
+                    nursery.start_soon(one)
+    assert texts == ["Hello, world!"] * 12
+    assert fake.connections == 3
+
+
 @pytest.mark.parametrize(
     ("base", "url"),
     [

@@ -24,6 +24,7 @@ import trio
 
 from archon_chat.agents import create_agents_app
 from archon_chat.agents.schema import MAX_HISTORY_MESSAGES
+from tests.sio.serving import serve_app
 
 from .support import agents_settings, ask, read_stream, running_service, wait_idle, write_kb
 
@@ -357,10 +358,37 @@ def test_run_agents_serves_until_sigterm(tmp_path: Path) -> None:
             proc.wait()
 
 
-def test_the_app_streams_without_a_response_timeout(tmp_path: Path) -> None:
-    app = create_agents_app(agents_settings(tmp_path))
-    assert app.config["RESPONSE_TIMEOUT"] is None
-    assert app.config["MAX_CONTENT_LENGTH"] > 100_000 * 4
+async def test_a_stream_outlives_any_response_timeout(tmp_path: Path) -> None:
+    """quart cuts a response after ``RESPONSE_TIMEOUT`` (60 s by default); a stream lasts
+    as long as its agent needs, even where the app's timeout is set far shorter."""
+    settings = agents_settings(tmp_path, kb_dir=str(write_kb(tmp_path / "kb")))
+    app = create_agents_app(settings, pacing_s=0.02)
+    app.config["RESPONSE_TIMEOUT"] = 0.2
+    with trio.fail_after(CEILING):
+        async with trio.open_nursery() as nursery:
+            port = await serve_app(nursery, app)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                started = trio.current_time()
+                stream = await ask(client, "task", "Plan: add a settings page", {})
+                took = trio.current_time() - started
+            nursery.cancel_scope.cancel()
+    stream.check_shape()
+    assert stream.last == {"type": "stream_complete"}
+    assert took > 0.4, "the answer was too short to outlast the timeout"
+
+
+async def test_a_prompt_of_four_byte_characters_at_the_limit_fits_the_body(
+    tmp_path: Path,
+) -> None:
+    settings = agents_settings(tmp_path, kb_dir=str(write_kb(tmp_path / "kb")))
+    with trio.fail_after(CEILING):
+        async with (
+            running_service(settings.replace(max_prompt_chars=50_000)) as url,
+            httpx.AsyncClient(base_url=url) as client,
+        ):
+            stream = await ask(client, "task", "\U0001f600" * 50_000, {})
+    assert stream.status == 200
+    assert stream.last == {"type": "stream_complete"}
 
 
 async def test_framing_survives_awkward_text(tmp_path: Path) -> None:

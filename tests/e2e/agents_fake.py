@@ -14,7 +14,8 @@ Prompts (the first word decides):
 otherwise    ``Echo: <prompt>`` in three chunks
 
 Every request is recorded (its JSON body), and so is the moment the client closed its
-connection (``disconnects``), so tests can assert that a cancel reached upstream.
+connection (``disconnects``), so tests can assert that a cancel reached upstream;
+``chunks_sent`` counts the chunks written so far, over all streams.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class AgentsFake:
     disconnects: list[str] = field(default_factory=list)  # session ids
     disconnected: trio.Event = field(default_factory=trio.Event)
     port: int = 0
+    chunks_sent: int = 0
 
     @property
     def url(self) -> str:
@@ -140,6 +142,8 @@ class AgentsFake:
     ) -> None:
         async def event(obj: dict[str, Any]) -> None:
             await self._data(conn, stream, f"data: {json.dumps(obj)}\n\n".encode())
+            if obj["type"] == "stream_chunk":
+                self.chunks_sent += 1
 
         if word == "slow":
             for i in range(10):

@@ -258,9 +258,15 @@ async def test_leave_cancels_and_stores_partial_reply(tmp_path: Path) -> None:
                     await agents.disconnected.wait()
                 assert agents.disconnects == [session_id]
                 seen = len(watcher.snapshot())
-                await trio.sleep(0.3)
+                # Until the cancelled reply is stored: the turn is over, nothing of it is left
+                # to emit. Then one more round trip on the same socket, whose answer comes
+                # after anything queued for it before.
+                while (stored := await get_session(gw.url, session_id))["messages"][-1][
+                    "sender"
+                ] != "agent":
+                    await trio.sleep(0.02)
+                await watcher.call("leave_chat", {"session_id": session_id})
                 assert len(watcher.snapshot()) == seen, "events after leave_chat"
-                stored = await get_session(gw.url, session_id)
                 agent = stored["messages"][-1]
                 assert agent["status"] == "cancelled"
                 streamed = "".join(

@@ -64,7 +64,9 @@ async def test_resume_with_last_seq_has_no_gap_and_no_duplicate(tmp_path: Path) 
             await first.disconnect()
             before = first.snapshot()
             last_seq = max(d["seq"] for _, d in before)
-            await trio.sleep(0.25)  # the turn goes on while nobody listens
+            sent = agents.chunks_sent
+            while agents.chunks_sent < min(sent + 2, 10):  # the turn goes on unwatched
+                await trio.sleep(0.01)
 
             second = Client(gw.url, transports=["websocket"])
             await second.connect()
@@ -130,10 +132,18 @@ async def test_idempotent_sends(tmp_path: Path) -> None:
                 )
             assert r.status_code == 202 and r.json()["message_id"] == first["message_id"]
             await client.wait_for(turn_done)
-            await trio.sleep(0.2)
-            assert len(agents.requests) == 1
+            # Turns of a session run in order: had a duplicate been queued, it would have
+            # reached the agents before this later message's turn has ended.
+            await client.call("chat_message", {"session_id": session_id, "message": "later"})
+            await client.wait_for(lambda events: len([e for e in events if turn_done([e])]) >= 2)
+            assert len(agents.requests) == 2
             stored = await get_session(gw.url, session_id)
-            assert [m["content"] for m in stored["messages"]] == ["once", "Echo: once"]
+            assert [m["content"] for m in stored["messages"]] == [
+                "once",
+                "Echo: once",
+                "later",
+                "Echo: later",
+            ]
             await client.disconnect()
 
 
@@ -374,7 +384,8 @@ async def test_expired_session_answers_session_not_found(tmp_path: Path) -> None
             await client.connect()
             ack = await client.call("join_chat", {"session_id": session_id})
             assert ack["status"] == "joined"
-            await trio.sleep(1.0)
+            while (await gw.gateway.store.stats())["sessions"]:  # until the sweeper ran
+                await trio.sleep(0.05)
             ack = await client.call("join_chat", {"session_id": session_id})
             assert ack["code"] == "session_not_found"
             ack = await client.call("chat_message", {"session_id": session_id, "message": "hi"})

@@ -1,6 +1,8 @@
-"""The stock npm ``socket.io-client`` with ``auth: {recover: true}`` loses its transport in
-the middle of a reply: it reports ``recovered === true`` without re-joining, and the text
-arrives whole and exactly once.
+"""The stock npm ``socket.io-client`` loses its transport in the middle of a reply. Where
+the server offers it connection state recovery (``ARCHON_CHAT_RECOVERY``: ``opt-in`` with
+``auth: {recover: true}``, or ``all`` for any client) it reports ``recovered === true``
+without re-joining; elsewhere it re-joins with its ``last_seq``. Either way the text arrives
+whole and exactly once.
 
 Ceiling: ``trio.fail_after(40)``; the node script has its own 20 s deadline.
 """
@@ -24,16 +26,27 @@ SCRIPT = Path(__file__).parent / "node" / "recover_mid_stream.mjs"
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is required")
-async def test_npm_client_recovers_mid_stream(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("mode", "ask", "recovered"),
+    [
+        ("opt-in", "opt-in", True),
+        ("opt-in", "plain", False),
+        ("all", "plain", True),
+        ("off", "opt-in", False),
+    ],
+)
+async def test_npm_client_recovers_mid_stream(
+    tmp_path: Path, mode: str, ask: str, recovered: bool
+) -> None:
     with trio.fail_after(40):
         agents = AgentsFake(delay_s=0.08)
         async with trio.open_nursery() as nursery:
             await nursery.start(agents.serve)
-            settings = gateway_settings(tmp_path, agents.url, grace_s=5.0)
+            settings = gateway_settings(tmp_path, agents.url, grace_s=5.0, recovery=mode)
             async with running_gateway(settings) as gw:
                 session_id = await create_session(gw.url)
                 result = await trio.run_process(
-                    ["node", str(SCRIPT), gw.url, session_id, "slow", "3"],
+                    ["node", str(SCRIPT), gw.url, session_id, "slow", "3", ask],
                     capture_stdout=True,
                     capture_stderr=True,
                     cwd=ROOT,
@@ -42,8 +55,9 @@ async def test_npm_client_recovers_mid_stream(tmp_path: Path) -> None:
                 assert result.returncode == 0, result.stderr.decode()
                 out = json.loads(result.stdout.decode().strip().splitlines()[-1])
                 assert out["reason"] == "done", out
-                assert out["recovered"] is True, out
-                assert out["rejoined"] is False
+                assert out["recovered"] is recovered, out
+                assert out["rejoined"] is not recovered
+                assert (out["pid"] is not None) is recovered
                 expected = "".join(f"w{i} " for i in range(10))
                 assert "".join(out["chunks"]) == expected
                 assert out["final"] == expected

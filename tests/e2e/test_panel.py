@@ -13,6 +13,7 @@ Ceilings: every browser wait is bounded by the context's default timeout
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +36,8 @@ from .panel_support import (
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 REPO = Path(__file__).resolve().parents[2]
-DOCS = REPO / "docs"
+#: ``make screenshot`` sets this to ``docs/panel.png``; a test run never writes the repository.
+SCREENSHOT_ENV = "ARCHON_CHAT_PANEL_SCREENSHOT"
 WEB = REPO / "archon_chat" / "web"
 NODE_MODULES = REPO / "node_modules"
 VENDOR = [
@@ -274,12 +276,12 @@ def test_agent_markup_is_inert(gateway: Gateway, agents: ScriptedAgents, page: P
     bubble = panel.agent_bubbles.last.locator(".bubble")
     assert bubble.locator("strong").inner_text() == "bold"
     assert bubble.locator("script").count() == 0
-    for img in bubble.locator("img").all():
-        assert img.get_attribute("onerror") is None
+    assert bubble.locator("img").count() == 0  # a stand-in link, never fetched
     for link in bubble.locator("a").all():
         assert not (link.get_attribute("href") or "").lower().startswith("javascript:")
-    if bubble.locator("a").count():
-        bubble.locator("a").first.click()
+    # The javascript: link is plain text, not a link that does nothing.
+    assert "and a link and" in squash(bubble.inner_text())
+    assert bubble.locator("a", has_text="a link").count() == 0
     assert panel.user_bubbles.first.locator(".bubble").inner_text() == user_text
     assert panel.user_bubbles.first.locator("img").count() == 0
     assert page.evaluate("window.__xss") is None
@@ -295,9 +297,87 @@ def test_agent_error_is_shown_in_the_conversation(
     failed = panel.host.locator(".log .msg.agent[data-status='failed']")
     failed.wait_for()
     panel.wait_turn_done()
-    assert "the model is unavailable" in failed.locator(".note").inner_text()
-    assert failed.locator(".note").get_attribute("role") == "alert"
+    note = failed.locator(".note")
+    assert "The agent could not answer this message." in note.inner_text()
+    assert note.get_attribute("role") == "alert"
+    assert "the model is unavailable" not in note.inner_text()  # until the reader asks
+    note.locator("summary").click()
+    assert "the model is unavailable (agent_error)" in note.locator("details").inner_text()
     assert panel.agent_text() == "Partial"
+
+
+def test_a_reply_that_fails_before_any_text_shows_no_typing_placeholder(
+    gateway: Gateway, agents: ScriptedAgents, page: Page
+) -> None:
+    agents.script("Fail at once", Reply([], first_delay_s=0.1, error="Agent service error: 500"))
+    panel = open_panel(page, gateway.url)
+    panel.send("Fail at once")
+    failed = panel.host.locator(".log .msg.agent[data-status='failed']")
+    failed.wait_for()
+    panel.wait_turn_done()
+    assert failed.locator(".bubble").is_hidden()  # no empty bubble, so no "…"
+    placeholder = page.evaluate(
+        """() => {
+            const root = document.querySelector('archon-chat-panel').shadowRoot;
+            const bubble = root.querySelector(".msg.agent[data-status='failed'] .bubble");
+            return getComputedStyle(bubble).display;
+        }"""
+    )
+    assert placeholder == "none"
+    note = failed.locator(".note")
+    assert note.is_visible()
+    assert squash(note.inner_text()).startswith("The agent could not answer this message.")
+    note.locator("summary").click()
+    assert "Agent service error: 500" in note.locator("details").inner_text()
+
+
+PNG_1X1 = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+)
+
+
+def test_images_in_replies_load_only_from_listed_hosts(
+    gateway: Gateway, agents: ScriptedAgents, page: Page
+) -> None:
+    agents.script(
+        "Show pictures",
+        Reply(
+            [
+                "A pixel ![a tracking pixel](http://tracker.test/p.png?reader=1) ",
+                "and a logo ![the logo](http://images.test/logo.png).",
+            ]
+        ),
+    )
+    fetched: list[str] = []
+    page.on("request", lambda request: fetched.append(request.url))
+    page.route(
+        re.compile(r"^http://(tracker|images)\.test/"),
+        lambda route: route.fulfill(status=200, content_type="image/png", body=PNG_1X1),
+    )
+    panel = open_panel(page, gateway.url)
+
+    panel.send("Show pictures")
+    panel.wait_agent_text("and a logo")
+    panel.wait_turn_done()
+    bubble = panel.agent_bubbles.last.locator(".bubble")
+    assert bubble.locator("img").count() == 0
+    links = bubble.locator("a.image-link")
+    assert links.all_inner_texts() == ["[image: a tracking pixel]", "[image: the logo]"]
+    assert links.first.get_attribute("href") == "http://tracker.test/p.png?reader=1"
+
+    # The embedding page lists a host: its images load, the others still do not.
+    page.evaluate(
+        "document.querySelector('archon-chat-panel')"
+        ".setAttribute('image-hosts', 'https://cdn.example http://images.test')"
+    )
+    with page.expect_request("http://images.test/logo.png"):
+        panel.send("Show pictures")
+    panel.wait_turn_done()
+    bubble = panel.agent_bubbles.last.locator(".bubble")
+    assert bubble.locator("img").get_attribute("src") == "http://images.test/logo.png"
+    assert bubble.locator("a.image-link").all_inner_texts() == ["[image: a tracking pixel]"]
+    assert not [url for url in fetched if "tracker.test" in url]
 
 
 def test_switching_agent_starts_a_session_of_that_type(
@@ -417,7 +497,9 @@ def test_api_key_is_asked_once(tmp_path: Path, agents: ScriptedAgents, page: Pag
         gw.stop()
 
 
-def test_screenshot_mid_stream(gateway: Gateway, agents: ScriptedAgents, page: Page) -> None:
+def test_screenshot_mid_stream(
+    gateway: Gateway, agents: ScriptedAgents, page: Page, tmp_path: Path
+) -> None:
     agents.script(
         "What is Archon?",
         Reply(
@@ -449,8 +531,9 @@ def test_screenshot_mid_stream(gateway: Gateway, agents: ScriptedAgents, page: P
     panel.wait_turn_done()
     panel.send("How does resume work?")
     panel.wait_agent_text("otherwise the panel", index=1)
-    DOCS.mkdir(exist_ok=True)
-    page.screenshot(path=str(DOCS / "panel.png"))
+    target = Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "panel.png")
+    page.screenshot(path=str(target))
+    assert target.stat().st_size > 10_000  # a real picture of the panel, not a blank page
     assert panel.host.locator(".msg.streaming").count() == 1
     panel.wait_turn_done()
 

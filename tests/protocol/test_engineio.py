@@ -11,9 +11,11 @@ import pytest
 
 from archon_chat.protocol.engineio import (
     Closed,
+    CloseReason,
     EngineConfig,
     EngineSession,
     MessageReceived,
+    PingSent,
     PongReceived,
     SessionState,
     Transport,
@@ -22,6 +24,7 @@ from archon_chat.protocol.engineio import (
     parse_request,
 )
 from archon_chat.protocol.errors import (
+    AlreadyUpgraded,
     BadHandshakeMethod,
     BadRequest,
     InvalidState,
@@ -173,7 +176,7 @@ def test_overlapping_poll_is_refused_and_closes() -> None:
     with pytest.raises(BadRequest):
         session.begin_poll()
     assert session.state is SessionState.CLOSED
-    assert session.events() == [Closed("transport error")]
+    assert session.events() == [Closed(CloseReason.TRANSPORT_ERROR)]
     assert session.take_poll() == b"1"  # the first poll learns it is over
 
 
@@ -198,16 +201,37 @@ def test_oversized_payload() -> None:
 def test_client_close_packet() -> None:
     session = polling()
     session.receive_payload(b"1", now=1.0)
-    assert session.events() == [Closed("transport close")]
+    assert session.events() == [Closed(CloseReason.TRANSPORT_CLOSE)]
     assert session.next_deadline() is None
+
+
+def test_client_close_releases_the_pending_poll_with_a_noop() -> None:
+    # As the reference server: the client closed, so its pending GET just ends with a noop.
+    session = polling()
+    session.send_frames(['42["unsent"]'])
+    session.begin_poll()
+    session.receive_payload(b"1", now=1.0)
+    assert session.poll_pending
+    assert session.take_poll() == b"6"
+    assert not session.poll_pending
+    assert session.events() == [Closed(CloseReason.TRANSPORT_CLOSE)]
+
+
+def test_server_close_while_polling_tells_the_pending_poll() -> None:
+    session = polling()
+    session.begin_poll()
+    assert session.take_poll() is None
+    session.close()
+    assert session.take_poll() == b"1"
+    assert session.events() == [Closed(CloseReason.FORCED_SERVER_CLOSE)]
 
 
 def test_server_close_tells_the_client() -> None:
     session = EngineSession("s", CONFIG, Transport.WEBSOCKET, 0.0)
     session.take_frames()
-    session.close("server namespace disconnect")
+    session.close(CloseReason.SERVER_NAMESPACE_DISCONNECT)
     assert session.take_frames() == ["1"]
-    assert session.events() == [Closed("server namespace disconnect")]
+    assert session.events() == [Closed(CloseReason.SERVER_NAMESPACE_DISCONNECT)]
     session.send_frames(["4late"])
     assert session.take_frames() == []
 
@@ -229,8 +253,10 @@ def test_ping_pong_cycle() -> None:
     assert session.next_deadline() == 125.0
     session.handle_timeout(124.9)
     assert session.take_frames() == []
+    assert session.events() == []
     session.handle_timeout(125.0)
     assert session.take_frames() == ["2"]
+    assert session.events() == [PingSent()]
     assert session.next_deadline() == 145.0  # the pong deadline
     session.receive_frame("3", now=130.0)
     assert session.events() == [PongReceived()]
@@ -245,7 +271,7 @@ def test_missed_pong_closes_with_ping_timeout() -> None:
     session.handle_timeout(44.9)
     assert session.state is SessionState.OPEN
     session.handle_timeout(45.0)
-    assert session.events() == [Closed("ping timeout")]
+    assert session.events() == [PingSent(), Closed(CloseReason.PING_TIMEOUT)]
     assert session.next_deadline() is None
 
 
@@ -294,11 +320,23 @@ def test_upgrade_without_probe_is_refused() -> None:
 def test_second_upgrade_is_refused() -> None:
     session = polling()
     session.begin_upgrade(now=1.0)
-    with pytest.raises(BadRequest):
+    with pytest.raises(AlreadyUpgraded):
         session.begin_upgrade(now=1.0)
+    assert session.state is SessionState.UPGRADING  # the first probe carries on
     ws = EngineSession("w", CONFIG, Transport.WEBSOCKET, 0.0)
-    with pytest.raises(BadRequest):
+    with pytest.raises(AlreadyUpgraded):
         ws.begin_upgrade(now=1.0)
+    assert (ws.state, ws.transport) == (SessionState.OPEN, Transport.WEBSOCKET)
+    ws.send_frames(["4still"])
+    assert ws.take_frames()[-1] == "4still"
+
+
+def test_upgrade_of_a_closed_session_is_a_bad_request() -> None:
+    session = polling()
+    session.close()
+    with pytest.raises(BadRequest) as info:
+        session.begin_upgrade(now=1.0)
+    assert not isinstance(info.value, AlreadyUpgraded)
 
 
 def test_stalled_upgrade_is_aborted() -> None:
@@ -323,9 +361,9 @@ def test_aborted_probe_keeps_polling() -> None:
 def test_failure_drops_what_is_queued() -> None:
     ws = EngineSession("s", CONFIG, Transport.WEBSOCKET, 0.0)
     ws.send_frames(["4a", "4b"])
-    ws.fail("transport close")
+    ws.fail(CloseReason.TRANSPORT_CLOSE)
     assert ws.take_frames() == []
     polling_session = polling()
     polling_session.send_frames(["4a"])
-    polling_session.fail("transport error")
+    polling_session.fail(CloseReason.TRANSPORT_ERROR)
     assert polling_session.take_poll() == b"1"

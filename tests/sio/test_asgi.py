@@ -48,6 +48,12 @@ def error(response: httpx.Response) -> tuple[int, dict[str, Any]]:
     return response.status_code, response.json()
 
 
+async def poll_pending(sio: SocketIOServer, sid: str) -> None:
+    """Until the server holds a GET poll of ``sid`` (the caller sets a deadline)."""
+    while not sio.get_connection(sid).eio.poll_pending:
+        await trio.sleep(0.005)
+
+
 @pytest.fixture
 async def server(nursery: trio.Nursery) -> tuple[SocketIOServer, int]:
     return await serve_sio(
@@ -153,7 +159,9 @@ async def test_oversized_chunked_post(client: httpx.AsyncClient) -> None:
         assert response.status_code == 413
 
 
-async def test_second_concurrent_poll(client: httpx.AsyncClient) -> None:
+async def test_second_concurrent_poll(
+    server: tuple[SocketIOServer, int], client: httpx.AsyncClient
+) -> None:
     with trio.fail_after(10):
         sid = await connected(client)
         first: list[httpx.Response] = []
@@ -163,10 +171,30 @@ async def test_second_concurrent_poll(client: httpx.AsyncClient) -> None:
                 first.append(await client.get(f"{QUERY}&sid={sid}"))
 
             nursery.start_soon(pending)
-            await trio.sleep(0.1)
+            await poll_pending(server[0], sid)
             second = await client.get(f"{QUERY}&sid={sid}")
         assert error(second) == (400, {"code": 3, "message": "Bad request"})
         assert first[0].text == "1"  # the session is closed; the first poll is told
+
+
+async def test_client_close_ends_the_pending_poll_with_a_noop(
+    server: tuple[SocketIOServer, int], client: httpx.AsyncClient
+) -> None:
+    with trio.fail_after(10):
+        sid = await connected(client)
+        polled: list[httpx.Response] = []
+        async with trio.open_nursery() as nursery:
+
+            async def pending() -> None:
+                polled.append(await client.get(f"{QUERY}&sid={sid}"))
+
+            nursery.start_soon(pending)
+            await poll_pending(server[0], sid)
+            assert (await client.post(f"{QUERY}&sid={sid}", content=b"1")).text == "ok"
+        assert polled[0].status_code == 200
+        assert polled[0].text == "6"
+        gone = await client.get(f"{QUERY}&sid={sid}")
+        assert error(gone) == (400, {"code": 1, "message": "Session ID unknown"})
 
 
 async def test_cors(nursery: trio.Nursery) -> None:
@@ -305,8 +333,14 @@ async def test_upgrade_and_second_upgrade(
     server: tuple[SocketIOServer, int], client: httpx.AsyncClient
 ) -> None:
     with trio.fail_after(10):
-        _, port = server
+        sio, port = server
+
+        @sio.on("echo")
+        async def echo(sid: str, data: Any) -> Any:
+            return data
+
         sid = await connected(client)
+        url = ws_url(port, f"EIO=4&transport=websocket&sid={sid}")
         async with trio.open_nursery() as nursery:
             polled: list[str] = []
 
@@ -314,25 +348,31 @@ async def test_upgrade_and_second_upgrade(
                 polled.append((await client.get(f"{QUERY}&sid={sid}")).text)
 
             nursery.start_soon(pending_poll)
-            await trio.sleep(0.05)
-            async with open_websocket_url(
-                ws_url(port, f"EIO=4&transport=websocket&sid={sid}")
-            ) as ws:
+            await poll_pending(sio, sid)
+            async with open_websocket_url(url) as ws:
                 await ws.send_message("2probe")
                 assert await ws.get_message() == "3probe"
-                await trio.sleep(0.05)
+                # A second websocket while the first probes: accepted, then closed.
+                async with open_websocket_url(url) as surplus:
+                    with pytest.raises(ConnectionClosed) as closed:
+                        await drain(surplus)
+                    assert closed.value.reason.code == 1000
+                while not polled:
+                    await trio.sleep(0.005)
                 assert polled == ["6"]  # released with a noop
                 await ws.send_message("5")
                 await ws.send_message("3")
-                with pytest.raises(ConnectionRejected) as rejected:
-                    async with open_websocket_url(
-                        ws_url(port, f"EIO=4&transport=websocket&sid={sid}")
-                    ):
-                        pass
-                assert rejected.value.status_code == 400
+                # And once upgraded, the same (the reference server does not refuse it).
+                async with open_websocket_url(url) as surplus:
+                    with pytest.raises(ConnectionClosed) as closed:
+                        await drain(surplus)
+                    assert closed.value.reason.code == 1000
                 stale = await client.get(f"{QUERY}&sid={sid}")
                 assert error(stale) == (400, {"code": 3, "message": "Bad request"})
-                assert await ws.get_message() == "2"  # the session lives on the websocket
+                await ws.send_message('421["echo","still here"]')  # the first one works on
+                while (reply := await ws.get_message()) == "2":
+                    await ws.send_message("3")
+                assert reply == '431["still here"]'
 
 
 async def test_one_bad_input_one_log_line(

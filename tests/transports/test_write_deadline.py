@@ -9,11 +9,14 @@ Ceiling: ``trio.fail_after(20)``.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import trio
 from hypercorn.config import Config
+from hypercorn.trio import run as hypercorn_run
 from hypercorn.trio import serve
 
 from archon_chat.transports.write_deadline import install_write_deadline
@@ -21,8 +24,27 @@ from archon_chat.transports.write_deadline import install_write_deadline
 pytestmark = pytest.mark.slow
 
 
-async def test_a_stalled_write_aborts_the_connection_and_shutdown_completes() -> None:
+@pytest.fixture
+def short_write_deadline() -> Iterator[None]:
+    """A 0.3 s deadline for this test; the process-wide state is restored afterwards,
+    whether the test passed or not (other tests run in this process)."""
+    server_class = hypercorn_run.TCPServer
+    previous = getattr(server_class, "write_deadline_s", None)
     install_write_deadline(0.3)
+    try:
+        yield
+    finally:
+        patched = hypercorn_run.TCPServer
+        if previous is not None:
+            patched.write_deadline_s = previous
+        setattr(hypercorn_run, "TCPServer", server_class)  # noqa: B010 (no re-export)
+
+
+@pytest.mark.usefixtures("short_write_deadline")
+async def test_a_stalled_write_aborts_the_connection_and_shutdown_completes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="archon_chat.transports.write_deadline")
     sent = 0
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -55,7 +77,8 @@ async def test_a_stalled_write_aborts_the_connection_and_shutdown_completes() ->
             client = await trio.open_tcp_stream("127.0.0.1", port)
             await client.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             # Not reading: the kernel buffers fill, then the server's write stalls...
-            await trio.sleep(1.0)
+            while not any("connection aborted" in r.getMessage() for r in caplog.records):
+                await trio.sleep(0.02)
             # ...and is aborted: reading now reaches the end of what was sent, where
             # without the deadline the server would resume writing for ever.
             received = 0
@@ -67,4 +90,3 @@ async def test_a_stalled_write_aborts_the_connection_and_shutdown_completes() ->
             assert 0 < received <= sent
             stop.set()
         await client.aclose()
-    install_write_deadline(10.0)

@@ -1,16 +1,18 @@
-// The stock socket.io-client, opted in to connection state recovery, loses its transport
-// mid-stream. Prints one JSON line: {recovered, rejoined, chunks, seqs, final, events}.
-// usage: node recover_mid_stream.mjs <url> <session_id> <prompt> <drop_after_chunks>
+// The stock socket.io-client loses its transport mid-stream. Prints one JSON line:
+// {recovered, rejoined, chunks, seqs, final, events, pid}.
+// usage: node recover_mid_stream.mjs <url> <session_id> <prompt> <drop_after_chunks> [opt-in]
+// With "opt-in" (the default) the client asks for recovery (auth {recover: true}); with
+// "plain" it sends no auth at all, as a page that knows nothing of our option.
 import { io } from "socket.io-client";
 
-const [url, sessionId, prompt, dropAfterRaw] = process.argv.slice(2);
+const [url, sessionId, prompt, dropAfterRaw, ask = "opt-in"] = process.argv.slice(2);
 const dropAfter = Number(dropAfterRaw);
 const out = { recovered: null, rejoined: false, chunks: [], seqs: [], final: null, events: [] };
 const deadline = setTimeout(() => finish("timeout"), 20000);
 
 const socket = io(url, {
   transports: ["websocket"],
-  auth: { recover: true },
+  ...(ask === "opt-in" ? { auth: { recover: true } } : {}),
   reconnectionDelay: 100,
   reconnectionDelayMax: 200,
 });
@@ -44,11 +46,12 @@ for (const name of ["message", "stream_chunk", "stream_complete", "typing", "err
 socket.on("connect", async () => {
   if (!joined) {
     joined = true;
+    out.pid = socket._pid ?? null; // set only when the server offers recovery
     await socket.emitWithAck("join_chat", { session_id: sessionId });
     await socket.emitWithAck("chat_message", { session_id: sessionId, message: prompt });
     return;
   }
-  out.recovered = socket.recovered;
+  out.recovered = socket.recovered === true; // undefined when the server offers no pid
   if (!socket.recovered) {
     out.rejoined = true;
     const lastSeq = Math.max(0, ...out.seqs.filter((s) => typeof s === "number"));
