@@ -124,6 +124,18 @@ class Settings:
         _positive_float,
         "a connection whose peer stops reading for this long is aborted",
     )
+    http_read_timeout_s: float = _setting(
+        "ARCHON_CHAT_HTTP_READ_TIMEOUT_S",
+        30.0,
+        _positive_float,
+        "an HTTP request's head and body must arrive within this time (slowloris)",
+    )
+    connect_timeout_s: float = _setting(
+        "ARCHON_CHAT_CONNECT_TIMEOUT_S",
+        45.0,
+        _positive_float,
+        "an Engine.IO session without a Socket.IO CONNECT by then is closed",
+    )
     cors_origins: tuple[str, ...] = _setting(
         "ARCHON_CHAT_CORS_ORIGINS",
         (),

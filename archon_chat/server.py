@@ -37,9 +37,9 @@ from archon_chat.gateway.emitter import LocalEmitter
 from archon_chat.gateway.metrics import Metrics
 from archon_chat.sio import Outgoing, ServerOptions, SocketIOServer
 from archon_chat.store import SqliteStore, open_store
+from archon_chat.transports import hypercorn_hooks
 from archon_chat.transports.rest import configure, create_rest_blueprint
 from archon_chat.transports.static import create_static_blueprint
-from archon_chat.transports.write_deadline import install_write_deadline
 
 log = logging.getLogger("archon_chat")
 
@@ -100,7 +100,6 @@ async def serve(
     # Thousands of sessions keep many long-lived objects: the default young-generation
     # threshold makes the collector rescan them so often that it doubles the CPU per chunk.
     gc.set_threshold(10_000, 50, 50)
-    install_write_deadline(settings.write_timeout_s)
     stop = trio.Event()
     async with trio.open_nursery() as root:
         if handle_signals:
@@ -122,6 +121,11 @@ async def _serve_gateway(
     task_status: trio.TaskStatus[Running],
 ) -> None:
     metrics = Metrics()
+    hypercorn_hooks.install(
+        write_timeout_s=settings.write_timeout_s,
+        read_timeout_s=settings.http_read_timeout_s,
+        on_error=lambda kind: metrics.connection_errors.labels(kind).inc(),
+    )
     events_send, events_receive = trio.open_memory_channel[SessionEvent](
         settings.events_channel_size
     )

@@ -97,6 +97,12 @@ class Metrics:
             "Connection state recoveries served (since start)",
             registry=r,
         )
+        self.connection_errors = Counter(
+            "archon_chat_connection_errors",
+            "Connections aborted by an error in their handling or a timeout, by kind",
+            ["kind"],
+            registry=r,
+        )
         self._refreshers: list[Callable[[], None]] = []
 
     def on_scrape(self, refresh: Callable[[], None]) -> None:

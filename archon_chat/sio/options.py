@@ -22,7 +22,7 @@ class ServerOptions:
     ``cors_origins``: origins allowed besides the request's own; ``"*"`` allows any.
     ``websocket_compression``: accept permessage-deflate; off by default, as in Socket.IO's
     reference server, since it costs ~95 KiB and a deflate pass per frame for every
-    websocket (see :mod:`archon_chat.transports.deflate`; turning it off is process-wide).
+    websocket (see :mod:`archon_chat.transports.hypercorn_hooks`; turning it off is process-wide).
     """
 
     ping_interval_s: float = 25.0

@@ -36,8 +36,8 @@ from archon_chat.protocol.socketio import (
     disconnect_frame,
     event_frames,
 )
-from archon_chat.transports.deflate import refuse_permessage_deflate
 from archon_chat.transports.engineio_asgi import EngineIOApp, RequestInfo
+from archon_chat.transports.hypercorn_hooks import refuse_permessage_deflate
 
 from .connection import (
     Connection,

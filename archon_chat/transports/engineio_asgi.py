@@ -3,7 +3,7 @@
 Raw ASGI rather than quart because a websocket costs a third less memory this way
 (design.md section 6). Measured with hypercorn 0.18 and 1,000 npm clients: 30.6 KiB per idle
 websocket session joined to a room, of which 22.5 KiB is hypercorn's own bare websocket
-(permessage-deflate declined, see :mod:`.deflate`; accepting it costs ~95 KiB more).
+(permessage-deflate declined, see :mod:`.hypercorn_hooks`; accepting it costs ~95 KiB more).
 
 Everything protocol-related is decided by the sans-IO core; this module only moves bytes
 between ASGI messages and a connection of the :class:`EngineHub`:

@@ -16,13 +16,13 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from archon_chat.transports.write_deadline import install_write_deadline
+from archon_chat.transports.hypercorn_hooks import install
 
 pytestmark = pytest.mark.slow
 
 
 async def test_a_stalled_write_aborts_the_connection_and_shutdown_completes() -> None:
-    install_write_deadline(0.3)
+    install(write_timeout_s=0.3, read_timeout_s=30.0)
     sent = 0
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -67,4 +67,4 @@ async def test_a_stalled_write_aborts_the_connection_and_shutdown_completes() ->
             assert 0 < received <= sent
             stop.set()
         await client.aclose()
-    install_write_deadline(10.0)
+    install(write_timeout_s=10.0, read_timeout_s=30.0)
