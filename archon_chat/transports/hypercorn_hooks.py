@@ -147,6 +147,10 @@ class MessageTooBigError(Exception):
     """A websocket peer kept sending after its message was refused as too big."""
 
 
+class RequestReadTimeoutError(Exception):
+    """An HTTP request's head and body did not arrive within the read timeout."""
+
+
 class _BoundedWebsocketBuffer(ws_stream.WebsocketBuffer):
     refused = False
 
@@ -209,14 +213,9 @@ class _GuardedTCPServer(TCPServer):
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
                     break
             if timer.cancelled_caught:
-                if _first_report():
-                    log.info(
-                        "request from %s not read within %.1f s: connection closed",
-                        _peer(self.stream),
-                        self.read_timeout_s,
-                    )
-                    _on_error("read_timeout")
-                break
+                # Raised, so that the connection's other tasks (its idle timer, an app
+                # waiting for the body) end with it.
+                raise RequestReadTimeoutError(f"request not read within {self.read_timeout_s} s")
             await self.protocol.handle(RawData(bytes(data)))
             if data == b"":
                 break
@@ -247,6 +246,8 @@ def _first_leaf(group: BaseExceptionGroup[Exception]) -> Exception:
 def _kind(error: BaseException) -> str:
     if isinstance(error, MessageTooBigError):
         return "message_too_big"
+    if isinstance(error, RequestReadTimeoutError):
+        return "read_timeout"
     package = type(error).__module__.split(".", 1)[0]
     if package in ("h11", "h2", "wsproto", "hpack"):
         return package

@@ -3,6 +3,14 @@ that the gateway still serves a normal turn afterwards."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import psutil
 import trio
 
 from tests.e2e.support import Client, create_session, turn_done
@@ -68,3 +76,72 @@ async def serves_a_turn(url: str) -> None:
         assert [r["status"] for r in replies] == ["complete"], replies
     finally:
         await client.disconnect()
+
+
+@asynccontextmanager
+async def gateway_process(
+    tmp_path: Path, agents_url: str, **env_overrides: str
+) -> AsyncIterator[tuple[trio.Process, str, int]]:
+    """``archon-chat serve`` as a subprocess on port 0: (process, url, port)."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "AGENT_SERVICE_URL": agents_url,
+            "ARCHON_CHAT_DB": str(tmp_path / "chat.db"),
+            "ARCHON_CHAT_PORT": "0",
+            "ARCHON_CHAT_LOG_LEVEL": "WARNING",
+            "ARCHON_CHAT_SHUTDOWN_GRACE_S": "1",
+            **env_overrides,
+        }
+    )
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "archon_chat.cli", "serve"], env=env, stdout=subprocess.PIPE
+    )
+    assert process.stdout is not None
+    buffer = b""
+    try:
+        with trio.fail_after(20):
+            while b"serving on" not in buffer:
+                chunk = await process.stdout.receive_some(4096)
+                assert chunk, "gateway exited before serving"
+                buffer += chunk
+        line = next(x for x in buffer.decode().splitlines() if "serving on" in x)
+        url = line.split("serving on ", 1)[1].strip()
+        yield process, url, int(url.rsplit(":", 1)[1])
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+def rss(process: trio.Process) -> int:
+    return int(psutil.Process(process.pid).memory_info().rss)
+
+
+def open_fds(process: trio.Process) -> int:
+    return psutil.Process(process.pid).num_fds()
+
+
+async def open_websocket(port: int) -> trio.SocketStream:
+    """A raw Engine.IO websocket, past its 101 and open packet."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(upgrade())
+    received = b""
+    while b"\r\n\r\n" not in received or b'"sid"' not in received:
+        chunk = await stream.receive_some(65536)
+        assert chunk, received
+        received += chunk
+    assert received.startswith(b"HTTP/1.1 101"), received
+    return stream
+
+
+async def closed_by_peer(stream: trio.SocketStream, within_s: float) -> bool:
+    """Whether the server ends the connection (EOF or reset) within ``within_s``."""
+    with trio.move_on_after(within_s):
+        try:
+            while await stream.receive_some(65536):
+                pass
+        except trio.BrokenResourceError:
+            pass
+        return True
+    return False

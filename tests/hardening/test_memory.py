@@ -1,0 +1,48 @@
+"""Input over a size limit is refused while it is read, not after it has been buffered:
+measured on the real ``archon-chat serve`` process with psutil.
+
+Ceiling: every test runs under ``trio.fail_after(60)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.e2e.agents_fake import AgentsFake
+
+from .support import closed_by_peer, frame, gateway_process, open_websocket, rss
+
+pytestmark = pytest.mark.slow
+
+MB = 1 << 20
+
+
+async def test_a_50_mb_frame_is_cut_as_soon_as_it_passes_the_limit(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        agents = AgentsFake()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(agents.serve)
+            async with gateway_process(tmp_path, agents.url) as (process, _, port):
+                warm = await open_websocket(port)
+                await warm.aclose()
+                before = rss(process)
+                stream = await open_websocket(port)
+                size = 50 * MB
+                sent = 0
+                chunk = b"\x00" * 65536
+                try:
+                    await stream.send_all(frame(b"", opcode=0x2, length=size))
+                    while sent < size:
+                        await stream.send_all(chunk)
+                        sent += len(chunk)
+                except trio.BrokenResourceError:
+                    pass  # reset by the server
+                assert await closed_by_peer(stream, within_s=10)
+                assert sent < size
+                grown = rss(process) - before
+                assert grown < 4 * MB, grown
+                await stream.aclose()
+            nursery.cancel_scope.cancel()
