@@ -265,6 +265,18 @@ class Settings:
     max_attachments: int = _setting(
         "ARCHON_CHAT_MAX_ATTACHMENTS", 10, _positive_int, "binary attachments per packet"
     )
+    max_json_depth: int = _setting(
+        "ARCHON_CHAT_MAX_JSON_DEPTH",
+        32,
+        _positive_int,
+        "deepest nesting of a REST JSON body or a message's context",
+    )
+    max_context_bytes: int = _setting(
+        "ARCHON_CHAT_MAX_CONTEXT_BYTES",
+        16_384,
+        _positive_int,
+        "largest context of a chat message, as UTF-8 JSON bytes",
+    )
     outbox_size: int = _setting(
         "ARCHON_CHAT_OUTBOX_SIZE",
         1024,

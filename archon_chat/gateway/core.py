@@ -121,6 +121,9 @@ class Gateway:
         self.hub = hub
         self.emitter = emitter
         self.metrics = metrics
+        self.json_limits = validation.JsonLimits(
+            max_depth=settings.max_json_depth, max_context_bytes=settings.max_context_bytes
+        )
         self._joined: dict[str, set[str]] = {}  # sid -> session ids
         self._members: dict[str, set[str]] = {}  # session id -> sids
         self._grace: dict[str, dict[str, float]] = {}  # session id -> {sid: deadline}
@@ -239,7 +242,9 @@ class Gateway:
                 del self._joining[session_id]
 
     async def on_chat_message(self, sid: str, data: Any) -> dict[str, Any]:
-        outgoing = validation.outgoing_message(data, self.settings.max_message_chars)
+        outgoing = validation.outgoing_message(
+            data, self.settings.max_message_chars, limits=self.json_limits
+        )
         self.rate_limit(sid)
         return await self.send(outgoing)
 
@@ -308,7 +313,7 @@ class Gateway:
 
     def validate_rest_message(self, session_id: str, body: Any) -> validation.OutgoingMessage:
         return validation.outgoing_message(
-            body, self.settings.max_message_chars, session_id=session_id
+            body, self.settings.max_message_chars, session_id=session_id, limits=self.json_limits
         )
 
     async def send(self, outgoing: validation.OutgoingMessage) -> dict[str, Any]:

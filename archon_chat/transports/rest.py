@@ -19,9 +19,9 @@ from quart import Blueprint, Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from actors.chat.messages import ErrorCode
 from archon_chat.gateway.core import Gateway
 from archon_chat.gateway.errors import GatewayError
+from archon_chat.gateway.validation import parse_json
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,7 @@ def create_rest_blueprint(
         raw = await request.get_data(as_text=False)
         if not raw:
             return None
-        try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise GatewayError(ErrorCode.INVALID_REQUEST, "Malformed JSON body", 400) from None
+        return parse_json(raw, gateway.json_limits)
 
     @bp.before_app_request
     async def guard() -> Response | None:
