@@ -78,6 +78,22 @@ def _origins(raw: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _public_origins(raw: str) -> tuple[str, ...]:
+    origins = _origins(raw)
+    if "*" in origins:
+        raise ValueError("must list origins such as https://chat.example.com, not *")
+    return origins
+
+
+def _flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
 def _text(raw: str) -> str:
     return raw.strip()
 
@@ -142,6 +158,21 @@ class Settings:
         _origins,
         "other origins allowed besides the page's own (comma separated; * for any)",
         "--cors-origins",
+    )
+    public_origins: tuple[str, ...] = _setting(
+        "ARCHON_CHAT_PUBLIC_ORIGINS",
+        (),
+        _public_origins,
+        "the gateway's own origins as browsers see them (comma separated); unset: "
+        "scheme://Host, with Host limited to loopback names and the bound address "
+        "when no API key is set",
+    )
+    trusted_proxy: bool = _setting(
+        "ARCHON_CHAT_TRUSTED_PROXY",
+        False,
+        _flag,
+        "a proxy you trust fronts the gateway: honour X-Forwarded-Proto and "
+        "X-Forwarded-For, and leave per-address limits to it",
     )
     api_key: str = _setting(
         "ARCHON_CHAT_API_KEY", "", _text, "when set, REST and Socket.IO need this key"

@@ -19,7 +19,9 @@ class ServerOptions:
     client. ``recovery_buffer``: events kept for an opted-in socket to replay after a drop
     (and the most a disconnected one may gather during ``grace_s``). ``inbox_size``: events
     of one socket waiting for its handler before we stop reading from its transport.
-    ``cors_origins``: origins allowed besides the request's own; ``"*"`` allows any.
+    ``cors_origins``: origins allowed besides the request's own; ``"*"`` allows any
+    (without credentials). ``public_origins``, ``trusted_proxy``, ``guard_host`` and
+    ``bound_host``: who the request's own origin is, see :mod:`archon_chat.transports.origin`.
     ``websocket_compression``: accept permessage-deflate; off by default, as in Socket.IO's
     reference server, since it costs ~95 KiB and a deflate pass per frame for every
     websocket (see :mod:`archon_chat.transports.hypercorn_hooks`; turning it off is process-wide).
@@ -33,6 +35,10 @@ class ServerOptions:
     grace_s: float = 30.0
     max_attachments: int = 10
     cors_origins: tuple[str, ...] = ()
+    public_origins: tuple[str, ...] = ()
+    trusted_proxy: bool = False
+    guard_host: bool = False
+    bound_host: str = "127.0.0.1"
     inbox_size: int = 64
     upgrade_timeout_s: float = 10.0
     websocket_compression: bool = False
@@ -59,4 +65,8 @@ class ServerOptions:
             grace_s=settings.grace_s,
             max_attachments=settings.max_attachments,
             cors_origins=settings.cors_origins,
+            public_origins=settings.public_origins,
+            trusted_proxy=settings.trusted_proxy,
+            guard_host=not settings.api_key,
+            bound_host=settings.host,
         )

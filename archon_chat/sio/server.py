@@ -38,6 +38,7 @@ from archon_chat.protocol.socketio import (
 )
 from archon_chat.transports.engineio_asgi import EngineIOApp, RequestInfo
 from archon_chat.transports.hypercorn_hooks import refuse_permessage_deflate
+from archon_chat.transports.origin import OriginPolicy, OriginRequest, Verdict
 
 from .connection import (
     Connection,
@@ -113,6 +114,13 @@ class SocketIOServer:
 
     def __init__(self, options: ServerOptions | None = None) -> None:
         self.options = options or ServerOptions()
+        self.origin_policy = OriginPolicy(
+            allowlist=self.options.cors_origins,
+            public_origins=self.options.public_origins,
+            trusted_proxy=self.options.trusted_proxy,
+            guard_host=self.options.guard_host,
+            bound_host=self.options.bound_host,
+        )
         self.engine_config = EngineConfig(
             ping_interval_s=self.options.ping_interval_s,
             ping_timeout_s=self.options.ping_timeout_s,
@@ -362,15 +370,9 @@ class SocketIOServer:
     def max_http_buffer_size(self) -> int:
         return self.options.max_http_buffer_size
 
-    def origin_allowed(self, origin: str | None, own_origin: str | None) -> bool:
-        """The request's own origin is always allowed; others only if configured."""
-        if origin is None:
-            return True
-        origin = origin.rstrip("/").lower()
-        allowed = self.options.cors_origins
-        if "*" in allowed or (own_origin is not None and origin == own_origin.lower()):
-            return True
-        return any(origin == o.lower() for o in allowed)
+    def check_origin(self, request: OriginRequest) -> Verdict:
+        """The gateway's one origin check (:mod:`archon_chat.transports.origin`)."""
+        return self.origin_policy.check(request)
 
     def open_connection(self, transport: Transport, info: RequestInfo) -> Connection:
         """A new Engine.IO session (the handshake)."""

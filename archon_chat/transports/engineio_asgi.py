@@ -39,6 +39,7 @@ from archon_chat.protocol.errors import (
     PayloadTooLarge,
     ProtocolError,
 )
+from archon_chat.transports.origin import OriginRequest, Verdict
 
 __all__ = ["EngineConnection", "EngineHub", "EngineIOApp", "RequestInfo"]
 
@@ -116,7 +117,7 @@ class EngineHub(Protocol):
     @property
     def max_http_buffer_size(self) -> int: ...
 
-    def origin_allowed(self, origin: str | None, own_origin: str | None) -> bool: ...
+    def check_origin(self, request: OriginRequest) -> Verdict: ...
 
     def open_connection(self, transport: Transport, info: RequestInfo) -> EngineConnection: ...
 
@@ -136,15 +137,13 @@ def _decode_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     return out
 
 
-def _own_origin(scope: Scope, headers: dict[str, str]) -> str | None:
-    scheme = {"ws": "http", "wss": "https"}.get(scope.get("scheme", "http"), scope.get("scheme"))
-    host = headers.get("host")
-    if host is None:
-        server = scope.get("server")
-        if not server:
-            return None
-        host = f"{server[0]}:{server[1]}"
-    return f"{scheme}://{host}"
+def _origin_request(scope: Scope, headers: dict[str, str]) -> OriginRequest:
+    return OriginRequest(
+        origin=headers.get("origin"),
+        scheme=scope.get("scheme", "http"),
+        host=headers.get("host"),
+        forwarded_proto=headers.get("x-forwarded-proto"),
+    )
 
 
 def _info(scope: Scope, query: dict[str, str]) -> RequestInfo:
@@ -154,6 +153,12 @@ def _info(scope: Scope, query: dict[str, str]) -> RequestInfo:
         query=query,
         remote_addr=client[0] if client else None,
     )
+
+
+def _refusal(verdict: Verdict, headers: dict[str, str]) -> Forbidden:
+    if verdict.refusal == "host":
+        return Forbidden(f"host {headers.get('host', '')[:100]!r}")
+    return Forbidden(f"origin {headers.get('origin', '')[:100]!r}")
 
 
 class _NotServing(ProtocolError):
@@ -192,17 +197,14 @@ class EngineIOApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = _headers(scope)
         method = scope["method"]
-        origin = headers.get("origin")
-        cors: list[tuple[bytes, bytes]] = []
-        if origin is not None:
-            if not self.hub.origin_allowed(origin, _own_origin(scope, headers)):
-                await self._refuse(send, Forbidden(f"origin {origin[:100]!r}"), [])
-                return
-            cors = [
-                (b"access-control-allow-origin", origin.encode("latin-1")),
-                (b"access-control-allow-credentials", b"true"),
-                (b"vary", b"Origin"),
-            ]
+        verdict = self.hub.check_origin(_origin_request(scope, headers))
+        if not verdict.allowed:
+            await self._refuse(send, _refusal(verdict, headers), [])
+            return
+        cors = [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in verdict.cors_headers()
+        ]
         if method == "OPTIONS":
             await self._preflight(send, headers, cors)
             return
@@ -304,9 +306,9 @@ class EngineIOApp:
             return
         headers = _headers(scope)
         try:
-            origin = headers.get("origin")
-            if not self.hub.origin_allowed(origin, _own_origin(scope, headers)):
-                raise Forbidden(f"origin {(origin or '')[:100]!r}")
+            verdict = self.hub.check_origin(_origin_request(scope, headers))
+            if not verdict.allowed:
+                raise _refusal(verdict, headers)
             if not self.hub.serving:
                 raise _NotServing("not serving")
             req = parse_request("GET", scope.get("query_string", b""), websocket=True)

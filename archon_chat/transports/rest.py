@@ -2,8 +2,9 @@
 
 Every error is JSON ``{"detail", "code"}`` (design.md section 3); bad input is never a 500.
 With an API key configured, ``/api/agent-chat`` needs ``Authorization: Bearer <key>``.
-Requests from a foreign ``Origin`` not in the allowlist are refused (403); allowed ones
-get CORS headers, preflights included.
+Requests from a foreign ``Origin`` not in the allowlist, or (without an API key) for a
+``Host`` that is not ours, are refused (403, :mod:`archon_chat.transports.origin`); allowed
+ones get CORS headers, preflights included.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from quart import Blueprint, Response, request
 from quart_trio import QuartTrio
@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 from archon_chat.gateway.core import Gateway
 from archon_chat.gateway.errors import GatewayError
 from archon_chat.gateway.validation import parse_json
+from archon_chat.transports.origin import OriginPolicy, OriginRequest, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,13 @@ def error_response(status: int, detail: str, code: str) -> Response:
     return json_response({"detail": detail, "code": code}, status)
 
 
-def origin_allowed(origin: str | None, host: str | None, allowlist: tuple[str, ...]) -> bool:
-    """The page's own origin is always allowed, others only if listed (or ``*``)."""
-    if not origin:
-        return True
-    origin = origin.rstrip("/")
-    if "*" in allowlist or origin in allowlist:
-        return True
-    return bool(host) and urlsplit(origin).netloc.lower() == (host or "").lower()
+def _origin_request() -> OriginRequest:
+    return OriginRequest(
+        origin=request.headers.get("Origin"),
+        scheme=request.scheme,
+        host=request.headers.get("Host"),
+        forwarded_proto=request.headers.get("X-Forwarded-Proto"),
+    )
 
 
 def create_rest_blueprint(
@@ -60,14 +60,23 @@ def create_rest_blueprint(
             return None
         return parse_json(raw, gateway.json_limits)
 
+    policy = OriginPolicy(
+        allowlist=settings.cors_origins,
+        public_origins=settings.public_origins,
+        trusted_proxy=settings.trusted_proxy,
+        guard_host=not settings.api_key,
+        bound_host=settings.host,
+    )
+
     @bp.before_app_request
     async def guard() -> Response | None:
-        origin = request.headers.get("Origin")
-        allowed = origin_allowed(origin, request.headers.get("Host"), settings.cors_origins)
-        if not allowed and request.path.startswith(PREFIX):
+        verdict = policy.check(_origin_request())
+        if verdict.refusal == "host":
+            return error_response(403, "Host not allowed", "forbidden_host")
+        if not verdict.allowed and request.path.startswith(PREFIX):
             return error_response(403, "Origin not allowed", "forbidden_origin")
-        if request.method == "OPTIONS" and origin and allowed:
-            return _with_cors(Response("", status=204), origin, preflight=True)
+        if request.method == "OPTIONS" and verdict.allow_origin is not None:
+            return _with_cors(Response("", status=204), verdict, preflight=True)
         if settings.api_key and request.path.startswith(PREFIX):
             header = request.headers.get("Authorization", "")
             token = header[7:] if header.startswith("Bearer ") else ""
@@ -77,10 +86,7 @@ def create_rest_blueprint(
 
     @bp.after_app_request
     async def cors(response: Response) -> Response:
-        origin = request.headers.get("Origin")
-        if origin and origin_allowed(origin, request.headers.get("Host"), settings.cors_origins):
-            _with_cors(response, origin, preflight=False)
-        return response
+        return _with_cors(response, policy.check(_origin_request()), preflight=False)
 
     @bp.post(f"{PREFIX}/sessions")
     async def create_session() -> Response:
@@ -136,10 +142,11 @@ def create_rest_blueprint(
     return bp
 
 
-def _with_cors(response: Response, origin: str, *, preflight: bool) -> Response:
-    response.headers["Access-Control-Allow-Origin"] = origin
-    response.headers["Vary"] = "Origin"
-    response.headers["Access-Control-Allow-Credentials"] = "true"
+def _with_cors(response: Response, verdict: Verdict, *, preflight: bool) -> Response:
+    if verdict.allow_origin is None:
+        return response
+    for name, value in verdict.cors_headers():
+        response.headers[name] = value
     if preflight:
         response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
         response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
