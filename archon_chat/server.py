@@ -18,6 +18,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import trio
@@ -167,7 +168,7 @@ async def _serve_gateway(
                 metrics.stored_sessions.set(counts.get("sessions", 0))
                 return agents_ok, {
                     "status": "ok" if agents_ok else "degraded",
-                    "agents": {"url": agents_url, "reachable": agents_ok},
+                    "agents": {"url": redact_url(agents_url), "reachable": agents_ok},
                     "sessions": counts.get("sessions", 0),
                     "live_sessions": hub.live_sessions(),
                     "connected_sockets": sio.stats().get("connected", 0),
@@ -220,6 +221,14 @@ async def _serve_gateway(
             nursery.cancel_scope.cancel()
         # The hub has stopped every actor: no more events.
         events_send.close()
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its userinfo (``http://user:pass@host`` -> ``http://***@host``)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
 def _host(host: str) -> str:

@@ -68,6 +68,13 @@ def create_rest_blueprint(
         bound_host=settings.host,
     )
 
+    def has_api_key() -> bool:
+        header = request.headers.get("Authorization", "")
+        token = header[7:] if header.startswith("Bearer ") else ""
+        return bool(settings.api_key) and hmac.compare_digest(
+            token.encode(), settings.api_key.encode()
+        )
+
     @bp.before_app_request
     async def guard() -> Response | None:
         verdict = policy.check(_origin_request())
@@ -77,11 +84,8 @@ def create_rest_blueprint(
             return error_response(403, "Origin not allowed", "forbidden_origin")
         if request.method == "OPTIONS" and verdict.allow_origin is not None:
             return _with_cors(Response("", status=204), verdict, preflight=True)
-        if settings.api_key and request.path.startswith(PREFIX):
-            header = request.headers.get("Authorization", "")
-            token = header[7:] if header.startswith("Bearer ") else ""
-            if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
-                return error_response(401, "Missing or wrong API key", "unauthorized")
+        if settings.api_key and request.path.startswith(PREFIX) and not has_api_key():
+            return error_response(401, "Missing or wrong API key", "unauthorized")
         return None
 
     @bp.after_app_request
@@ -107,6 +111,9 @@ def create_rest_blueprint(
     @bp.get("/healthz")
     async def healthz() -> Response:
         ok, body = await health()
+        if not has_api_key():
+            # Anonymous callers learn the status only: no URLs, ports or counts.
+            body = {"status": body["status"]}
         return json_response(body, 200 if ok else 503)
 
     @bp.get("/metrics")
