@@ -296,6 +296,12 @@ class Settings:
     max_attachments: int = _setting(
         "ARCHON_CHAT_MAX_ATTACHMENTS", 10, _positive_int, "binary attachments per packet"
     )
+    max_attachment_bytes: int = _setting(
+        "ARCHON_CHAT_MAX_ATTACHMENT_BYTES",
+        1_000_000,
+        _positive_int,
+        "bytes of binary attachments held for one packet (one pending per connection)",
+    )
     max_json_depth: int = _setting(
         "ARCHON_CHAT_MAX_JSON_DEPTH",
         32,

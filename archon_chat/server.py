@@ -159,6 +159,8 @@ async def _serve_gateway(
                 metrics.slow_client_merges.set(stats.get("merges", 0))
                 metrics.slow_client_disconnects.set(stats.get("slow_disconnects", 0))
                 metrics.recoveries.set(stats.get("recoveries", 0))
+                metrics.unconnected.set(stats.get("unconnected", 0))
+                metrics.connect_timeouts.set(stats.get("connect_timeouts", 0))
 
             metrics.on_scrape(refresh)
 

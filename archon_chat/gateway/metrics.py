@@ -97,6 +97,16 @@ class Metrics:
             "Connection state recoveries served (since start)",
             registry=r,
         )
+        self.unconnected = Gauge(
+            "archon_chat_unconnected_sessions",
+            "Engine.IO sessions without a Socket.IO namespace connected yet",
+            registry=r,
+        )
+        self.connect_timeouts = Gauge(
+            "archon_chat_connect_timeouts",
+            "Engine.IO sessions closed for sending no Socket.IO CONNECT in time (since start)",
+            registry=r,
+        )
         self.connection_errors = Counter(
             "archon_chat_connection_errors",
             "Connections aborted by an error in their handling or a timeout, by kind",

@@ -19,6 +19,9 @@ class ServerOptions:
     client. ``recovery_buffer``: events kept for an opted-in socket to replay after a drop
     (and the most a disconnected one may gather during ``grace_s``). ``inbox_size``: events
     of one socket waiting for its handler before we stop reading from its transport.
+    ``max_attachments``, ``max_attachment_bytes``: binary attachments of one packet (the
+    only one a connection may have pending), accepted only on a connected namespace.
+    ``connect_timeout_s``: an Engine.IO session with no namespace connected by then is closed.
     ``cors_origins``: origins allowed besides the request's own; ``"*"`` allows any
     (without credentials). ``public_origins``, ``trusted_proxy``, ``guard_host`` and
     ``bound_host``: who the request's own origin is, see :mod:`archon_chat.transports.origin`.
@@ -34,6 +37,8 @@ class ServerOptions:
     recovery_buffer: int = 2048
     grace_s: float = 30.0
     max_attachments: int = 10
+    max_attachment_bytes: int = 1_000_000
+    connect_timeout_s: float = 45.0
     cors_origins: tuple[str, ...] = ()
     public_origins: tuple[str, ...] = ()
     trusted_proxy: bool = False
@@ -44,10 +49,16 @@ class ServerOptions:
     websocket_compression: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("ping_interval_s", "ping_timeout_s", "upgrade_timeout_s"):
+        for name in ("ping_interval_s", "ping_timeout_s", "upgrade_timeout_s", "connect_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("max_http_buffer_size", "outbox_size", "recovery_buffer", "inbox_size"):
+        for name in (
+            "max_http_buffer_size",
+            "outbox_size",
+            "recovery_buffer",
+            "inbox_size",
+            "max_attachment_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.grace_s < 0 or self.max_attachments < 0:
@@ -64,6 +75,8 @@ class ServerOptions:
             recovery_buffer=settings.recovery_buffer,
             grace_s=settings.grace_s,
             max_attachments=settings.max_attachments,
+            max_attachment_bytes=settings.max_attachment_bytes,
+            connect_timeout_s=settings.connect_timeout_s,
             cors_origins=settings.cors_origins,
             public_origins=settings.public_origins,
             trusted_proxy=settings.trusted_proxy,

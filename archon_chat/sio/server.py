@@ -346,15 +346,18 @@ class SocketIOServer:
 
     def stats(self) -> dict[str, int]:
         """Counters for metrics: ``connected`` sockets, ``ghosts`` (waiting for recovery),
-        ``engine_connections``, outbox ``merges``, ``slow_disconnects``, ``recoveries``
-        served and ``recovery_misses``, Socket.IO ``packets_in``/``packets_out``,
-        ``handler_errors``."""
+        ``engine_connections`` (``unconnected``: of them, those with no namespace accepted
+        yet; ``connect_timeouts``: closed for that), outbox ``merges``,
+        ``slow_disconnects``, ``recoveries`` served and ``recovery_misses``, Socket.IO
+        ``packets_in``/``packets_out``, ``handler_errors``."""
         states = Counter(sock.state for sock in self._sockets.values())
         counters = self._counters
         return {
             "connected": states[SocketState.CONNECTED],
             "ghosts": states[SocketState.GHOST],
             "engine_connections": len(self._conns),
+            "unconnected": sum(not conn.has_connected for conn in self._conns.values()),
+            "connect_timeouts": counters["connect_timeouts"],
             "merges": counters["merges"],
             "slow_disconnects": counters["slow_disconnects"],
             "recoveries": counters["recoveries"],

@@ -1,20 +1,24 @@
 """Time limits for peers that have not proven anything yet: a request's head and body
 must arrive within ``http_read_timeout_s`` (slowloris); keep-alive connections between
-requests and websockets are not cut by it.
+requests and websockets are not cut by it. An Engine.IO session that connects no
+Socket.IO namespace within ``connect_timeout_s`` is closed, even if it answers pings.
 
 Ceiling: every test runs under ``trio.fail_after(30)``.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.agents_fake import AgentsFake
-from tests.e2e.support import gateway_settings, running_gateway
+from tests.e2e.support import Client, gateway_settings, running_gateway
 
 from .support import closed_by_peer, open_websocket
 
@@ -97,3 +101,47 @@ async def closed_by_peer_quickly(stream: trio.SocketStream) -> bool:
             return True
         return data == b""
     return False
+
+
+async def test_a_session_without_connect_is_closed_at_the_connect_timeout(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(30):
+        agents = AgentsFake()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(agents.serve)
+            settings = gateway_settings(
+                tmp_path, agents.url, connect_timeout_s=1.0, ping_interval_s=0.2
+            )
+            async with running_gateway(settings) as gw:
+                async with httpx.AsyncClient(base_url=gw.url) as http:
+                    r = await http.get("/socket.io/?EIO=4&transport=polling")
+                    sid = json.loads(r.text[1:])["sid"]
+                    poll = f"/socket.io/?EIO=4&transport=polling&sid={sid}"
+                    started = time.monotonic()
+                    assert metric(await http.get("/metrics"), "unconnected_sessions") == 1
+                    closed = False
+                    while not closed:
+                        r = await http.get(poll)
+                        packets = r.text.split("\x1e") if r.status_code == 200 else []
+                        closed = r.status_code != 200 or "1" in packets
+                        if "2" in packets:  # keep answering pings: alive, but silent
+                            await http.post(poll, content=b"3")
+                    assert 0.9 < time.monotonic() - started < 3
+                    scraped = await http.get("/metrics")
+                    assert metric(scraped, "unconnected_sessions") == 0
+                    assert metric(scraped, "connect_timeouts") == 1
+                # A client that connects in time is not touched by it.
+                client = Client(gw.url, transports=["polling"])
+                await client.connect()
+                await trio.sleep(1.5)
+                assert client.sio.connected
+                await client.disconnect()
+            nursery.cancel_scope.cancel()
+
+
+def metric(response: httpx.Response, name: str) -> float:
+    for family in text_string_to_metric_families(response.text):
+        if family.name == f"archon_chat_{name}":
+            return float(family.samples[0].value)
+    raise AssertionError(f"no metric {name}")
