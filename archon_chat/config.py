@@ -47,6 +47,13 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be zero (off) or a positive integer")
+    return value
+
+
 def _port(raw: str) -> int:
     value = int(raw)
     if not 0 <= value <= 65535:
@@ -173,6 +180,42 @@ class Settings:
         _flag,
         "a proxy you trust fronts the gateway: honour X-Forwarded-Proto and "
         "X-Forwarded-For, and leave per-address limits to it",
+    )
+    sessions_per_minute: int = _setting(
+        "ARCHON_CHAT_SESSIONS_PER_MINUTE",
+        120,
+        _non_negative_int,
+        "sessions one client address may create a minute (burst as large); 0: no limit",
+    )
+    handshakes_per_minute: int = _setting(
+        "ARCHON_CHAT_HANDSHAKES_PER_MINUTE",
+        600,
+        _non_negative_int,
+        "Engine.IO handshakes one client address may make a minute; 0: no limit",
+    )
+    max_unconnected_per_address: int = _setting(
+        "ARCHON_CHAT_MAX_UNCONNECTED_PER_ADDRESS",
+        128,
+        _non_negative_int,
+        "Engine.IO sessions without a Socket.IO CONNECT yet, per client address; 0: no cap",
+    )
+    max_unconnected: int = _setting(
+        "ARCHON_CHAT_MAX_UNCONNECTED",
+        10_000,
+        _positive_int,
+        "Engine.IO sessions without a Socket.IO CONNECT yet, in all",
+    )
+    max_connections_per_address: int = _setting(
+        "ARCHON_CHAT_MAX_CONNECTIONS_PER_ADDRESS",
+        1024,
+        _non_negative_int,
+        "open TCP connections per client address (off behind a trusted proxy); 0: no cap",
+    )
+    rate_limit_addresses: int = _setting(
+        "ARCHON_CHAT_RATE_LIMIT_ADDRESSES",
+        10_000,
+        _positive_int,
+        "client addresses whose budgets are remembered (the least recent forgotten first)",
     )
     api_key: str = _setting(
         "ARCHON_CHAT_API_KEY", "", _text, "when set, REST and Socket.IO need this key"

@@ -125,6 +125,9 @@ async def _serve_gateway(
     hypercorn_hooks.install(
         write_timeout_s=settings.write_timeout_s,
         read_timeout_s=settings.http_read_timeout_s,
+        max_connections_per_address=(
+            0 if settings.trusted_proxy else settings.max_connections_per_address
+        ),
         on_error=lambda kind: metrics.connection_errors.labels(kind).inc(),
     )
     events_send, events_receive = trio.open_memory_channel[SessionEvent](

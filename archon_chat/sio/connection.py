@@ -312,6 +312,7 @@ class Connection:
     __slots__ = (
         "_probe_scope",
         "_wakeup",
+        "address",
         "connect_deadline",
         "eio",
         "info",
@@ -328,6 +329,7 @@ class Connection:
         server: SocketIOServer,
         eio: EngineSession,
         info: RequestInfo,
+        address: str = "?",
     ) -> None:
         self.server = server
         self.sid = eio.sid
@@ -335,8 +337,10 @@ class Connection:
         self.sio = SocketIOConnection(
             server.options.max_attachments, server.options.max_attachment_bytes
         )
-        # Until a namespace is accepted: then a peer that never connects is closed.
+        # Until a namespace is accepted (or the session closes): a peer that never
+        # connects is closed then. The server counts such sessions per ``address``.
         self.connect_deadline: float | None = trio.current_time() + server.options.connect_timeout_s
+        self.address = address
         self.info = info
         self.sockets: dict[str, Socket] = {}
         self.timer_at: float | None = None
@@ -471,28 +475,20 @@ class Connection:
 
     @property
     def has_connected(self) -> bool:
-        """Whether a namespace of this session was ever accepted."""
-        if self.connect_deadline is not None and any(
-            sock.accepted for sock in self.sockets.values()
-        ):
-            self.connect_deadline = None
+        """Whether a namespace of this session was ever accepted (or it is closed)."""
         return self.connect_deadline is None
 
     def next_deadline(self) -> float | None:
         deadline = self.eio.next_deadline()
-        if self.has_connected or self.connect_deadline is None:
+        if self.connect_deadline is None:
             return deadline
         return self.connect_deadline if deadline is None else min(deadline, self.connect_deadline)
 
     def on_timer(self, now: float) -> None:
-        if (
-            not self.has_connected
-            and self.connect_deadline is not None
-            and now >= self.connect_deadline
-        ):
+        if self.connect_deadline is not None and now >= self.connect_deadline:
             log.info("closing Engine.IO session %s: no Socket.IO CONNECT in time", self.sid)
-            self.connect_deadline = None
             self.server._counters["connect_timeouts"] += 1
+            self.server._connect_settled(self)
             self.close("connect timeout")
             return
         pings = self.eio.pings_sent

@@ -22,6 +22,8 @@ class ServerOptions:
     ``max_attachments``, ``max_attachment_bytes``: binary attachments of one packet (the
     only one a connection may have pending), accepted only on a connected namespace.
     ``connect_timeout_s``: an Engine.IO session with no namespace connected by then is closed.
+    ``handshakes_per_minute`` (per client address, 0: no limit), ``max_unconnected_per_address``
+    (0: no cap) and ``max_unconnected``: handshakes refused with 429 beyond them.
     ``cors_origins``: origins allowed besides the request's own; ``"*"`` allows any
     (without credentials). ``public_origins``, ``trusted_proxy``, ``guard_host`` and
     ``bound_host``: who the request's own origin is, see :mod:`archon_chat.transports.origin`.
@@ -39,6 +41,10 @@ class ServerOptions:
     max_attachments: int = 10
     max_attachment_bytes: int = 1_000_000
     connect_timeout_s: float = 45.0
+    handshakes_per_minute: int = 0
+    max_unconnected_per_address: int = 0
+    max_unconnected: int = 10_000
+    rate_limit_addresses: int = 10_000
     cors_origins: tuple[str, ...] = ()
     public_origins: tuple[str, ...] = ()
     trusted_proxy: bool = False
@@ -58,9 +64,13 @@ class ServerOptions:
             "recovery_buffer",
             "inbox_size",
             "max_attachment_bytes",
+            "max_unconnected",
+            "rate_limit_addresses",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.handshakes_per_minute < 0 or self.max_unconnected_per_address < 0:
+            raise ValueError("handshake limits must not be negative")
         if self.grace_s < 0 or self.max_attachments < 0:
             raise ValueError("grace_s and max_attachments must not be negative")
 
@@ -77,6 +87,10 @@ class ServerOptions:
             max_attachments=settings.max_attachments,
             max_attachment_bytes=settings.max_attachment_bytes,
             connect_timeout_s=settings.connect_timeout_s,
+            handshakes_per_minute=settings.handshakes_per_minute,
+            max_unconnected_per_address=settings.max_unconnected_per_address,
+            max_unconnected=settings.max_unconnected,
+            rate_limit_addresses=settings.rate_limit_addresses,
             cors_origins=settings.cors_origins,
             public_origins=settings.public_origins,
             trusted_proxy=settings.trusted_proxy,

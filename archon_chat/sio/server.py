@@ -28,7 +28,7 @@ from typing import Any, Final, TypeVar, overload
 import trio
 
 from archon_chat.protocol.engineio import EngineConfig, EngineSession, Transport
-from archon_chat.protocol.errors import UnknownSid
+from archon_chat.protocol.errors import TooManyRequests, UnknownSid
 from archon_chat.protocol.socketio import (
     ack_frames,
     connect_error_frame,
@@ -38,6 +38,7 @@ from archon_chat.protocol.socketio import (
 )
 from archon_chat.transports.engineio_asgi import EngineIOApp, RequestInfo
 from archon_chat.transports.hypercorn_hooks import refuse_permessage_deflate
+from archon_chat.transports.limits import RateLimiter, client_address
 from archon_chat.transports.origin import OriginPolicy, OriginRequest, Verdict
 
 from .connection import (
@@ -137,6 +138,12 @@ class SocketIOServer:
         self._merger: OutboxMerger | None = None
         self._offset = 0
         self._counters: Counter[str] = Counter()
+        # Engine.IO sessions awaiting their first CONNECT, per client address and in all.
+        self._unconnected: Counter[str] = Counter()
+        self._unconnected_total = 0
+        self._handshakes = RateLimiter(
+            self.options.handshakes_per_minute, self.options.rate_limit_addresses
+        )
         self._asgi: EngineIOApp | None = None
 
     # -- registration ----------------------------------------------------------------------
@@ -356,7 +363,7 @@ class SocketIOServer:
             "connected": states[SocketState.CONNECTED],
             "ghosts": states[SocketState.GHOST],
             "engine_connections": len(self._conns),
-            "unconnected": sum(not conn.has_connected for conn in self._conns.values()),
+            "unconnected": self._unconnected_total,
             "connect_timeouts": counters["connect_timeouts"],
             "merges": counters["merges"],
             "slow_disconnects": counters["slow_disconnects"],
@@ -378,9 +385,26 @@ class SocketIOServer:
         return self.origin_policy.check(request)
 
     def open_connection(self, transport: Transport, info: RequestInfo) -> Connection:
-        """A new Engine.IO session (the handshake)."""
+        """A new Engine.IO session (the handshake). Raises :class:`TooManyRequests` when
+        the client's address is over its handshake budget or unconnected-session cap."""
+        options = self.options
+        address = client_address(
+            info.remote_addr,
+            info.headers.get("x-forwarded-for") if options.trusted_proxy else None,
+            options.trusted_proxy,
+        )
+        if self._unconnected_total >= options.max_unconnected:
+            raise TooManyRequests("too many sessions without a CONNECT", 5.0)
+        cap = options.max_unconnected_per_address
+        if cap and self._unconnected[address] >= cap:
+            raise TooManyRequests(f"{address}: {cap} sessions without a CONNECT", 5.0)
+        wait = self._handshakes.retry_after(address)
+        if wait > 0:
+            raise TooManyRequests(f"{address}: over its handshake budget", wait)
         eio = EngineSession(_new_id(), self.engine_config, transport, trio.current_time())
-        conn = Connection(self, eio, info)
+        conn = Connection(self, eio, info, address)
+        self._unconnected[address] += 1
+        self._unconnected_total += 1
         self._conns[conn.sid] = conn
         self._timers.schedule(conn)
         return conn
@@ -498,6 +522,7 @@ class SocketIOServer:
         # The reply first, then what the client missed, then what was queued meanwhile.
         sock.outbox[:0] = [Packet((connect_frame(sock.namespace, reply),)), *replay]
         conn.sio.accept(sock.namespace)
+        self._connect_settled(conn)
         sock.state = SocketState.CONNECTED
         sock.accepted = True
         sock.connected_once = True
@@ -539,7 +564,18 @@ class SocketIOServer:
             self._counters["handler_errors"] += 1
             log.exception("disconnect handler failed (sid %s)", sock.sid)
 
+    def _connect_settled(self, conn: Connection) -> None:
+        """``conn`` connected a namespace, or closed: it no longer awaits a CONNECT."""
+        if conn.connect_deadline is None:
+            return
+        conn.connect_deadline = None
+        self._unconnected_total -= 1
+        self._unconnected[conn.address] -= 1
+        if self._unconnected[conn.address] <= 0:
+            del self._unconnected[conn.address]
+
     def _connection_closed(self, conn: Connection, reason: str) -> None:
+        self._connect_settled(conn)
         if self._conns.get(conn.sid) is conn:
             del self._conns[conn.sid]
         for sock in list(conn.sockets.values()):

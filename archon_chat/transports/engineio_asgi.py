@@ -38,7 +38,9 @@ from archon_chat.protocol.errors import (
     Forbidden,
     PayloadTooLarge,
     ProtocolError,
+    TooManyRequests,
 )
+from archon_chat.transports.limits import retry_after_header
 from archon_chat.transports.origin import OriginRequest, Verdict
 
 __all__ = ["EngineConnection", "EngineHub", "EngineIOApp", "RequestInfo"]
@@ -153,6 +155,12 @@ def _info(scope: Scope, query: dict[str, str]) -> RequestInfo:
         query=query,
         remote_addr=client[0] if client else None,
     )
+
+
+def _retry_after(exc: ProtocolError) -> list[tuple[bytes, bytes]]:
+    if not isinstance(exc, TooManyRequests):
+        return []
+    return [(b"retry-after", retry_after_header(exc.retry_after_s).encode())]
 
 
 def _refusal(verdict: Verdict, headers: dict[str, str]) -> Forbidden:
@@ -297,7 +305,7 @@ class EngineIOApp:
         if not exc.logged:
             log.info("refused: %s (%s)", exc.message, exc.detail)
         body = json.dumps(exc.body()).encode()
-        await _respond(send, exc.status_hint, body, _JSON, cors)
+        await _respond(send, exc.status_hint, body, _JSON, [*cors, *_retry_after(exc)])
 
     # -- websocket -------------------------------------------------------------------------
 
@@ -340,6 +348,7 @@ class EngineIOApp:
                 "headers": [
                     (b"content-type", _JSON),
                     (b"content-length", str(len(body)).encode()),
+                    *_retry_after(exc),
                 ],
             }
         )

@@ -26,6 +26,14 @@ Read deadline
     request); a keep-alive connection between requests is bounded by hypercorn's
     ``keep_alive_timeout`` as before.
 
+End of input
+    When the peer closes, the connection ends at once; hypercorn kept it (and its file
+    descriptor) until its idle timer fired.
+
+Connections per address
+    A peer address may hold at most ``max_connections_per_address`` connections at once;
+    one more is closed at once (off behind a trusted proxy, where every peer is the proxy).
+
 Websocket message size
     Hypercorn answers a message over ``websocket_max_message_size`` with close code 1009 but
     keeps appending the rest of it to its buffer, so one huge frame costs its size in memory.
@@ -44,6 +52,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
@@ -95,6 +104,9 @@ class _Connection:
 
 
 _connection: ContextVar[_Connection] = ContextVar("archon_chat_connection")
+
+# Open connections per peer address (the process's hypercorn connections).
+_open_per_address: Counter[str] = Counter()
 
 
 def _first_report() -> bool:
@@ -167,13 +179,27 @@ class _BoundedWebsocketBuffer(ws_stream.WebsocketBuffer):
 class _GuardedTCPServer(TCPServer):
     write_timeout_s: float = 10.0
     read_timeout_s: float = 30.0
+    max_connections_per_address: int = 0  # 0: no cap
 
     async def run(self) -> None:
         _connection.set(_Connection())
+        address = _peer(self.stream).rsplit(":", 1)[0]
+        cap = self.max_connections_per_address
+        if cap and _open_per_address[address] >= cap:
+            log.info("connection from %s refused: %d already open", address, cap)
+            _on_error("address_cap")
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self.stream)
+            return
+        _open_per_address[address] += 1
         try:
             await super().run()
         except* Exception as group:
             await self._contain(group)
+        finally:
+            _open_per_address[address] -= 1
+            if _open_per_address[address] <= 0:
+                del _open_per_address[address]
 
     async def _contain(self, group: BaseExceptionGroup[Exception]) -> None:
         _report(group, _peer(self.stream))
@@ -219,6 +245,9 @@ class _GuardedTCPServer(TCPServer):
             await self.protocol.handle(RawData(bytes(data)))
             if data == b"":
                 break
+        # The peer is gone: hypercorn would keep the connection (and its socket) until
+        # its keep-alive timer ran out, up to 75 s after a silent peer closed.
+        await self.idle_task.stop()
         await self.protocol.handle(Closed())
 
     def _reading_request(self) -> bool:
@@ -278,14 +307,20 @@ def install(
     *,
     write_timeout_s: float,
     read_timeout_s: float,
+    max_connections_per_address: int = 0,
     on_error: Callable[[str], None] = _ignore,
 ) -> None:
     """Put the hooks above in place for every connection hypercorn's trio worker accepts
-    from now on; ``on_error(kind)`` hears of every aborted connection. Not a checkpoint."""
+    from now on; ``on_error(kind)`` hears of every aborted or refused connection.
+    ``max_connections_per_address`` (0: no cap) refuses a peer's connection beyond that
+    many open at once. Not a checkpoint."""
     if not write_timeout_s > 0 or not read_timeout_s > 0:
         raise ValueError("the write and read timeouts must be positive")
+    if max_connections_per_address < 0:
+        raise ValueError("max_connections_per_address must not be negative")
     _GuardedTCPServer.write_timeout_s = write_timeout_s
     _GuardedTCPServer.read_timeout_s = read_timeout_s
+    _GuardedTCPServer.max_connections_per_address = max_connections_per_address
     global _on_error
     _on_error = on_error
     setattr(hypercorn_run, "TCPServer", _GuardedTCPServer)  # noqa: B010 (no re-export)

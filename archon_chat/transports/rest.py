@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 from archon_chat.gateway.core import Gateway
 from archon_chat.gateway.errors import GatewayError
 from archon_chat.gateway.validation import parse_json
+from archon_chat.transports.limits import RateLimiter, client_address, retry_after_header
 from archon_chat.transports.origin import OriginPolicy, OriginRequest, Verdict
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,19 @@ def create_rest_blueprint(
     async def cors(response: Response) -> Response:
         return _with_cors(response, policy.check(_origin_request()), preflight=False)
 
+    sessions_budget = RateLimiter(settings.sessions_per_minute, settings.rate_limit_addresses)
+
     @bp.post(f"{PREFIX}/sessions")
     async def create_session() -> Response:
+        address = client_address(
+            request.remote_addr, request.headers.get("X-Forwarded-For"), settings.trusted_proxy
+        )
+        wait = sessions_budget.retry_after(address)
+        if wait > 0:
+            gateway.metrics.refusals.labels(code="rate_limited").inc()
+            response = error_response(429, "Too many sessions created; slow down", "rate_limited")
+            response.headers["Retry-After"] = retry_after_header(wait)
+            return response
         return json_response(await gateway.create_session(await read_json()), 201)
 
     @bp.get(f"{PREFIX}/sessions/<session_id>")
