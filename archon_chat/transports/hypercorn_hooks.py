@@ -34,6 +34,13 @@ Connections per address
     A peer address may hold at most ``max_connections_per_address`` connections at once;
     one more is closed at once (off behind a trusted proxy, where every peer is the proxy).
 
+HTTP/2 in cleartext
+    Browsers speak HTTP/2 only over TLS, which a proxy in front of the gateway terminates;
+    in cleartext it would only widen what a peer can reach (streams multiplexed past the
+    per-connection bounds above, no read deadline). A prior-knowledge preface aborts the
+    connection; an ``Upgrade: h2c`` request is served in HTTP/1.1, as RFC 9113 lets a
+    server ignore the upgrade (hypercorn switched).
+
 Websocket message size
     Hypercorn answers a message over ``websocket_max_message_size`` with close code 1009 but
     keeps appending the rest of it to its buffer, so one huge frame costs its size in memory.
@@ -58,6 +65,7 @@ from contextvars import ContextVar
 from typing import Any
 
 import h11
+import hypercorn.protocol
 import trio
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol import ws_stream
@@ -75,6 +83,7 @@ log = logging.getLogger(__name__)
 HOOKED: tuple[tuple[Any, str, tuple[str, ...]], ...] = (
     (hypercorn_run, "TCPServer", ("run", "protocol_send", "_read_data", "_close")),
     (tcp_server, "MAX_RECV", ()),
+    (hypercorn.protocol, "H11Protocol", ("_check_protocol", "_handle_events")),
     (task_group, "_handle", ()),
     (ws_stream, "WebsocketBuffer", ("extend", "clear", "to_message")),
     (ws_stream, "FrameTooLargeError", ()),
@@ -87,6 +96,7 @@ ORIGINALS: dict[str, Any] = {
     "TCPServer": TCPServer,
     "WebsocketBuffer": ws_stream.WebsocketBuffer,
     "_handle": task_group._handle,
+    "H11Protocol": H11Protocol,
 }
 
 
@@ -157,6 +167,17 @@ async def _handle_app(
 
 class MessageTooBigError(Exception):
     """A websocket peer kept sending after its message was refused as too big."""
+
+
+class HTTP2RefusedError(Exception):
+    """A peer opened an HTTP/2 connection in cleartext (not served)."""
+
+
+class _HTTP1Protocol(H11Protocol):
+    async def _check_protocol(self, event: h11.Request) -> None:
+        if event.method == b"PRI" and event.target == b"*" and event.http_version == b"2.0":
+            raise HTTP2RefusedError("HTTP/2 prior knowledge in cleartext")
+        # Anything else, an h2c upgrade included, is served as the HTTP/1.1 it is.
 
 
 class RequestReadTimeoutError(Exception):
@@ -277,6 +298,8 @@ def _kind(error: BaseException) -> str:
         return "message_too_big"
     if isinstance(error, RequestReadTimeoutError):
         return "read_timeout"
+    if isinstance(error, HTTP2RefusedError):
+        return "http2"
     package = type(error).__module__.split(".", 1)[0]
     if package in ("h11", "h2", "wsproto", "hpack"):
         return package
@@ -326,3 +349,4 @@ def install(
     setattr(hypercorn_run, "TCPServer", _GuardedTCPServer)  # noqa: B010 (no re-export)
     setattr(ws_stream, "WebsocketBuffer", _BoundedWebsocketBuffer)  # noqa: B010
     setattr(task_group, "_handle", _handle_app)  # noqa: B010
+    setattr(hypercorn.protocol, "H11Protocol", _HTTP1Protocol)  # noqa: B010

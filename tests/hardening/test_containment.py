@@ -71,3 +71,24 @@ async def test_aborted_connections_are_counted(tmp_path: Path) -> None:
                     after = connection_errors((await http.get("/metrics")).text)
                 assert after == before + 1
             nursery.cancel_scope.cancel()
+
+
+async def test_http2_in_cleartext_is_not_served(tmp_path: Path) -> None:
+    with trio.fail_after(40):
+        agents = AgentsFake()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(agents.serve)
+            async with running_gateway(gateway_settings(tmp_path, agents.url)) as gw:
+                # An h2c upgrade is ignored: the request is answered in HTTP/1.1.
+                reply = await exchange(
+                    gw.port,
+                    b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade, "
+                    b"HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+                    read_for_s=1.0,
+                )
+                assert reply.startswith(b"HTTP/1.1 200"), reply[:100]
+                assert reply.endswith(b'{"status": "ok"}'), reply[-100:]
+                # Prior knowledge: closed without a word of HTTP/2.
+                reply = await exchange(gw.port, TRIGGERS["http2_preface_then_garbage"], 2.0)
+                assert reply == b""
+            nursery.cancel_scope.cancel()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 from importlib.metadata import version
 
+import hypercorn.protocol
 import hypercorn.trio.task_group
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.tcp_server import TCPServer
@@ -48,6 +49,15 @@ def test_the_replaced_callables_keep_their_signatures() -> None:
     )
     assert "except FrameTooLargeError" in inspect.getsource(
         hypercorn.protocol.ws_stream.WSStream._handle_events
+    )
+
+
+def test_http2_is_chosen_where_the_hook_expects() -> None:
+    original = hypercorn_hooks.ORIGINALS["H11Protocol"]
+    source = inspect.getsource(original._check_protocol)
+    assert 'upgrade_value.lower() == "h2c"' in source and 'event.method == b"PRI"' in source
+    assert "self.protocol = H11Protocol(" in inspect.getsource(
+        hypercorn.protocol.ProtocolWrapper.__init__
     )
 
 
