@@ -36,7 +36,7 @@ async def test_a_trickled_request_head_is_cut_at_the_read_timeout(tmp_path: Path
                 started = time.monotonic()
                 await stream.send_all(b"GET /healthz HTTP/1.1\r\n")
                 cut = False
-                for i in range(40):
+                for i in range(60):
                     await trio.sleep(0.1)
                     try:
                         await stream.send_all(b"X-Slow-%d: y\r\n" % i)
@@ -48,7 +48,7 @@ async def test_a_trickled_request_head_is_cut_at_the_read_timeout(tmp_path: Path
                             cut = True
                             break
                 assert cut or await closed_by_peer(stream, within_s=1)
-                assert time.monotonic() - started < 3
+                assert time.monotonic() - started < 5
                 await stream.aclose()
             nursery.cancel_scope.cancel()
 
@@ -63,7 +63,7 @@ async def test_a_silent_new_connection_is_cut_at_the_read_timeout(tmp_path: Path
                 stream = await trio.open_tcp_stream("127.0.0.1", gw.port)
                 started = time.monotonic()
                 assert await closed_by_peer(stream, within_s=5)
-                assert 0.4 < time.monotonic() - started < 3
+                assert 0.4 < time.monotonic() - started < 5
                 await stream.aclose()
             nursery.cancel_scope.cancel()
 
@@ -115,10 +115,10 @@ async def test_a_session_without_connect_is_closed_at_the_connect_timeout(
             )
             async with running_gateway(settings) as gw:
                 async with httpx.AsyncClient(base_url=gw.url) as http:
+                    started = time.monotonic()  # before the server's clock starts
                     r = await http.get("/socket.io/?EIO=4&transport=polling")
                     sid = json.loads(r.text[1:])["sid"]
                     poll = f"/socket.io/?EIO=4&transport=polling&sid={sid}"
-                    started = time.monotonic()
                     assert metric(await http.get("/metrics"), "unconnected_sessions") == 1
                     closed = False
                     while not closed:
@@ -127,7 +127,7 @@ async def test_a_session_without_connect_is_closed_at_the_connect_timeout(
                         closed = r.status_code != 200 or "1" in packets
                         if "2" in packets:  # keep answering pings: alive, but silent
                             await http.post(poll, content=b"3")
-                    assert 0.9 < time.monotonic() - started < 3
+                    assert 0.9 < time.monotonic() - started < 5
                     scraped = await http.get("/metrics")
                     assert metric(scraped, "unconnected_sessions") == 0
                     assert metric(scraped, "connect_timeouts") == 1
