@@ -275,7 +275,7 @@ class _GuardedTCPServer(TCPServer):
         """Whether an HTTP/1.1 request's head or body is due from the peer."""
         protocol = getattr(self.protocol, "protocol", None)
         if not isinstance(protocol, H11Protocol):
-            return False  # HTTP/2 keeps its own flow control and timeouts
+            return False  # not HTTP/1.1 (HTTP/2 is refused, see the module docstring)
         connection = protocol.connection
         if not isinstance(connection, h11.Connection):
             return False  # a websocket: Engine.IO's pings watch it
