@@ -61,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"archon-chat: {exc}", file=sys.stderr)
         return 2
     _logging(settings)
+    from archon_chat.store import StoreError
+
     try:
         if args.command == "serve":
             from archon_chat.server import serve
@@ -72,7 +74,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_agents(settings)
     except KeyboardInterrupt:
         return 130
+    except (StoreError, BaseExceptionGroup) as exc:
+        store_error = _store_error(exc)
+        if store_error is None:
+            raise
+        # The database cannot be used (damaged, foreign, unreadable): one line says why.
+        print(f"archon-chat: {store_error}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _store_error(exc: BaseException) -> BaseException | None:
+    """The :class:`StoreError` ``exc`` is or only holds (through exception groups)."""
+    from archon_chat.store import StoreError
+
+    if isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) != 1:
+            return None
+        return _store_error(exc.exceptions[0])
+    return exc if isinstance(exc, StoreError) else None
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 from urllib.parse import urlsplit
 
+from archon_chat.origins import OriginPolicy
+
 
 class ConfigError(ValueError):
     """A setting has an invalid value; the message names the variable."""
@@ -52,6 +54,13 @@ def _positive_int(raw: str) -> int:
     value = int(raw)
     if value <= 0:
         raise ValueError("must be a positive integer")
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be zero (off) or a positive integer")
     return value
 
 
@@ -86,11 +95,18 @@ def _origins(raw: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _public_origins(raw: str) -> tuple[str, ...]:
+    origins = _origins(raw)
+    if "*" in origins:
+        raise ValueError("must list origins such as https://chat.example.com, not *")
+    return origins
+
+
 def _flag(raw: str) -> bool:
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
-    if value in ("0", "false", "no", "off"):
+    if value in ("", "0", "false", "no", "off"):
         return False
     raise ValueError("must be one of 1, true, yes, on, 0, false, no, off")
 
@@ -157,6 +173,18 @@ class Settings:
         _positive_float,
         "a connection whose peer stops reading for this long is aborted",
     )
+    http_read_timeout_s: float = _setting(
+        "ARCHON_CHAT_HTTP_READ_TIMEOUT_S",
+        30.0,
+        _positive_float,
+        "an HTTP request's head and body must arrive within this time (slowloris)",
+    )
+    connect_timeout_s: float = _setting(
+        "ARCHON_CHAT_CONNECT_TIMEOUT_S",
+        45.0,
+        _positive_float,
+        "an Engine.IO session without a Socket.IO CONNECT by then is closed",
+    )
     cors_origins: tuple[str, ...] = _setting(
         "ARCHON_CHAT_CORS_ORIGINS",
         (),
@@ -170,6 +198,57 @@ class Settings:
         _flag,
         "accept permessage-deflate (off as in Socket.IO's reference server: ~95 KiB and a "
         "deflate pass per frame for every websocket)",
+    )
+    public_origins: tuple[str, ...] = _setting(
+        "ARCHON_CHAT_PUBLIC_ORIGINS",
+        (),
+        _public_origins,
+        "the gateway's own origins as browsers see them (comma separated); unset: "
+        "scheme://Host, with Host limited to loopback names and the bound address "
+        "when no API key is set",
+    )
+    trusted_proxy: bool = _setting(
+        "ARCHON_CHAT_TRUSTED_PROXY",
+        False,
+        _flag,
+        "a proxy you trust fronts the gateway: honour X-Forwarded-Proto and "
+        "X-Forwarded-For, and leave per-address limits to it",
+    )
+    sessions_per_minute: int = _setting(
+        "ARCHON_CHAT_SESSIONS_PER_MINUTE",
+        120,
+        _non_negative_int,
+        "sessions one client address may create a minute (burst as large); 0: no limit",
+    )
+    handshakes_per_minute: int = _setting(
+        "ARCHON_CHAT_HANDSHAKES_PER_MINUTE",
+        600,
+        _non_negative_int,
+        "Engine.IO handshakes one client address may make a minute; 0: no limit",
+    )
+    max_unconnected_per_address: int = _setting(
+        "ARCHON_CHAT_MAX_UNCONNECTED_PER_ADDRESS",
+        128,
+        _non_negative_int,
+        "Engine.IO sessions without a Socket.IO CONNECT yet, per client address; 0: no cap",
+    )
+    max_unconnected: int = _setting(
+        "ARCHON_CHAT_MAX_UNCONNECTED",
+        10_000,
+        _positive_int,
+        "Engine.IO sessions without a Socket.IO CONNECT yet, in all",
+    )
+    max_connections_per_address: int = _setting(
+        "ARCHON_CHAT_MAX_CONNECTIONS_PER_ADDRESS",
+        1024,
+        _non_negative_int,
+        "open TCP connections per client address (off behind a trusted proxy); 0: no cap",
+    )
+    rate_limit_addresses: int = _setting(
+        "ARCHON_CHAT_RATE_LIMIT_ADDRESSES",
+        10_000,
+        _positive_int,
+        "client addresses whose budgets are remembered (the least recent forgotten first)",
     )
     api_key: str = _setting(
         "ARCHON_CHAT_API_KEY", "", _text, "when set, REST and Socket.IO need this key"
@@ -348,6 +427,24 @@ class Settings:
         _positive_int,
         "events of one socket waiting for their handler before its transport is not read",
     )
+    max_attachment_bytes: int = _setting(
+        "ARCHON_CHAT_MAX_ATTACHMENT_BYTES",
+        1_000_000,
+        _positive_int,
+        "bytes of binary attachments held for one packet (one pending per connection)",
+    )
+    max_json_depth: int = _setting(
+        "ARCHON_CHAT_MAX_JSON_DEPTH",
+        32,
+        _positive_int,
+        "deepest nesting of a REST JSON body or a message's context",
+    )
+    max_context_bytes: int = _setting(
+        "ARCHON_CHAT_MAX_CONTEXT_BYTES",
+        16_384,
+        _positive_int,
+        "largest context of a chat message, as UTF-8 JSON bytes",
+    )
     outbox_size: int = _setting(
         "ARCHON_CHAT_OUTBOX_SIZE",
         1024,
@@ -475,6 +572,16 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    def origin_policy(self) -> OriginPolicy:
+        """The one origin check REST and Socket.IO apply (:mod:`archon_chat.origins`)."""
+        return OriginPolicy(
+            allowlist=self.cors_origins,
+            public_origins=self.public_origins,
+            trusted_proxy=self.trusted_proxy,
+            guard_host=not self.api_key,
+            bound_host=self.host,
+        )
 
     @property
     def builtin_agents(self) -> bool:

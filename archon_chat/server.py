@@ -19,6 +19,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import trio
@@ -38,10 +39,9 @@ from archon_chat.gateway.emitter import LocalEmitter
 from archon_chat.gateway.metrics import Metrics
 from archon_chat.sio import Outgoing, ServerOptions, SocketIOServer
 from archon_chat.store import SqliteStore, open_store
-from archon_chat.transports.deflate import refuse_permessage_deflate
+from archon_chat.transports import hypercorn_hooks
 from archon_chat.transports.rest import configure, create_rest_blueprint
 from archon_chat.transports.static import create_static_blueprint
-from archon_chat.transports.write_deadline import install_write_deadline
 
 log = logging.getLogger("archon_chat")
 
@@ -93,9 +93,8 @@ async def serve(
     # Thousands of sessions keep many long-lived objects: the default young-generation
     # threshold makes the collector rescan them so often that it doubles the CPU per chunk.
     gc.set_threshold(10_000, 50, 50)
-    install_write_deadline(settings.write_timeout_s)
     if not settings.websocket_compression:
-        refuse_permessage_deflate()
+        hypercorn_hooks.refuse_permessage_deflate()
     stop = trio.Event()
     async with trio.open_nursery() as root:
         if handle_signals:
@@ -117,6 +116,14 @@ async def _serve_gateway(
     task_status: trio.TaskStatus[Running],
 ) -> None:
     metrics = Metrics()
+    hypercorn_hooks.install(
+        write_timeout_s=settings.write_timeout_s,
+        read_timeout_s=settings.http_read_timeout_s,
+        max_connections_per_address=(
+            0 if settings.trusted_proxy else settings.max_connections_per_address
+        ),
+        on_error=lambda kind: metrics.connection_errors.labels(kind).inc(),
+    )
     events_send, events_receive = trio.open_memory_channel[SessionEvent](
         settings.events_channel_size
     )
@@ -127,7 +134,7 @@ async def _serve_gateway(
         # end events, and must never wait on a channel nobody drains.
         trio.open_nursery() as drain,
     ):
-        sio = SocketIOServer(derive(ServerOptions, settings))
+        sio = SocketIOServer(derive(ServerOptions, settings), settings.origin_policy())
         async with (
             open_session_hub(store, agents, events_send, derive(HubSettings, settings)) as hub,
             trio.open_nursery() as nursery,
@@ -150,7 +157,7 @@ async def _serve_gateway(
                 metrics.stored_sessions.set(counts.get("sessions", 0))
                 return agents_ok, {
                     "status": "ok" if agents_ok else "degraded",
-                    "agents": {"url": agents_url, "reachable": agents_ok},
+                    "agents": {"url": redact_url(agents_url), "reachable": agents_ok},
                     "sessions": counts.get("sessions", 0),
                     "live_sessions": hub.live_sessions(),
                     "connected_sockets": sio.stats().get("connected", 0),
@@ -202,6 +209,14 @@ async def _serve_gateway(
             nursery.cancel_scope.cancel()
         # The hub has stopped every actor: no more events.
         events_send.close()
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its userinfo (``http://user:pass@host`` -> ``http://***@host``)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
 def _host(host: str) -> str:

@@ -115,6 +115,10 @@ class SchemaError(StoreError):
     """The file is not an archon-chat database, or a newer version of it wrote the file."""
 
 
+class DamagedError(StoreError):
+    """The file is an SQLite database whose content is damaged (truncated, overwritten)."""
+
+
 class SessionNotFoundError(StoreError, LookupError):
     """A write names a session that is not stored (never created, or swept)."""
 
@@ -721,16 +725,35 @@ def _connect(path: str) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
         _migrate(conn, path)
+        _check_integrity(conn, path)
     except sqlite3.OperationalError as exc:  # locked, unreadable, disk I/O
         conn.close()
         raise StoreError(f"cannot open {path}: {exc}") from exc
-    except sqlite3.DatabaseError as exc:  # "file is not a database" and kin
+    except sqlite3.DatabaseError as exc:
         conn.close()
-        raise SchemaError(f"{path} is not an archon-chat database: {exc}") from exc
+        if "malformed" in str(exc):
+            raise _damaged(path, str(exc)) from exc
+        # "file is not a database": garbage, encrypted, or not SQLite at all
+        raise SchemaError(f"{path} is not an archon-chat database ({exc})") from exc
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _damaged(path: str, what: str) -> DamagedError:
+    return DamagedError(
+        f"{path} is damaged ({what}): restore it from a backup, or move it away to start "
+        "with an empty database"
+    )
+
+
+def _check_integrity(conn: sqlite3.Connection, path: str) -> None:
+    """Refuse a truncated or overwritten file at start-up rather than fail turns later
+    (``quick_check`` reads every page once, without cross-checking indexes)."""
+    (result,) = conn.execute("PRAGMA quick_check(1)").fetchone()
+    if result != "ok":
+        raise _damaged(path, str(result)[:200])
 
 
 def _migrate(conn: sqlite3.Connection, path: str) -> None:

@@ -78,6 +78,16 @@ def gateway_command(kind: str, agent_url: str, db_path: str) -> tuple[list[str],
     """argv and extra environment of gateway ``kind`` (ours, seed, seed-shared)."""
     env = {"AGENT_SERVICE_URL": agent_url, "ARCHON_CHAT_LOG_LEVEL": "WARNING"}
     if kind == "ours":
+        # Every simulated client comes from 127.0.0.1: lift the per-address limits.
+        env.update(
+            {
+                "ARCHON_CHAT_SESSIONS_PER_MINUTE": "0",
+                "ARCHON_CHAT_HANDSHAKES_PER_MINUTE": "0",
+                "ARCHON_CHAT_MAX_UNCONNECTED_PER_ADDRESS": "0",
+                "ARCHON_CHAT_MAX_UNCONNECTED": "1000000",
+                "ARCHON_CHAT_MAX_CONNECTIONS_PER_ADDRESS": "0",
+            }
+        )
         return ours_command(db_path), env
     argv = [python(), "-m", "bench.seed_baseline", "--port", "0", "--agent-url", agent_url]
     # As uvicorn[standard] runs by default; named, so that a missing one fails loudly.

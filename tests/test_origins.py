@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from archon_chat.origins import origin_allowed, own_origin
+from archon_chat.origins import OriginPolicy, OriginRequest, own_origin
 
 OWN = own_origin("http", "Chat.Example:8080")
+
+
+def origin_allowed(origin: str | None, host: str | None, allowlist: tuple[str, ...]) -> bool:
+    policy = OriginPolicy(allowlist=allowlist, guard_host=False)
+    return policy.check(OriginRequest(origin=origin, scheme="http", host=host)).allowed
 
 
 def test_own_origin_of_http_and_websocket_requests() -> None:
@@ -38,9 +43,17 @@ def test_own_origin_of_http_and_websocket_requests() -> None:
     ],
 )
 def test_origin_rule(origin: str | None, allowlist: tuple[str, ...], allowed: bool) -> None:
-    assert origin_allowed(origin, OWN, allowlist) is allowed
+    assert origin_allowed(origin, "Chat.Example:8080", allowlist) is allowed
 
 
 def test_without_an_own_origin_only_the_allowlist_counts() -> None:
     assert not origin_allowed("http://chat.example:8080", None, ())
     assert origin_allowed("https://app.example", None, ("https://app.example",))
+
+
+def test_a_wildcard_never_grants_credentials() -> None:
+    policy = OriginPolicy(allowlist=("*",), guard_host=False)
+    verdict = policy.check(OriginRequest("https://evil.example", "http", "chat.example"))
+    assert verdict.allowed and verdict.allow_origin == "*" and not verdict.credentials
+    own = policy.check(OriginRequest("http://chat.example", "http", "chat.example"))
+    assert own.credentials and own.allow_origin == "http://chat.example"

@@ -98,6 +98,9 @@ class Gateway:
         self.hub = hub
         self.emitter = emitter
         self.metrics = metrics
+        self.json_limits = validation.JsonLimits(
+            max_depth=settings.max_json_depth, max_context_bytes=settings.max_context_bytes
+        )
         self._joining: dict[str, dict[str, _Join]] = {}  # session id -> {sid: parked}
         self._sent_times: dict[str, deque[float]] = {}  # sid -> chat_message times
         self._turns_in_flight: set[str] = set()
@@ -207,7 +210,9 @@ class Gateway:
                 del self._joining[session_id]
 
     async def on_chat_message(self, sid: str, data: Any) -> dict[str, Any]:
-        outgoing = validation.outgoing_message(data, self.settings.max_message_chars)
+        outgoing = validation.outgoing_message(
+            data, self.settings.max_message_chars, limits=self.json_limits
+        )
         self.rate_limit(sid)
         return await self.send(outgoing)
 
@@ -267,7 +272,7 @@ class Gateway:
 
     def validate_rest_message(self, session_id: str, body: Any) -> validation.OutgoingMessage:
         return validation.outgoing_message(
-            body, self.settings.max_message_chars, session_id=session_id
+            body, self.settings.max_message_chars, session_id=session_id, limits=self.json_limits
         )
 
     async def send(self, outgoing: validation.OutgoingMessage) -> dict[str, Any]:

@@ -103,6 +103,12 @@ class Metrics:
             "Rejoins told to reload the history over REST (more missed than the replay limit)",
             registry=r,
         )
+        self.connection_errors = Counter(
+            "archon_chat_connection_errors",
+            "Connections aborted by an error in their handling or a timeout, by kind",
+            ["kind"],
+            registry=r,
+        )
         self._refreshers: list[Callable[[], None]] = []
 
     def on_scrape(self, refresh: Callable[[], None]) -> None:
@@ -129,6 +135,11 @@ class _SocketStats(Collector):
             "ghosts",
         ),
         ("archon_chat_engine_sessions", "Engine.IO sessions open", "engine_connections"),
+        (
+            "archon_chat_unconnected_sessions",
+            "Engine.IO sessions without a Socket.IO CONNECT yet",
+            "unconnected",
+        ),
     )
     _COUNTERS = (
         (
@@ -145,6 +156,11 @@ class _SocketStats(Collector):
             "archon_chat_connection_recoveries",
             "Connection state recoveries served",
             "recoveries",
+        ),
+        (
+            "archon_chat_connect_timeouts",
+            "Engine.IO sessions closed for not completing a Socket.IO CONNECT in time",
+            "connect_timeouts",
         ),
         ("archon_chat_socketio_packets_in", "Socket.IO packets received", "packets_in"),
         ("archon_chat_socketio_packets_out", "Socket.IO packets sent", "packets_out"),

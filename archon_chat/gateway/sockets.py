@@ -13,7 +13,7 @@ from typing import Any
 from archon_chat.sio import ConnectInfo, ConnectRefused, SocketIOServer
 
 from .core import Gateway
-from .errors import GatewayError
+from .errors import GatewayError, invalid
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,11 @@ def install(sio: SocketIOServer, gateway: Gateway) -> None:
 def _guarded(
     sio: SocketIOServer, gateway: Gateway, name: str, handler: Handler
 ) -> Callable[[str, Any], Awaitable[dict[str, Any]]]:
-    async def run(sid: str, data: Any = None) -> dict[str, Any]:
+    async def run(sid: str, *args: Any) -> dict[str, Any]:
+        data = args[0] if args else None
         try:
+            if len(args) > 1:
+                raise invalid(f"'{name}' takes one argument, not {len(args)}")
             return await handler(sid, data)
         except GatewayError as exc:
             session_id = data.get("session_id") if isinstance(data, dict) else None

@@ -2,11 +2,16 @@
 
 Each function takes the decoded JSON (anything) and returns a typed value or raises
 :class:`GatewayError` with ``invalid_request`` (or ``message_too_large``) and a message
-that names the field.
+that names the field. Nothing refused here may reach an actor: every string is valid
+Unicode (no lone surrogates, which SQLite and httpx cannot encode), ``context`` is finite
+JSON (no NaN or infinities, no bytes) within a depth and size bound, and every integer is
+one JavaScript can hold. :func:`parse_json` reads request bodies with the same bounds.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +21,16 @@ from .errors import GatewayError, invalid
 
 MAX_ID_CHARS = 128
 MAX_CONTEXT_BYTES = 16_384
+MAX_JSON_DEPTH = 32
+MAX_SAFE_INTEGER = 2**53 - 1  # JavaScript's Number.MAX_SAFE_INTEGER
+
+
+@dataclass(frozen=True, slots=True)
+class JsonLimits:
+    """Bounds on client JSON: nesting depth (bodies and ``context``), ``context`` size."""
+
+    max_depth: int = MAX_JSON_DEPTH
+    max_context_bytes: int = MAX_CONTEXT_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +53,15 @@ def _object(data: Any) -> dict[str, Any]:
     return data
 
 
+def _is_text(value: str) -> bool:
+    """Whether ``value`` is valid Unicode: no lone surrogate (``"\\ud800"`` from JSON)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _optional_str(data: dict[str, Any], key: str, limit: int = MAX_ID_CHARS) -> str | None:
     value = data.get(key)
     if value is None:
@@ -46,6 +70,8 @@ def _optional_str(data: dict[str, Any], key: str, limit: int = MAX_ID_CHARS) -> 
         raise invalid(f"'{key}' must be a string")
     if len(value) > limit:
         raise invalid(f"'{key}' is longer than {limit} characters")
+    if not _is_text(value):
+        raise invalid(f"'{key}' is not valid Unicode text")
     return value
 
 
@@ -56,6 +82,8 @@ def session_id_of(data: Any) -> str:
         raise invalid("'session_id' is required and must be a non-empty string")
     if len(value) > MAX_ID_CHARS:
         raise invalid("'session_id' is too long")
+    if not _is_text(value):
+        raise invalid("'session_id' is not valid Unicode text")
     return value
 
 
@@ -63,9 +91,87 @@ def last_seq_of(data: dict[str, Any]) -> int | None:
     value = data.get("last_seq")
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise invalid("'last_seq' must be a non-negative integer")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SAFE_INTEGER:
+        raise invalid(f"'last_seq' must be an integer from 0 to {MAX_SAFE_INTEGER}")
     return value
+
+
+def _check_json(value: Any, key: str, depth: int, max_depth: int) -> None:
+    """Refuse what is not finite JSON within ``max_depth`` (recursion bounded by it)."""
+    if depth > max_depth:
+        raise invalid(f"'{key}' is nested deeper than {max_depth} levels")
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if abs(value) > MAX_SAFE_INTEGER:
+            raise invalid(f"'{key}' holds an integer beyond {MAX_SAFE_INTEGER}")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise invalid(f"'{key}' holds a number that is not finite")
+    elif isinstance(value, str):
+        if not _is_text(value):
+            raise invalid(f"'{key}' holds text that is not valid Unicode")
+    elif isinstance(value, list):
+        for item in value:
+            _check_json(item, key, depth + 1, max_depth)
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            if not isinstance(name, str) or not _is_text(name):
+                raise invalid(f"'{key}' holds a key that is not valid Unicode text")
+            _check_json(item, key, depth + 1, max_depth)
+    else:
+        raise invalid(f"'{key}' must be plain JSON (no binary data)")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is out of range")
+    return value
+
+
+def parse_json(raw: bytes | str, limits: JsonLimits = JsonLimits()) -> Any:
+    """A request body as JSON: UTF-8, no NaN/Infinity or out-of-range numbers, nested at
+    most ``limits.max_depth`` deep (checked before parsing, so no recursion blows up).
+    Raises :class:`GatewayError` ``invalid_request`` (HTTP 400)."""
+    try:
+        text = raw if isinstance(raw, str) else raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise GatewayError(ErrorCode.INVALID_REQUEST, "Body is not UTF-8", 400) from None
+    if _nesting(text) > limits.max_depth:
+        raise GatewayError(
+            ErrorCode.INVALID_REQUEST, f"JSON nested deeper than {limits.max_depth} levels", 400
+        )
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError):
+        raise GatewayError(ErrorCode.INVALID_REQUEST, "Malformed JSON body", 400) from None
+
+
+def _nesting(text: str) -> int:
+    """The deepest nesting of arrays and objects in JSON ``text`` (strings skipped)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
 
 
 def new_session(data: Any) -> NewSession:
@@ -81,7 +187,12 @@ def new_session(data: Any) -> NewSession:
     return NewSession(agent_type=agent_type, project_id=_optional_str(obj, "project_id"))
 
 
-def outgoing_message(data: Any, max_chars: int, session_id: str | None = None) -> OutgoingMessage:
+def outgoing_message(
+    data: Any,
+    max_chars: int,
+    session_id: str | None = None,
+    limits: JsonLimits = JsonLimits(),
+) -> OutgoingMessage:
     obj = _object(data)
     sid = session_id if session_id is not None else session_id_of(obj)
     message = obj.get("message")
@@ -91,13 +202,20 @@ def outgoing_message(data: Any, max_chars: int, session_id: str | None = None) -
         raise GatewayError(
             ErrorCode.MESSAGE_TOO_LARGE, f"Message is longer than {max_chars} characters"
         )
+    if not _is_text(message):
+        raise invalid("'message' is not valid Unicode text")
     context = obj.get("context")
     if context is None:
         context = {}
     if not isinstance(context, dict):
         raise invalid("'context' must be an object")
-    if len(repr(context)) > MAX_CONTEXT_BYTES:
-        raise GatewayError(ErrorCode.MESSAGE_TOO_LARGE, "'context' is too large")
+    _check_json(context, "context", 1, limits.max_depth)
+    size = len(json.dumps(context, ensure_ascii=False).encode("utf-8"))
+    if size > limits.max_context_bytes:
+        raise GatewayError(
+            ErrorCode.MESSAGE_TOO_LARGE,
+            f"'context' is larger than {limits.max_context_bytes} bytes",
+        )
     return OutgoingMessage(
         session_id=sid,
         message=message,

@@ -82,7 +82,8 @@ class Transport(enum.Enum):
 
 class CloseReason(enum.StrEnum):
     """Why a session (or one Socket.IO socket on it) ended: Socket.IO's own reason strings,
-    which is what a ``disconnect`` handler receives; ``SLOW_CLIENT`` is ours."""
+    which is what a ``disconnect`` handler receives; ``SLOW_CLIENT`` and ``CONNECT_TIMEOUT``
+    (no Socket.IO CONNECT in time) are ours."""
 
     TRANSPORT_CLOSE = "transport close"
     TRANSPORT_ERROR = "transport error"
@@ -93,6 +94,7 @@ class CloseReason(enum.StrEnum):
     SERVER_NAMESPACE_DISCONNECT = "server namespace disconnect"
     CLIENT_NAMESPACE_DISCONNECT = "client namespace disconnect"
     SLOW_CLIENT = "slow client"
+    CONNECT_TIMEOUT = "connect timeout"
 
 
 class SessionState(enum.Enum):

@@ -12,6 +12,7 @@ code::
     ├── BadHandshakeMethod             (400, code 2 "Bad handshake method")
     ├── UnsupportedProtocolVersion     (400, code 5 "Unsupported protocol version")
     ├── Forbidden                      (403, code 4 "Forbidden")
+    ├── TooManyRequests                (429, close 1013; ``retry_after_s``)
     ├── BadRequest                     (400, code 3 "Bad request")
     │   ├── PayloadTooLarge            (413, close 1009)
     │   ├── AlreadyUpgraded            (a second websocket for a session: accepted, closed)
@@ -32,6 +33,7 @@ __all__ = [
     "MalformedPacket",
     "PayloadTooLarge",
     "ProtocolError",
+    "TooManyRequests",
     "UnknownSid",
     "UnknownTransport",
     "UnsupportedProtocolVersion",
@@ -82,6 +84,18 @@ class Forbidden(ProtocolError):
     code = 4
     message = "Forbidden"
     close_code = 1008
+
+
+class TooManyRequests(ProtocolError):
+    """A client address is over a handshake budget or cap; it may retry later."""
+
+    status_hint = 429
+    message = "Too many requests"
+    close_code = 1013
+
+    def __init__(self, detail: str = "", retry_after_s: float = 1.0) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
 
 
 class BadRequest(ProtocolError):

@@ -8,9 +8,11 @@ One :class:`SocketIOConnection` per Engine.IO session. Each Engine.IO MESSAGE is
 :class:`AckReceived` and :class:`DisconnectRequested`. A ``BINARY_EVENT``/``BINARY_ACK``
 announces ``N`` attachments: the next ``N`` messages must be binary and are put back in place
 of their placeholders before the event comes out. A text message while attachments are
-still due, a binary one when none is, or more attachments than ``max_attachments`` is a
-lying peer: :class:`~archon_chat.protocol.errors.MalformedPacket`, and the shell closes that
-connection only.
+still due, a binary one when none is, more attachments than ``max_attachments``, more than
+``max_attachment_bytes`` of them, or a binary packet for a namespace not ``CONNECTED`` (so
+nothing is held for a peer the application has not accepted) is a lying peer:
+:class:`~archon_chat.protocol.errors.MalformedPacket`, and the shell closes that connection
+only.
 
 Per namespace the connection is absent -> ``CONNECTING`` (CONNECT received, the application
 decides) -> ``CONNECTED`` (:meth:`accept`) -> absent (:meth:`forget`, or the peer's
@@ -109,14 +111,24 @@ SioEvent = ConnectRequested | EventReceived | AckReceived | DisconnectRequested
 class SocketIOConnection:
     """Socket.IO packets over one Engine.IO session (see the module docstring)."""
 
-    __slots__ = ("_attachments", "_events", "_pending", "max_attachments", "namespaces")
+    __slots__ = (
+        "_attachment_bytes",
+        "_attachments",
+        "_events",
+        "_pending",
+        "max_attachment_bytes",
+        "max_attachments",
+        "namespaces",
+    )
 
-    def __init__(self, max_attachments: int) -> None:
+    def __init__(self, max_attachments: int, max_attachment_bytes: int) -> None:
         self.max_attachments = max_attachments
+        self.max_attachment_bytes = max_attachment_bytes
         self.namespaces: dict[str, NamespaceState] = {}
         self._events: list[SioEvent] = []
         self._pending: SioPacket | None = None
         self._attachments: list[bytes] = []
+        self._attachment_bytes = 0
 
     def receive_message(self, data: Frame) -> None:
         """Feed one Engine.IO MESSAGE.
@@ -127,18 +139,24 @@ class SocketIOConnection:
         if isinstance(data, bytes):
             if self._pending is None:
                 raise MalformedPacket("binary message without a packet announcing it")
+            self._attachment_bytes += len(data)
+            if self._attachment_bytes > self.max_attachment_bytes:
+                raise MalformedPacket(f"attachments over {self.max_attachment_bytes} bytes")
             self._attachments.append(data)
             if len(self._attachments) == self._pending.attachments:
                 pkt = self._pending
                 payload = reconstruct_binary(pkt.data, self._attachments)
                 self._pending = None
                 self._attachments = []
+                self._attachment_bytes = 0
                 self._dispatch(pkt, payload)
             return
         if self._pending is not None:
             raise MalformedPacket("text message while binary attachments are due")
         pkt = decode_sio(data, self.max_attachments)
         if pkt.attachments:
+            if self.namespaces.get(pkt.namespace) is not NamespaceState.CONNECTED:
+                raise MalformedPacket("binary packet for a namespace not connected")
             self._pending = pkt
             return
         self._dispatch(pkt, pkt.data)

@@ -3,8 +3,8 @@
 Raw ASGI rather than quart because a websocket costs a third less memory this way
 (design.md section 6). Measured with hypercorn 0.18 and 1,000 npm clients: 30.6 KiB per idle
 websocket session joined to a room, of which 22.5 KiB is hypercorn's own bare websocket
-(permessage-deflate declined, see :mod:`archon_chat.transports.deflate`; accepting it costs
-~95 KiB more).
+(permessage-deflate declined, see :mod:`archon_chat.transports.hypercorn_hooks`; accepting
+it costs ~95 KiB more).
 
 Everything protocol-related is decided by the sans-IO core; this module only moves bytes
 between ASGI messages and a connection of the :class:`EngineHub`:
@@ -33,7 +33,8 @@ from typing import Any, Protocol
 
 import trio
 
-from archon_chat.origins import own_origin
+from archon_chat.limits import retry_after_header
+from archon_chat.origins import OriginRequest, Verdict
 from archon_chat.protocol.codecs import Frame
 from archon_chat.protocol.engineio import CloseReason, Transport, parse_request
 from archon_chat.protocol.errors import (
@@ -42,6 +43,7 @@ from archon_chat.protocol.errors import (
     Forbidden,
     PayloadTooLarge,
     ProtocolError,
+    TooManyRequests,
 )
 
 __all__ = ["EngineConnection", "EngineHub", "EngineIOApp", "RequestInfo"]
@@ -120,7 +122,7 @@ class EngineHub(Protocol):
     @property
     def max_http_buffer_size(self) -> int: ...
 
-    def origin_allowed(self, origin: str | None, own_origin: str | None) -> bool: ...
+    def check_origin(self, request: OriginRequest) -> Verdict: ...
 
     def open_connection(self, transport: Transport, info: RequestInfo) -> EngineConnection: ...
 
@@ -140,14 +142,13 @@ def _decode_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     return out
 
 
-def _own_origin(scope: Scope, headers: dict[str, str]) -> str | None:
-    host = headers.get("host")
-    if host is None:
-        server = scope.get("server")
-        if not server:
-            return None
-        host = f"{server[0]}:{server[1]}"
-    return own_origin(str(scope.get("scheme", "http")), host)
+def _origin_request(scope: Scope, headers: dict[str, str]) -> OriginRequest:
+    return OriginRequest(
+        origin=headers.get("origin"),
+        scheme=scope.get("scheme", "http"),
+        host=headers.get("host"),
+        forwarded_proto=headers.get("x-forwarded-proto"),
+    )
 
 
 def _info(scope: Scope, query: dict[str, str]) -> RequestInfo:
@@ -157,6 +158,18 @@ def _info(scope: Scope, query: dict[str, str]) -> RequestInfo:
         query=query,
         remote_addr=client[0] if client else None,
     )
+
+
+def _retry_after(exc: ProtocolError) -> list[tuple[bytes, bytes]]:
+    if not isinstance(exc, TooManyRequests):
+        return []
+    return [(b"retry-after", retry_after_header(exc.retry_after_s).encode())]
+
+
+def _refusal(verdict: Verdict, headers: dict[str, str]) -> Forbidden:
+    if verdict.refusal == "host":
+        return Forbidden(f"host {headers.get('host', '')[:100]!r}")
+    return Forbidden(f"origin {headers.get('origin', '')[:100]!r}")
 
 
 class _NotServing(ProtocolError):
@@ -195,17 +208,14 @@ class EngineIOApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = _headers(scope)
         method = scope["method"]
-        origin = headers.get("origin")
-        cors: list[tuple[bytes, bytes]] = []
-        if origin is not None:
-            if not self.hub.origin_allowed(origin, _own_origin(scope, headers)):
-                await self._refuse(send, Forbidden(f"origin {origin[:100]!r}"), [])
-                return
-            cors = [
-                (b"access-control-allow-origin", origin.encode("latin-1")),
-                (b"access-control-allow-credentials", b"true"),
-                (b"vary", b"Origin"),
-            ]
+        verdict = self.hub.check_origin(_origin_request(scope, headers))
+        if not verdict.allowed:
+            await self._refuse(send, _refusal(verdict, headers), [])
+            return
+        cors = [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in verdict.cors_headers()
+        ]
         if method == "OPTIONS":
             await self._preflight(send, headers, cors)
             return
@@ -298,7 +308,7 @@ class EngineIOApp:
         if not exc.logged:
             log.info("refused: %s (%s)", exc.message, exc.detail)
         body = json.dumps(exc.body()).encode()
-        await _respond(send, exc.status_hint, body, _JSON, cors)
+        await _respond(send, exc.status_hint, body, _JSON, [*cors, *_retry_after(exc)])
 
     # -- websocket -------------------------------------------------------------------------
 
@@ -307,9 +317,9 @@ class EngineIOApp:
             return
         headers = _headers(scope)
         try:
-            origin = headers.get("origin")
-            if not self.hub.origin_allowed(origin, _own_origin(scope, headers)):
-                raise Forbidden(f"origin {(origin or '')[:100]!r}")
+            verdict = self.hub.check_origin(_origin_request(scope, headers))
+            if not verdict.allowed:
+                raise _refusal(verdict, headers)
             if not self.hub.serving:
                 raise _NotServing("not serving")
             req = parse_request("GET", scope.get("query_string", b""), websocket=True)
@@ -348,6 +358,7 @@ class EngineIOApp:
                 "headers": [
                     (b"content-type", _JSON),
                     (b"content-length", str(len(body)).encode()),
+                    *_retry_after(exc),
                 ],
             }
         )

@@ -321,6 +321,8 @@ class Connection:
     __slots__ = (
         "_probe_scope",
         "_wakeup",
+        "address",
+        "connect_deadline",
         "eio",
         "info",
         "server",
@@ -336,11 +338,18 @@ class Connection:
         server: SocketIOServer,
         eio: EngineSession,
         info: RequestInfo,
+        address: str = "?",
     ) -> None:
         self.server = server
         self.sid = eio.sid
         self.eio = eio
-        self.sio = SocketIOConnection(server.options.max_attachments)
+        self.sio = SocketIOConnection(
+            server.options.max_attachments, server.options.max_attachment_bytes
+        )
+        # Until a namespace is accepted (or the session closes): a peer that never
+        # connects is closed then. The server counts such sessions per ``address``.
+        self.connect_deadline: float | None = trio.current_time() + server.options.connect_timeout_s
+        self.address = address
         self.info = info
         self.sockets: dict[str, Socket] = {}
         self.timer_at: float | None = None
@@ -478,10 +487,24 @@ class Connection:
 
     # -- timer -----------------------------------------------------------------------------
 
+    @property
+    def has_connected(self) -> bool:
+        """Whether a namespace of this session was ever accepted (or it is closed)."""
+        return self.connect_deadline is None
+
     def next_deadline(self) -> float | None:
-        return self.eio.next_deadline()
+        deadline = self.eio.next_deadline()
+        if self.connect_deadline is None:
+            return deadline
+        return self.connect_deadline if deadline is None else min(deadline, self.connect_deadline)
 
     def on_timer(self, now: float) -> None:
+        if self.connect_deadline is not None and now >= self.connect_deadline:
+            log.info("closing Engine.IO session %s: no Socket.IO CONNECT in time", self.sid)
+            self.server._counters["connect_timeouts"] += 1
+            self.server._connect_settled(self)
+            self.close(CloseReason.CONNECT_TIMEOUT)
+            return
         self.eio.handle_timeout(now)
         self.process()
 

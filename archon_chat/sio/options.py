@@ -29,9 +29,15 @@ class ServerOptions:
     client. ``recovery_buffer``: events kept for an opted-in socket to replay after a drop
     (and the most a disconnected one may gather during ``grace_s``). ``inbox_size``: events
     of one socket waiting for its handler before we stop reading from its transport.
-    ``cors_origins``: origins allowed besides the request's own; ``"*"`` allows any.
+    ``max_attachments``, ``max_attachment_bytes``: binary attachments of one packet (the
+    only one a connection may have pending), accepted only on a connected namespace.
+    ``connect_timeout_s``: an Engine.IO session with no namespace connected by then is closed.
+    ``handshakes_per_minute`` (per client address, 0: no limit), ``max_unconnected_per_address``
+    (0: no cap) and ``max_unconnected``: handshakes refused with 429 beyond them.
+    ``trusted_proxy``: the client address is the first of ``X-Forwarded-For``.
     ``recovery``: which clients get connection state recovery (a :class:`Recovery` value);
     ``all`` breaks clients that do not expect the offset argument, such as python-socketio's.
+    Which origins may connect is the server's :class:`~archon_chat.origins.OriginPolicy`.
     """
 
     ping_interval_s: float
@@ -41,18 +47,34 @@ class ServerOptions:
     recovery_buffer: int
     grace_s: float
     max_attachments: int
-    cors_origins: tuple[str, ...]
+    max_attachment_bytes: int
+    connect_timeout_s: float
+    handshakes_per_minute: int
+    max_unconnected_per_address: int
+    max_unconnected: int
+    rate_limit_addresses: int
+    trusted_proxy: bool
     inbox_size: int
     upgrade_timeout_s: float
     recovery: str
 
     def __post_init__(self) -> None:
-        for name in ("ping_interval_s", "ping_timeout_s", "upgrade_timeout_s"):
+        for name in ("ping_interval_s", "ping_timeout_s", "upgrade_timeout_s", "connect_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("max_http_buffer_size", "outbox_size", "recovery_buffer", "inbox_size"):
+        for name in (
+            "max_http_buffer_size",
+            "outbox_size",
+            "recovery_buffer",
+            "inbox_size",
+            "max_attachment_bytes",
+            "max_unconnected",
+            "rate_limit_addresses",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.handshakes_per_minute < 0 or self.max_unconnected_per_address < 0:
+            raise ValueError("handshake limits must not be negative")
         if self.grace_s < 0 or self.max_attachments < 0:
             raise ValueError("grace_s and max_attachments must not be negative")
         Recovery(self.recovery)  # raises ValueError for anything else

@@ -31,10 +31,11 @@ from typing import Any, Final, TypeVar, overload
 
 import trio
 
-from archon_chat import origins
 from archon_chat.config import derive
+from archon_chat.limits import RateLimiter, client_address
+from archon_chat.origins import OriginPolicy, OriginRequest, Verdict
 from archon_chat.protocol.engineio import CloseReason, EngineConfig, EngineSession, Transport
-from archon_chat.protocol.errors import UnknownSid
+from archon_chat.protocol.errors import TooManyRequests, UnknownSid
 from archon_chat.protocol.socketio import (
     ack_frames,
     connect_error_frame,
@@ -131,8 +132,11 @@ def _new_id() -> str:
 class SocketIOServer:
     """Engine.IO v4 / Socket.IO v5 server; see the module docstring."""
 
-    def __init__(self, options: ServerOptions) -> None:
+    def __init__(self, options: ServerOptions, origin_policy: OriginPolicy | None = None) -> None:
         self.options = options
+        #: which origins may connect: the policy REST applies too (the gateway passes its
+        #: own; the default is loopback hosts and same-origin pages only)
+        self.origin_policy = origin_policy or OriginPolicy()
         self.engine_config = derive(EngineConfig, options)
         self._handlers: dict[str, dict[str, _Registered]] = {"/": {}}
         self._conns: dict[str, Connection] = {}
@@ -147,6 +151,12 @@ class SocketIOServer:
         self.on_sent: Callable[[Outgoing], None] | None = None
         self._offset = 0
         self._counters: Counter[str] = Counter()
+        # Engine.IO sessions awaiting their first CONNECT, per client address and in all.
+        self._unconnected: Counter[str] = Counter()
+        self._unconnected_total = 0
+        self._handshakes = RateLimiter(
+            self.options.handshakes_per_minute, self.options.rate_limit_addresses
+        )
         self._asgi: EngineIOApp | None = None
 
     # -- registration ----------------------------------------------------------------------
@@ -394,15 +404,18 @@ class SocketIOServer:
 
     def stats(self) -> dict[str, int]:
         """Counters for metrics: ``connected`` sockets, ``ghosts`` (waiting for recovery),
-        ``engine_connections``, outbox ``merges``, ``slow_disconnects``, ``recoveries``
-        served and ``recovery_misses``, Socket.IO ``packets_in``/``packets_out``,
-        ``handler_errors``."""
+        ``engine_connections`` (``unconnected``: of them, those with no namespace accepted
+        yet; ``connect_timeouts``: closed for that), outbox ``merges``,
+        ``slow_disconnects``, ``recoveries`` served and ``recovery_misses``, Socket.IO
+        ``packets_in``/``packets_out``, ``handler_errors``."""
         states = Counter(sock.state for sock in self._sockets.values())
         counters = self._counters
         return {
             "connected": states[SocketState.CONNECTED],
             "ghosts": states[SocketState.GHOST],
             "engine_connections": len(self._conns),
+            "unconnected": self._unconnected_total,
+            "connect_timeouts": counters["connect_timeouts"],
             "merges": counters["merges"],
             "slow_disconnects": counters["slow_disconnects"],
             "recoveries": counters["recoveries"],
@@ -418,15 +431,31 @@ class SocketIOServer:
     def max_http_buffer_size(self) -> int:
         return self.options.max_http_buffer_size
 
-    def origin_allowed(self, origin: str | None, own_origin: str | None) -> bool:
-        """The request's own origin is always allowed; others only if configured
-        (:mod:`archon_chat.origins`, the rule REST shares)."""
-        return origins.origin_allowed(origin, own_origin, self.options.cors_origins)
+    def check_origin(self, request: OriginRequest) -> Verdict:
+        """The gateway's one origin check (:mod:`archon_chat.origins`)."""
+        return self.origin_policy.check(request)
 
     def open_connection(self, transport: Transport, info: RequestInfo) -> Connection:
-        """A new Engine.IO session (the handshake)."""
+        """A new Engine.IO session (the handshake). Raises :class:`TooManyRequests` when
+        the client's address is over its handshake budget or unconnected-session cap."""
+        options = self.options
+        address = client_address(
+            info.remote_addr,
+            info.headers.get("x-forwarded-for") if options.trusted_proxy else None,
+            options.trusted_proxy,
+        )
+        if self._unconnected_total >= options.max_unconnected:
+            raise TooManyRequests("too many sessions without a CONNECT", 5.0)
+        cap = options.max_unconnected_per_address
+        if cap and self._unconnected[address] >= cap:
+            raise TooManyRequests(f"{address}: {cap} sessions without a CONNECT", 5.0)
+        wait = self._handshakes.retry_after(address)
+        if wait > 0:
+            raise TooManyRequests(f"{address}: over its handshake budget", wait)
         eio = EngineSession(_new_id(), self.engine_config, transport, trio.current_time())
-        conn = Connection(self, eio, info)
+        conn = Connection(self, eio, info, address)
+        self._unconnected[address] += 1
+        self._unconnected_total += 1
         self._conns[conn.sid] = conn
         self._timers.schedule(conn)
         return conn
@@ -545,6 +574,7 @@ class SocketIOServer:
         # The reply first, then what the client missed, then what was queued meanwhile.
         sock.outbox[:0] = [Packet((connect_frame(sock.namespace, reply),)), *replay]
         conn.sio.accept(sock.namespace)
+        self._connect_settled(conn)
         sock.state = SocketState.CONNECTED
         sock.accepted = True
         sock.connected_once = True
@@ -586,7 +616,18 @@ class SocketIOServer:
             self._counters["handler_errors"] += 1
             log.exception("disconnect handler failed (sid %s)", sock.sid)
 
+    def _connect_settled(self, conn: Connection) -> None:
+        """``conn`` connected a namespace, or closed: it no longer awaits a CONNECT."""
+        if conn.connect_deadline is None:
+            return
+        conn.connect_deadline = None
+        self._unconnected_total -= 1
+        self._unconnected[conn.address] -= 1
+        if self._unconnected[conn.address] <= 0:
+            del self._unconnected[conn.address]
+
     def _connection_closed(self, conn: Connection, reason: CloseReason) -> None:
+        self._connect_settled(conn)
         if self._conns.get(conn.sid) is conn:
             del self._conns[conn.sid]
         for sock in list(conn.sockets.values()):

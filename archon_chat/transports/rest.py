@@ -2,8 +2,9 @@
 
 Every error is JSON ``{"detail", "code"}`` (design.md section 3); bad input is never a 500.
 With an API key configured, ``/api/agent-chat`` needs ``Authorization: Bearer <key>``.
-Requests from a foreign ``Origin`` not in the allowlist are refused (403); allowed ones
-get CORS headers, preflights included.
+Requests from a foreign ``Origin`` not in the allowlist, or (without an API key) for a
+``Host`` that is not ours, are refused (403, :mod:`archon_chat.transports.origin`); allowed
+ones get CORS headers, preflights included.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from quart import Blueprint, Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from actors.chat.messages import ErrorCode
 from archon_chat.gateway.core import Gateway
 from archon_chat.gateway.errors import GatewayError
-from archon_chat.origins import origin_allowed, own_origin
+from archon_chat.gateway.validation import parse_json
+from archon_chat.limits import RateLimiter, client_address, retry_after_header
+from archon_chat.origins import OriginRequest, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +40,13 @@ def error_response(status: int, detail: str, code: str) -> Response:
     return json_response({"detail": detail, "code": code}, status)
 
 
-def _origin_allowed(origins: tuple[str, ...]) -> bool:
-    """The rule of :mod:`archon_chat.origins`, the one Socket.IO applies too."""
-    own = own_origin(request.scheme, request.headers.get("Host"))
-    return origin_allowed(request.headers.get("Origin"), own, origins)
+def _origin_request() -> OriginRequest:
+    return OriginRequest(
+        origin=request.headers.get("Origin"),
+        scheme=request.scheme,
+        host=request.headers.get("Host"),
+        forwarded_proto=request.headers.get("X-Forwarded-Proto"),
+    )
 
 
 def create_rest_blueprint(
@@ -58,35 +63,47 @@ def create_rest_blueprint(
         raw = await request.get_data(as_text=False)
         if not raw:
             return None
-        try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise GatewayError(ErrorCode.INVALID_REQUEST, "Malformed JSON body", 400) from None
+        return parse_json(raw, gateway.json_limits)
+
+    policy = settings.origin_policy()
+
+    def has_api_key() -> bool:
+        header = request.headers.get("Authorization", "")
+        token = header[7:] if header.startswith("Bearer ") else ""
+        return bool(settings.api_key) and hmac.compare_digest(
+            token.encode(), settings.api_key.encode()
+        )
 
     @bp.before_app_request
     async def guard() -> Response | None:
-        origin = request.headers.get("Origin")
-        allowed = _origin_allowed(settings.cors_origins)
-        if not allowed and request.path.startswith(PREFIX):
+        verdict = policy.check(_origin_request())
+        if verdict.refusal == "host":
+            return refused(403, "Host not allowed", "forbidden_host")
+        if not verdict.allowed and request.path.startswith(PREFIX):
             return refused(403, "Origin not allowed", "forbidden_origin")
-        if request.method == "OPTIONS" and origin and allowed:
-            return _with_cors(Response("", status=204), origin, preflight=True)
-        if settings.api_key and request.path.startswith(PREFIX):
-            header = request.headers.get("Authorization", "")
-            token = header[7:] if header.startswith("Bearer ") else ""
-            if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
-                return refused(401, "Missing or wrong API key", "unauthorized")
+        if request.method == "OPTIONS" and verdict.allow_origin is not None:
+            return _with_cors(Response("", status=204), verdict, preflight=True)
+        if settings.api_key and request.path.startswith(PREFIX) and not has_api_key():
+            return refused(401, "Missing or wrong API key", "unauthorized")
         return None
 
     @bp.after_app_request
     async def cors(response: Response) -> Response:
-        origin = request.headers.get("Origin")
-        if origin and _origin_allowed(settings.cors_origins):
-            _with_cors(response, origin, preflight=False)
-        return response
+        return _with_cors(response, policy.check(_origin_request()), preflight=False)
+
+    sessions_budget = RateLimiter(settings.sessions_per_minute, settings.rate_limit_addresses)
 
     @bp.post(f"{PREFIX}/sessions")
     async def create_session() -> Response:
+        address = client_address(
+            request.remote_addr, request.headers.get("X-Forwarded-For"), settings.trusted_proxy
+        )
+        wait = sessions_budget.retry_after(address)
+        if wait > 0:
+            gateway.metrics.refusals.labels(code="rate_limited").inc()
+            response = error_response(429, "Too many sessions created; slow down", "rate_limited")
+            response.headers["Retry-After"] = retry_after_header(wait)
+            return response
         return json_response(await gateway.create_session(await read_json()), 201)
 
     @bp.get(f"{PREFIX}/sessions/<session_id>")
@@ -104,6 +121,9 @@ def create_rest_blueprint(
     @bp.get("/healthz")
     async def healthz() -> Response:
         ok, body = await health()
+        if not has_api_key():
+            # Anonymous callers learn the status only: no URLs, ports or counts.
+            body = {"status": body["status"]}
         return json_response(body, 200 if ok else 503)
 
     @bp.get("/metrics")
@@ -140,10 +160,11 @@ def create_rest_blueprint(
     return bp
 
 
-def _with_cors(response: Response, origin: str, *, preflight: bool) -> Response:
-    response.headers["Access-Control-Allow-Origin"] = origin
-    response.headers["Vary"] = "Origin"
-    response.headers["Access-Control-Allow-Credentials"] = "true"
+def _with_cors(response: Response, verdict: Verdict, *, preflight: bool) -> Response:
+    if verdict.allow_origin is None:
+        return response
+    for name, value in verdict.cors_headers():
+        response.headers[name] = value
     if preflight:
         response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
         response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"

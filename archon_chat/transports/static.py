@@ -54,9 +54,19 @@ def _is_file(path: Path) -> bool:
     return path.is_file()
 
 
+MAX_NAME_CHARS = 255
+
+
 def _inside(root: Path, name: str) -> Path | None:
-    path = (root / name).resolve()
-    return path if path.is_relative_to(root.resolve()) and path.is_file() else None
+    """``root / name`` if that is a file under ``root``; ``None`` for any name the file
+    system refuses (a NUL byte, a name too long, a lone surrogate)."""
+    if len(name) > MAX_NAME_CHARS or "\x00" in name:
+        return None
+    try:
+        path = (root / name).resolve()
+        return path if path.is_relative_to(root.resolve()) and path.is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 async def _file(path: Path | None) -> Response:

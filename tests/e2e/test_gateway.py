@@ -218,10 +218,13 @@ async def test_health_waits_for_the_agents_as_long_as_its_setting_says(tmp_path:
             )
             port = listeners[0].socket.getsockname()[1]
             settings = gateway_settings(
-                tmp_path, f"http://127.0.0.1:{port}", health_timeout_s=answer_after_s + 5
+                tmp_path,
+                f"http://127.0.0.1:{port}",
+                health_timeout_s=answer_after_s + 5,
+                api_key="k",  # the detail (agents reachable or not) is for operators
             )
             async with running_gateway(settings) as gw, httpx.AsyncClient(timeout=20) as c:
-                response = await c.get(f"{gw.url}/healthz")
+                response = await c.get(f"{gw.url}/healthz", headers={"Authorization": "Bearer k"})
             assert response.status_code == 200
             assert response.json()["agents"]["reachable"] is True
             nursery.cancel_scope.cancel()

@@ -19,6 +19,7 @@ import trio_websocket
 from prometheus_client.parser import text_string_to_metric_families
 
 from archon_chat.server import Running
+from tests.hardening.support import exchange, frame, upgrade
 
 from .agents_fake import AgentsFake
 from .support import (
@@ -91,6 +92,15 @@ class RawSocket:
         self.frames: list[str] = []
 
     @classmethod
+    async def handshake(cls, nursery: trio.Nursery, url: str) -> tuple[RawSocket, str]:
+        """An Engine.IO session only: no Socket.IO CONNECT."""
+        host = url.split("//", 1)[1]
+        ws = await trio_websocket.connect_websocket_url(
+            nursery, f"ws://{host}/socket.io/?EIO=4&transport=websocket", message_queue_size=1
+        )
+        return cls(ws), str(await ws.get_message())
+
+    @classmethod
     async def open(
         cls, nursery: trio.Nursery, url: str, auth: dict[str, Any] | None = None
     ) -> tuple[RawSocket, dict[str, Any]]:
@@ -124,7 +134,13 @@ def typing_off(frames: list[str]) -> bool:
 async def test_every_metric_moves(tmp_path: Path) -> None:
     with trio.fail_after(60):
         async with (
-            world(tmp_path / "a", grace_s=0.3, replay_limit=2, outbox_size=100_000) as (
+            world(
+                tmp_path / "a",
+                grace_s=0.3,
+                replay_limit=2,
+                outbox_size=100_000,
+                connect_timeout_s=0.5,
+            ) as (
                 agents,
                 gw,
                 scraper,
@@ -195,6 +211,15 @@ async def test_every_metric_moves(tmp_path: Path) -> None:
                 nursery, gw.url, {"pid": reply["pid"], "offset": reply["offset"]}
             )
             assert recovered["sid"] == reply["sid"]
+
+            # A session that never sends CONNECT (counted, then closed), and a broken byte
+            # stream (an upgrade with a frame before the 101), aborted on its own.
+            silent, _ = await RawSocket.handshake(nursery, gw.url)
+            await wait_until(lambda: gw.sio.stats()["unconnected"] >= 1)
+            await scraper.scrape()
+            await wait_until(lambda: gw.sio.stats()["connect_timeouts"] >= 1)
+            await silent.ws.aclose()
+            await exchange(gw.port, upgrade() + frame(b"40"), read_for_s=0.5)
 
             # A handler of ours that raises is counted (a bug, but an operator sees it).
             async def explode(sid: str, data: Any) -> None:

@@ -108,7 +108,7 @@ def test_request_parser(method: str, query: bytes, websocket: bool) -> None:
 @FUZZ
 @given(st.lists(st.one_of(frames, st.binary(max_size=8)), max_size=30))
 def test_socketio_state_machine(messages: list[Any]) -> None:
-    conn = SocketIOConnection(max_attachments=3)
+    conn = SocketIOConnection(max_attachments=3, max_attachment_bytes=1_000_000)
     for message in messages:
         try:
             conn.receive_message(message)
@@ -199,7 +199,7 @@ def test_engine_state_machine(transport: Transport, ops: list[tuple[str, Any]]) 
 def test_encoders_round_trip(
     namespace: str, event: str, args: list[Any], ack_id: int | None
 ) -> None:
-    conn = SocketIOConnection(max_attachments=10)
+    conn = SocketIOConnection(max_attachments=10, max_attachment_bytes=1_000_000)
     conn.receive_message("0" if namespace == "/" else f"0{namespace},")
     conn.accept(namespace)
     conn.events()

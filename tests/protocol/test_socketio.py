@@ -27,7 +27,7 @@ from archon_chat.protocol.socketio import (
 
 
 def connected(*namespaces: str) -> SocketIOConnection:
-    conn = SocketIOConnection(max_attachments=2)
+    conn = SocketIOConnection(max_attachments=2, max_attachment_bytes=1_000_000)
     for ns in namespaces or ("/",):
         conn.receive_message("0" if ns == "/" else f"0{ns},")
         conn.accept(ns)
@@ -36,7 +36,7 @@ def connected(*namespaces: str) -> SocketIOConnection:
 
 
 def test_connect_default_namespace_with_auth() -> None:
-    conn = SocketIOConnection(Settings().max_attachments)
+    conn = SocketIOConnection(Settings().max_attachments, Settings().max_attachment_bytes)
     conn.receive_message('0{"token":"abc"}')
     assert conn.events() == [ConnectRequested("/", {"token": "abc"})]
     assert conn.namespaces == {"/": NamespaceState.CONNECTING}
@@ -45,7 +45,7 @@ def test_connect_default_namespace_with_auth() -> None:
 
 
 def test_connect_custom_namespace() -> None:
-    conn = SocketIOConnection(Settings().max_attachments)
+    conn = SocketIOConnection(Settings().max_attachments, Settings().max_attachment_bytes)
     conn.receive_message("0/admin,")
     conn.receive_message('0/chat?x=1,{"a":1}')
     assert conn.events() == [ConnectRequested("/admin", None), ConnectRequested("/chat", {"a": 1})]
@@ -58,7 +58,7 @@ def test_second_connect_is_invalid() -> None:
 
 
 def test_connect_payload_must_be_an_object() -> None:
-    conn = SocketIOConnection(Settings().max_attachments)
+    conn = SocketIOConnection(Settings().max_attachments, Settings().max_attachment_bytes)
     with pytest.raises(MalformedPacket):
         conn.receive_message('0["no"]')
 

@@ -9,10 +9,9 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from archon_chat.config import Settings, derive
 from archon_chat.sio import ServerOptions, SocketIOServer
-from archon_chat.transports.deflate import refuse_permessage_deflate
-
-from ..derived import derived
+from archon_chat.transports.hypercorn_hooks import refuse_permessage_deflate
 
 
 async def serve_sio(nursery: trio.Nursery, **options: Any) -> tuple[SocketIOServer, int]:
@@ -22,7 +21,8 @@ async def serve_sio(nursery: trio.Nursery, **options: Any) -> tuple[SocketIOServ
     declined, process-wide).
     """
     refuse_permessage_deflate()
-    sio = SocketIOServer(derived(ServerOptions, **options))
+    settings = Settings().replace(**options)
+    sio = SocketIOServer(derive(ServerOptions, settings), settings.origin_policy())
     await nursery.start(sio.serve)
     return sio, await serve_app(nursery, sio.asgi)
 

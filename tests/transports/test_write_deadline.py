@@ -16,35 +16,33 @@ from typing import Any
 import pytest
 import trio
 from hypercorn.config import Config
-from hypercorn.trio import run as hypercorn_run
 from hypercorn.trio import serve
 
-from archon_chat.transports.write_deadline import install_write_deadline
+from archon_chat.transports import hypercorn_hooks
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def short_write_deadline() -> Iterator[None]:
-    """A 0.3 s deadline for this test; the process-wide state is restored afterwards,
-    whether the test passed or not (other tests run in this process)."""
-    server_class = hypercorn_run.TCPServer
-    previous = getattr(server_class, "write_deadline_s", None)
-    install_write_deadline(0.3)
+    """A 0.3 s write deadline for this test; the hooks' process-wide settings are put back
+    afterwards, whether the test passed or not (other tests run in this process)."""
+    guarded = hypercorn_hooks._GuardedTCPServer
+    previous = dict(vars(guarded))
+    hypercorn_hooks.install(write_timeout_s=0.3, read_timeout_s=30.0, max_connections_per_address=0)
     try:
         yield
     finally:
-        patched = hypercorn_run.TCPServer
-        if previous is not None:
-            patched.write_deadline_s = previous
-        setattr(hypercorn_run, "TCPServer", server_class)  # noqa: B010 (no re-export)
+        for name in ("write_timeout_s", "read_timeout_s", "max_connections_per_address"):
+            if name in previous:
+                setattr(guarded, name, previous[name])
 
 
 @pytest.mark.usefixtures("short_write_deadline")
 async def test_a_stalled_write_aborts_the_connection_and_shutdown_completes(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="archon_chat.transports.write_deadline")
+    caplog.set_level(logging.INFO, logger="archon_chat.transports.hypercorn_hooks")
     sent = 0
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:

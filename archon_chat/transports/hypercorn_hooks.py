@@ -1,0 +1,353 @@
+"""Every hook into hypercorn's (and through it h11's and wsproto's) internals, in one place.
+
+Hypercorn has no settings for what follows, so :func:`install` swaps a few of its classes
+for subclasses, process-wide (every connection its trio worker accepts from then on; calling
+it again only changes the values). The hooked internals are listed in ``HOOKED``; the
+hypercorn version is pinned to a range in pyproject.toml, and
+``tests/hardening/test_hooks_shape.py`` fails when one of them changes shape.
+
+Containment
+    Hypercorn runs each connection in a task of the server's nursery, which sits in our root
+    nursery: an exception escaping a connection (h11 refusing to send after a protocol
+    error, wsproto, h2, our ASGI app) would end the whole process. Each connection's run is
+    wrapped: such an error aborts that connection only, is logged once with its cause and
+    reported to ``on_error(kind)`` (counted in ``/metrics``). Cancellation passes through.
+
+Write deadline
+    Hypercorn writes every byte in a *shielded* ``send_all`` with no timeout: a peer that
+    stops reading (a closed laptop lid, a receive window held at zero) would pin its
+    connection and block a graceful shutdown for ever. Each write gets ``write_timeout_s``;
+    a write still stalled then aborts the connection, as a broken connection would.
+
+Read deadline
+    Hypercorn's ``read_timeout`` bounds one ``receive`` only, so a peer trickling a header
+    line every few seconds (slowloris) is never cut. A request's head and body must arrive
+    within ``read_timeout_s`` of its first byte (of the connection's start, for the first
+    request); a keep-alive connection between requests is bounded by hypercorn's
+    ``keep_alive_timeout`` as before.
+
+End of input
+    When the peer closes, the connection ends at once; hypercorn kept it (and its file
+    descriptor) until its idle timer fired.
+
+Connections per address
+    A peer address may hold at most ``max_connections_per_address`` connections at once;
+    one more is closed at once (off behind a trusted proxy, where every peer is the proxy).
+
+HTTP/2 in cleartext
+    Browsers speak HTTP/2 only over TLS, which a proxy in front of the gateway terminates;
+    in cleartext it would only widen what a peer can reach (streams multiplexed past the
+    per-connection bounds above, no read deadline). A prior-knowledge preface aborts the
+    connection; an ``Upgrade: h2c`` request is served in HTTP/1.1, as RFC 9113 lets a
+    server ignore the upgrade (hypercorn switched).
+
+Websocket message size
+    Hypercorn answers a message over ``websocket_max_message_size`` with close code 1009 but
+    keeps appending the rest of it to its buffer, so one huge frame costs its size in memory.
+    The buffer now refuses a part that would pass the limit before storing it and drops
+    what it held; any further data on that websocket aborts the connection.
+
+permessage-deflate
+    Hypercorn accepts the extension whenever a client offers it, and wsproto then keeps a
+    zlib compressor per connection (116.8 KiB per idle websocket instead of 22.5 KiB on
+    hypercorn 0.18) and inflates every frame without a size bound. Socket.IO's reference
+    server declines it by default; :func:`refuse_permessage_deflate` makes the handshake
+    decline every offer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any
+
+import h11
+import hypercorn.protocol
+import trio
+from hypercorn.events import Closed, Event, RawData
+from hypercorn.protocol import ws_stream
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.trio import run as hypercorn_run
+from hypercorn.trio import task_group, tcp_server
+from hypercorn.trio.tcp_server import TCPServer
+from wsproto.extensions import PerMessageDeflate
+
+__all__ = ["HOOKED", "install", "refuse_permessage_deflate"]
+
+log = logging.getLogger(__name__)
+
+# The internals relied on: (module, name, attributes used).
+HOOKED: tuple[tuple[Any, str, tuple[str, ...]], ...] = (
+    (hypercorn_run, "TCPServer", ("run", "protocol_send", "_read_data", "_close")),
+    (tcp_server, "MAX_RECV", ()),
+    (hypercorn.protocol, "H11Protocol", ("_check_protocol", "_handle_events")),
+    (task_group, "_handle", ()),
+    (ws_stream, "WebsocketBuffer", ("extend", "clear", "to_message")),
+    (ws_stream, "FrameTooLargeError", ()),
+    (ws_stream, "PerMessageDeflate", ()),
+)
+
+
+# What install() replaces, as shipped (the shape test compares against them).
+ORIGINALS: dict[str, Any] = {
+    "TCPServer": TCPServer,
+    "WebsocketBuffer": ws_stream.WebsocketBuffer,
+    "_handle": task_group._handle,
+    "H11Protocol": H11Protocol,
+}
+
+
+def _ignore(kind: str) -> None:
+    return None
+
+
+_on_error: Callable[[str], None] = _ignore
+
+
+class _Connection:
+    """Per connection, shared by its tasks (they inherit the context of its run)."""
+
+    reported = False
+
+
+_connection: ContextVar[_Connection] = ContextVar("archon_chat_connection")
+
+# Open connections per peer address (the process's hypercorn connections).
+_open_per_address: Counter[str] = Counter()
+
+
+def _first_report() -> bool:
+    """Whether this connection has not reported its end yet (it reports it now)."""
+    state = _connection.get(None)
+    if state is None:
+        return True
+    first = not state.reported
+    state.reported = True
+    return first
+
+
+def _report(group: BaseExceptionGroup[Exception], peer: str) -> None:
+    """Log an error that ended a connection (its traceback only if it is our bug) and
+    count it: once per connection, the first error being the cause of the rest."""
+    if not _first_report():
+        return
+    error = _first_leaf(group)
+    kind = _kind(error)
+    if kind == "internal":
+        log.error("connection from %s aborted by an error", peer, exc_info=error)
+    else:
+        log.info("connection from %s aborted: %s (%r)", peer, kind, error)
+    _on_error(kind)
+
+
+async def _handle_app(
+    app: Any,
+    config: Any,
+    scope: dict[str, Any],
+    receive: Any,
+    send: Any,
+    sync_spawn: Any,
+    call_soon: Any,
+) -> None:
+    """Hypercorn's ``task_group._handle``: runs the ASGI app of one request or websocket.
+    Hypercorn already keeps the app's errors in the connection; this reports them like the
+    connection's own (a send refused by h11 after the peer broke the protocol is no bug of
+    the app and gets one line, not a traceback)."""
+    try:
+        await app(scope, receive, send, sync_spawn, call_soon)
+    except* Exception as group:
+        client = scope.get("client")
+        _report(group, f"{client[0]}:{client[1]}" if client else "?")
+    finally:
+        await send(None)
+
+
+class MessageTooBigError(Exception):
+    """A websocket peer kept sending after its message was refused as too big."""
+
+
+class HTTP2RefusedError(Exception):
+    """A peer opened an HTTP/2 connection in cleartext (not served)."""
+
+
+class _HTTP1Protocol(H11Protocol):
+    async def _check_protocol(self, event: h11.Request) -> None:
+        if event.method == b"PRI" and event.target == b"*" and event.http_version == b"2.0":
+            raise HTTP2RefusedError("HTTP/2 prior knowledge in cleartext")
+        # Anything else, an h2c upgrade included, is served as the HTTP/1.1 it is.
+
+
+class RequestReadTimeoutError(Exception):
+    """An HTTP request's head and body did not arrive within the read timeout."""
+
+
+class _BoundedWebsocketBuffer(ws_stream.WebsocketBuffer):
+    refused = False
+
+    def extend(self, event: Any) -> None:
+        if self.refused:
+            raise MessageTooBigError(f"more data after a message over {self.max_length}")
+        if self.length + len(event.data) > self.max_length:
+            self.refused = True
+            self.clear()
+            raise ws_stream.FrameTooLargeError()  # hypercorn answers with close code 1009
+        super().extend(event)
+
+
+class _GuardedTCPServer(TCPServer):
+    # Set by install() from the settings of the same meaning, before the first connection.
+    write_timeout_s: float
+    read_timeout_s: float
+    max_connections_per_address: int  # 0: no cap
+
+    async def run(self) -> None:
+        _connection.set(_Connection())
+        address = _peer(self.stream).rsplit(":", 1)[0]
+        cap = self.max_connections_per_address
+        if cap and _open_per_address[address] >= cap:
+            log.info("connection from %s refused: %d already open", address, cap)
+            _on_error("address_cap")
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self.stream)
+            return
+        _open_per_address[address] += 1
+        try:
+            await super().run()
+        except* Exception as group:
+            await self._contain(group)
+        finally:
+            _open_per_address[address] -= 1
+            if _open_per_address[address] <= 0:
+                del _open_per_address[address]
+
+    async def _contain(self, group: BaseExceptionGroup[Exception]) -> None:
+        _report(group, _peer(self.stream))
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(self.stream)
+
+    async def protocol_send(self, event: Event) -> None:
+        if not isinstance(event, RawData):
+            await super().protocol_send(event)
+            return
+        async with self.send_lock:
+            try:
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + self.write_timeout_s
+                    await self.stream.send_all(event.data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.protocol.handle(Closed())
+                return
+            if scope.cancelled_caught:
+                if _first_report():
+                    log.info("write stalled for %.1f s: connection aborted", self.write_timeout_s)
+                    _on_error("write_timeout")
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(self.stream)
+                    await self.protocol.handle(Closed())
+
+    async def _read_data(self) -> None:
+        deadline = math.inf
+        while True:
+            if not self._reading_request():
+                deadline = math.inf
+            elif deadline == math.inf:
+                deadline = trio.current_time() + self.read_timeout_s
+            with trio.move_on_at(deadline) as timer:
+                try:
+                    data = await self.stream.receive_some(tcp_server.MAX_RECV)
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    break
+            if timer.cancelled_caught:
+                # Raised, so that the connection's other tasks (its idle timer, an app
+                # waiting for the body) end with it.
+                raise RequestReadTimeoutError(f"request not read within {self.read_timeout_s} s")
+            await self.protocol.handle(RawData(bytes(data)))
+            if data == b"":
+                break
+        # The peer is gone: hypercorn would keep the connection (and its socket) until
+        # its keep-alive timer ran out, up to 75 s after a silent peer closed.
+        await self.idle_task.stop()
+        await self.protocol.handle(Closed())
+
+    def _reading_request(self) -> bool:
+        """Whether an HTTP/1.1 request's head or body is due from the peer."""
+        protocol = getattr(self.protocol, "protocol", None)
+        if not isinstance(protocol, H11Protocol):
+            return False  # not HTTP/1.1 (HTTP/2 is refused, see the module docstring)
+        connection = protocol.connection
+        if not isinstance(connection, h11.Connection):
+            return False  # a websocket: Engine.IO's pings watch it
+        if connection.their_state is h11.SEND_BODY:
+            return True
+        if connection.their_state is h11.IDLE:
+            return protocol.keep_alive_requests == 0 or bool(connection.trailing_data[0])
+        return False
+
+
+def _first_leaf(group: BaseExceptionGroup[Exception]) -> Exception:
+    error: Exception | BaseExceptionGroup[Exception] = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+def _kind(error: BaseException) -> str:
+    if isinstance(error, MessageTooBigError):
+        return "message_too_big"
+    if isinstance(error, RequestReadTimeoutError):
+        return "read_timeout"
+    if isinstance(error, HTTP2RefusedError):
+        return "http2"
+    package = type(error).__module__.split(".", 1)[0]
+    if package in ("h11", "h2", "wsproto", "hpack"):
+        return package
+    if package == "hypercorn":
+        return "hypercorn"
+    return "internal"
+
+
+def _peer(stream: Any) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except (AttributeError, OSError, ValueError):
+        return "?"
+    return f"{host}:{port}"
+
+
+class _DeclinedDeflate(PerMessageDeflate):
+    def accept(self, offer: str) -> None:
+        return None
+
+
+def refuse_permessage_deflate() -> None:
+    """Make hypercorn's websocket handshakes decline permessage-deflate from now on."""
+    setattr(ws_stream, "PerMessageDeflate", _DeclinedDeflate)  # noqa: B010 (no re-export)
+
+
+def install(
+    *,
+    write_timeout_s: float,
+    read_timeout_s: float,
+    max_connections_per_address: int,
+    on_error: Callable[[str], None] = _ignore,
+) -> None:
+    """Put the hooks above in place for every connection hypercorn's trio worker accepts
+    from now on; ``on_error(kind)`` hears of every aborted or refused connection.
+    ``max_connections_per_address`` (0: no cap) refuses a peer's connection beyond that
+    many open at once. Not a checkpoint."""
+    if not write_timeout_s > 0 or not read_timeout_s > 0:
+        raise ValueError("the write and read timeouts must be positive")
+    if max_connections_per_address < 0:
+        raise ValueError("max_connections_per_address must not be negative")
+    _GuardedTCPServer.write_timeout_s = write_timeout_s
+    _GuardedTCPServer.read_timeout_s = read_timeout_s
+    _GuardedTCPServer.max_connections_per_address = max_connections_per_address
+    global _on_error
+    _on_error = on_error
+    setattr(hypercorn_run, "TCPServer", _GuardedTCPServer)  # noqa: B010 (no re-export)
+    setattr(ws_stream, "WebsocketBuffer", _BoundedWebsocketBuffer)  # noqa: B010
+    setattr(task_group, "_handle", _handle_app)  # noqa: B010
+    setattr(hypercorn.protocol, "H11Protocol", _HTTP1Protocol)  # noqa: B010

@@ -1,0 +1,66 @@
+"""The hypercorn internals that archon_chat/transports/hypercorn_hooks.py replaces or calls
+still exist with the shape the hooks expect: an upgrade of hypercorn that changes one of
+them fails here rather than silently dropping a protection."""
+
+from __future__ import annotations
+
+import inspect
+from importlib.metadata import version
+
+import hypercorn.protocol
+import hypercorn.trio.task_group
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.trio.tcp_server import TCPServer
+
+from archon_chat.transports import hypercorn_hooks
+
+
+def test_hypercorn_is_in_the_pinned_range() -> None:
+    major, minor = (int(part) for part in version("hypercorn").split(".")[:2])
+    assert (major, minor) == (0, 18)
+
+
+def test_every_hooked_name_exists_with_its_attributes() -> None:
+    for module, name, attributes in hypercorn_hooks.HOOKED:
+        target = getattr(module, name)
+        for attribute in attributes:
+            assert hasattr(target, attribute), (module.__name__, name, attribute)
+
+
+def test_the_replaced_callables_keep_their_signatures() -> None:
+    assert list(inspect.signature(TCPServer.__init__).parameters) == [
+        "self",
+        "app",
+        "config",
+        "context",
+        "state",
+        "stream",
+    ]
+    assert list(inspect.signature(hypercorn_hooks._handle_app).parameters) == list(
+        inspect.signature(hypercorn_hooks.ORIGINALS["_handle"]).parameters
+    )
+    buffer = hypercorn_hooks.ORIGINALS["WebsocketBuffer"](10)
+    assert (buffer.value, buffer.length, buffer.max_length) == (None, 0, 10)
+    assert "_handle," in inspect.getsource(hypercorn.trio.task_group.TaskGroup.spawn_app)
+    assert "self._read_data()" in inspect.getsource(TCPServer.run)
+    assert "self.idle_task = TrioSingleTask()" in inspect.getsource(TCPServer.__init__)
+    assert "WebsocketBuffer(config.websocket_max_message_size)" in inspect.getsource(
+        hypercorn.protocol.ws_stream.WSStream.__init__
+    )
+    assert "except FrameTooLargeError" in inspect.getsource(
+        hypercorn.protocol.ws_stream.WSStream._handle_events
+    )
+
+
+def test_http2_is_chosen_where_the_hook_expects() -> None:
+    original = hypercorn_hooks.ORIGINALS["H11Protocol"]
+    source = inspect.getsource(original._check_protocol)
+    assert 'upgrade_value.lower() == "h2c"' in source and 'event.method == b"PRI"' in source
+    assert "self.protocol = H11Protocol(" in inspect.getsource(
+        hypercorn.protocol.ProtocolWrapper.__init__
+    )
+
+
+def test_the_read_deadline_reads_h11_protocol_state() -> None:
+    init = inspect.getsource(H11Protocol.__init__)
+    assert "self.connection" in init and "self.keep_alive_requests = 0" in init
