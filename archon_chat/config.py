@@ -78,6 +78,21 @@ def _origins(raw: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _database_url(raw: str) -> str:
+    raw = raw.strip()
+    if not raw:
+        return ""
+    if urlsplit(raw).scheme not in ("postgresql", "postgres"):
+        raise ValueError("must be a postgresql:// URL (or empty: the SQLite file)")
+    from psycopg import conninfo
+
+    try:
+        conninfo.conninfo_to_dict(raw)
+    except Exception as exc:  # psycopg.ProgrammingError: libpq refused the string
+        raise ValueError(f"is not a valid PostgreSQL URL: {exc}") from None
+    return raw
+
+
 def _text(raw: str) -> str:
     return raw.strip()
 
@@ -143,8 +158,32 @@ class Settings:
         "ARCHON_CHAT_DB",
         "var/archon-chat.db",
         _text,
-        "SQLite file of sessions and messages",
+        "SQLite file of sessions and messages (unless ARCHON_CHAT_DATABASE_URL is set)",
         "--db",
+    )
+    database_url: str = _setting(
+        "ARCHON_CHAT_DATABASE_URL",
+        "",
+        _database_url,
+        "postgresql://user@host:port/db: keep sessions in PostgreSQL instead of the SQLite file",
+    )
+    db_pool_size: int = _setting(
+        "ARCHON_CHAT_DB_POOL_SIZE",
+        8,
+        _positive_int,
+        "PostgreSQL: connections of the store, and its worker threads",
+    )
+    db_connect_timeout_s: float = _setting(
+        "ARCHON_CHAT_DB_CONNECT_TIMEOUT_S",
+        30.0,
+        _positive_float,
+        "PostgreSQL: how long start-up retries an unreachable database before it exits",
+    )
+    db_timeout_s: float = _setting(
+        "ARCHON_CHAT_DB_TIMEOUT_S",
+        5.0,
+        _positive_float,
+        "PostgreSQL: longest wait for a working connection of the pool (a call fails then)",
     )
     kb_dir: str = _setting(
         "ARCHON_CHAT_KB_DIR",

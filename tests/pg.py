@@ -1,0 +1,176 @@
+"""PostgreSQL servers for the tests: the machine's (127.0.0.1:5432, trust auth, database
+``test``) when it answers, else a private one this module starts (``initdb`` in a temporary
+folder, as a non-root user, on a free port). Never a skip: without either, the tests fail.
+
+Each test run works in its own database (``archon_chat_test_<random>``), dropped at the
+end; each test in its own schema of it, so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import conninfo, sql
+
+SHARED_URL = os.environ.get("ARCHON_CHAT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@dataclass
+class PostgresServer:
+    """A server the tests may use; ``admin_url`` connects to an existing database."""
+
+    admin_url: str
+    description: str
+    data_dir: Path | None = None
+    bin_dir: Path | None = None
+    user: str | None = None
+    port: int = 0
+
+    @property
+    def private(self) -> bool:
+        return self.data_dir is not None
+
+    def url(self, dbname: str, **options: str) -> str:
+        return conninfo.make_conninfo(self.admin_url, dbname=dbname, **options)
+
+    def create_database(self) -> str:
+        name = f"archon_chat_test_{secrets.token_hex(6)}"
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return name
+
+    def drop_database(self, name: str) -> None:
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+    # -- private servers only --------------------------------------------------------
+
+    def _ctl(self, *args: str) -> None:
+        assert self.bin_dir is not None and self.data_dir is not None
+        command = [str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), *args]
+        subprocess.run(_as(self.user, command), check=True, capture_output=True, timeout=60)
+
+    def stop(self) -> None:
+        """Stop at once, cutting every connection (``-m fast``)."""
+        self._ctl("-m", "fast", "-w", "stop")
+
+    def start(self) -> None:
+        assert self.data_dir is not None
+        self._ctl(
+            "-w",
+            "-l",
+            str(self.data_dir / "server.log"),
+            "-o",
+            f"-p {self.port} -k {self.data_dir} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+        )
+
+
+def _as(user: str | None, command: list[str]) -> list[str]:
+    return command if user is None else ["runuser", "-u", user, "--", *command]
+
+
+def _reachable(url: str) -> bool:
+    try:
+        with psycopg.connect(url, connect_timeout=2):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+def _bin_dir() -> Path:
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3])
+    )
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    if initdb is None:
+        raise RuntimeError(
+            "no PostgreSQL at 127.0.0.1:5432 and no initdb to start one: "
+            "`make test` installs Debian's postgresql"
+        )
+    return Path(initdb).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def private_server() -> Iterator[PostgresServer]:
+    """A server of our own, in a temporary folder, removed afterwards."""
+    bin_dir = _bin_dir()
+    user = None
+    if os.geteuid() == 0:  # initdb refuses root
+        user = "postgres"
+        pwd.getpwnam(user)  # KeyError: no such user (Debian's package creates it)
+    data_dir = Path(tempfile.mkdtemp(prefix="archon-chat-pg-"))
+    if user is not None:
+        info = pwd.getpwnam(user)
+        os.chown(data_dir, info.pw_uid, info.pw_gid)
+    server = PostgresServer(
+        admin_url=f"postgresql://postgres@127.0.0.1:{_free_port()}/postgres",
+        description="",
+        data_dir=data_dir / "data",
+        bin_dir=bin_dir,
+        user=user,
+    )
+    server.port = int(conninfo.conninfo_to_dict(server.admin_url)["port"] or 0)
+    server.description = f"a private PostgreSQL server on 127.0.0.1:{server.port} ({bin_dir})"
+    try:
+        subprocess.run(
+            _as(
+                user,
+                [
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(server.data_dir),
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ],
+            ),
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        server.start()
+        yield server
+    finally:
+        with contextlib.suppress(Exception):
+            server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def any_server() -> Iterator[PostgresServer]:
+    """The machine's server if it answers, else a private one."""
+    if _reachable(SHARED_URL):
+        where = conninfo.conninfo_to_dict(SHARED_URL)
+        yield PostgresServer(
+            SHARED_URL, f"the PostgreSQL server at {where.get('host')}:{where.get('port')}"
+        )
+        return
+    with private_server() as server:
+        yield server
