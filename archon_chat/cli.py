@@ -11,6 +11,7 @@ from functools import partial
 
 import trio
 
+from actors.chat.store import StoreError
 from archon_chat.config import ConfigError, Settings, add_flags, describe, settings_from_args
 
 SERVE_FLAGS = (
@@ -72,7 +73,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_agents(settings)
     except KeyboardInterrupt:
         return 130
+    except (StoreError, BaseExceptionGroup) as exc:
+        # The database cannot be used (unreachable, foreign, newer): say why and exit.
+        reasons = _store_errors(exc)
+        if not reasons:
+            raise
+        for reason in reasons:
+            print(f"archon-chat: {reason}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _store_errors(exc: BaseException) -> list[StoreError]:
+    """The store errors ``exc`` consists of; empty if it holds anything else."""
+    if isinstance(exc, StoreError):
+        return [exc]
+    if not isinstance(exc, BaseExceptionGroup):
+        return []
+    found = [_store_errors(e) for e in exc.exceptions]
+    return [e for errors in found for e in errors] if all(found) else []
 
 
 if __name__ == "__main__":

@@ -87,9 +87,12 @@ def _database_url(raw: str) -> str:
     from psycopg import conninfo
 
     try:
-        conninfo.conninfo_to_dict(raw)
+        parts = conninfo.conninfo_to_dict(raw)
     except Exception as exc:  # psycopg.ProgrammingError: libpq refused the string
-        raise ValueError(f"is not a valid PostgreSQL URL: {exc}") from None
+        raise ValueError(f"is not a valid PostgreSQL URL: {str(exc).strip()}") from None
+    for port in str(parts.get("port") or "5432").split(","):
+        if not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ValueError(f"has an invalid port {port!r}")
     return raw
 
 

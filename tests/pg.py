@@ -68,6 +68,17 @@ class PostgresServer:
         """Stop at once, cutting every connection (``-m fast``)."""
         self._ctl("-m", "fast", "-w", "stop")
 
+    def start_if_stopped(self) -> None:
+        """Leave the server running, whatever a failed test left it in."""
+        assert self.bin_dir is not None and self.data_dir is not None
+        status = subprocess.run(
+            _as(self.user, [str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "status"]),
+            capture_output=True,
+            timeout=60,
+        )
+        if status.returncode == 3:  # "no server running"
+            self.start()
+
     def start(self) -> None:
         assert self.data_dir is not None
         self._ctl(

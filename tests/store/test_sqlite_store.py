@@ -97,6 +97,45 @@ async def test_another_applications_database_is_refused(tmp_path: Path) -> None:
         conn.close()
 
 
+async def test_a_version_1_file_reads_the_same_and_gets_fencing(tmp_path: Path) -> None:
+    # Version 1 inferred which message a turn answered, in the same reply_to column.
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(store_module._SCHEMA_V1)
+    conn.execute(f"PRAGMA application_id = {store_module.APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    stamp = "2026-03-01T12:00:00.000000+00:00"
+    conn.execute(
+        "INSERT INTO sessions (id, agent_type, created_at, updated_at, last_seq, hwm,"
+        " message_count, answered_seq, last_turn_seq, last_turn_status)"
+        " VALUES ('s1', 'rag', ?, ?, 2, 2, 2, 1, 2, 'complete')",
+        (stamp, stamp),
+    )
+    conn.executemany(
+        "INSERT INTO messages (id, session_id, seq, sender, agent_type, status, timestamp,"
+        " content, reply_to) VALUES (?, 's1', ?, ?, 'rag', 'complete', ?, ?, ?)",
+        [("u1", 1, "user", stamp, "old question", None), ("a1", 2, "agent", stamp, "old", "u1")],
+    )
+    conn.commit()
+    conn.close()
+    with trio.fail_after(CEILING_S):
+        async with open_store(str(path), ttl_s=1e9) as store:
+            assert [m.content for m in await store.history("s1", 5)] == ["old question", "old"]
+            owned = await store.acquire("s1")
+            assert owned is not None
+            assert (owned.fence, owned.session.last_seq) == (1, 2)
+            await complete_turn_at(store, "s1", 3, 4, fence=owned.fence)
+            assert len(await store.history("s1", 5)) == 4
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(sessions)")}
+        assert "fence" in columns
+        assert "answered_seq" not in columns
+    finally:
+        conn.close()
+
+
 async def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "notes.db"
     path.write_bytes(b"these are not the pages you are looking for " * 100)
@@ -194,12 +233,14 @@ async def test_a_reply_streaming_at_open_becomes_failed_above_the_mark(db_path: 
             assert [m.seq for m in await store.session_messages(one)] == [1, 257]
 
 
-async def complete_turn_at(store: SqliteStore, sid: str, user_seq: int, agent_seq: int) -> None:
-    await store.add_user_message(user_msg(sid, user_seq, f"question {user_seq}"), fence=0)
-    await store.begin_turn(
-        sid, f"a{agent_seq}-{sid[:8]}", "rag", STAMP, reply_to=user_msg(sid, user_seq).id, fence=0
-    )
-    await store.finish_turn(agent_msg(sid, f"a{agent_seq}-{sid[:8]}", agent_seq), fence=0)
+async def complete_turn_at(
+    store: SqliteStore, sid: str, user_seq: int, agent_seq: int, *, fence: int = 0
+) -> None:
+    question = user_msg(sid, user_seq, f"question {user_seq}")
+    await store.add_user_message(question, fence=fence)
+    reply = f"a{agent_seq}-{sid[:8]}"
+    await store.begin_turn(sid, reply, "rag", STAMP, reply_to=question.id, fence=fence)
+    await store.finish_turn(agent_msg(sid, reply, agent_seq), fence=fence)
 
 
 CRASHING_WRITER = textwrap.dedent(
