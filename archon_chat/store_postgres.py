@@ -34,11 +34,18 @@ changes nothing. Under READ COMMITTED the lock re-reads a row changed meanwhile,
 write racing an ``acquire`` either commits before it or is refused.
 
 Crash recovery. Several processes share the database, so none can fail every reply still
-``STREAMING`` when it starts (another process may be streaming it). A reply is orphaned
-once its owner is fenced out: :meth:`PostgresStore.acquire`, called by whichever actor
-takes the session over next, stores it ``FAILED`` (the SQLite store's text and code) in
-the statement that bumps the fence, after locking the session row so that no write of
-the previous owner is in flight.
+``STREAMING`` when it starts (another process may be streaming it). Each store holds,
+for its lifetime, a session-level advisory lock on its *owner number* (from a sequence),
+on a connection of its own; ``acquire`` records that number in the session row. A reply
+is orphaned once its owner is fenced out or its owner's lock is gone (the process died,
+and the server closed its connection). Whoever notices first stores it ``FAILED`` (the
+SQLite store's text and code), in the statement that bumps the fence, after locking the
+session row so that no write of the previous owner is in flight: the next owner in
+:meth:`PostgresStore.acquire`, or any process in :meth:`PostgresStore.recover_orphans`,
+which runs at open and before every sweep of expired sessions. A store whose lock
+connection broke (the database restarted) takes its lock again before its next
+``acquire``; its replies in flight meanwhile may have been recovered, and their writes
+are then refused.
 
 Schema migrations (:data:`MIGRATIONS`) are applied at open, in one transaction under a
 transaction-level advisory lock, so processes starting together apply each one once.
@@ -51,6 +58,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -94,8 +102,10 @@ MAX_BATCH: Final = 512
 #: Expired sessions deleted per transaction by :meth:`PostgresStore.delete_expired`.
 DELETE_CHUNK: Final = 256
 
-#: Key of the advisory lock held while migrating ("ArCh").
+#: Key of the advisory lock held while migrating ("ArCh"), and first key of the owner locks
+#: (``pg_advisory_lock(OWNER_LOCKS, owner)``).
 MIGRATION_LOCK: Final = 0x41724368
+OWNER_LOCKS: Final = 0x41724368
 
 #: First and longest pause between connection attempts at start-up, in seconds.
 RETRY_FIRST_S: Final = 0.25
@@ -113,8 +123,11 @@ MIGRATIONS: Final[Sequence[LiteralString]] = (
         last_seq      bigint NOT NULL DEFAULT 0,
         hwm           bigint NOT NULL DEFAULT 0,
         message_count integer NOT NULL DEFAULT 0,
-        fence         bigint NOT NULL DEFAULT 0
+        fence         bigint NOT NULL DEFAULT 0,
+        -- the owner number of the store that acquired the session last
+        owner         integer
     );
+    CREATE SEQUENCE owner_numbers AS integer CYCLE;
     CREATE INDEX sessions_by_updated_at ON sessions (updated_at);
     CREATE TABLE messages (
         id                text PRIMARY KEY,
@@ -220,14 +233,25 @@ ACQUIRE: Final = (
     "WITH orphans AS (SELECT id, row_number() OVER (ORDER BY timestamp, id) AS n"
     " FROM messages WHERE session_id = %(sid)s AND status = 'streaming'),"
     " k AS (SELECT count(*) AS k FROM orphans),"
-    " bump AS (UPDATE sessions SET fence = fence + 1, hwm = hwm + k.k,"
+    " bump AS (UPDATE sessions SET fence = fence + 1, owner = %(owner)s, hwm = hwm + k.k,"
     " last_seq = greatest(last_seq, hwm + k.k), message_count = message_count + k.k"
     " FROM k WHERE id = %(sid)s AND (updated_at >= %(cutoff)s OR k.k > 0)"
+    " AND (%(orphaned_by)s::integer IS NULL OR owner = %(orphaned_by)s)"
     " RETURNING " + _SESSION_COLS + ", fence, hwm - k.k AS mark),"
     " failed AS (UPDATE messages m SET status = 'failed', seq = bump.mark + o.n,"
     " error_code = %(code)s, error_text = %(text)s FROM orphans o, bump"
     " WHERE m.id = o.id RETURNING 1)"
     " SELECT " + _SESSION_COLS + ", fence, (SELECT count(*) FROM failed) FROM bump"
+)
+
+#: Sessions with a reply streaming whose owner holds no lock: its process is gone.
+ORPHANED: Final = (
+    "SELECT s.id, s.owner FROM sessions s WHERE s.owner IS NOT NULL"
+    " AND EXISTS (SELECT 1 FROM messages m WHERE m.session_id = s.id"
+    " AND m.status = 'streaming')"
+    " AND NOT EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory'"
+    " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    " AND l.classid = %(space)s AND l.objid = s.owner AND l.objsubid = 2 AND l.granted)"
 )
 
 CREATE_SESSION: Final = (
@@ -335,12 +359,14 @@ class PostgresStore:
     def __init__(
         self,
         pool: ConnectionPool,
+        owner: _OwnerLock,
         *,
         ttl_s: float,
         pool_size: int,
         now: Callable[[], datetime],
     ) -> None:
         self._pool = pool
+        self._owner = owner
         self._ttl = timedelta(seconds=ttl_s)
         self._now = now
         self._limiter = trio.CapacityLimiter(pool_size)
@@ -420,6 +446,7 @@ class PostgresStore:
             while self._pending or self._batch_done is not None:
                 await self._next_batch()
             await trio.to_thread.run_sync(self._pool.close)
+            await trio.to_thread.run_sync(self._owner.close)
 
     # -- sessions -----------------------------------------------------------------------
 
@@ -460,8 +487,32 @@ class PostgresStore:
         """Take ownership of the session: bump its fencing token, store the replies left
         ``STREAMING`` by previous owners as ``FAILED``, and lift ``last_seq`` to the
         reserved mark. ``None`` if the session is unknown or expired."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        try:
+            owner = await trio.to_thread.run_sync(self._owner.ensure, limiter=self._limiter)
+        except Exception as exc:
+            raise _mapped(exc) from None
+        return await self._take_over(session_id, owner)
+
+    async def recover_orphans(self) -> int:
+        """Store as ``FAILED`` the replies still ``STREAMING`` whose owner's process is
+        gone (its advisory lock is released); the sessions are left without an owner.
+        Returns how many sessions were recovered. Runs at open and before each sweep."""
+        rows = await self._read(ORPHANED, {"space": OWNER_LOCKS})
+        recovered = 0
+        for session_id, dead in rows:
+            # Unless a live store acquired the session meanwhile.
+            recovered += await self._take_over(session_id, None, orphaned_by=dead) is not None
+        return recovered
+
+    async def _take_over(
+        self, session_id: str, owner: int | None, *, orphaned_by: int | None = None
+    ) -> Ownership | None:
         params = {
             "sid": session_id,
+            "owner": owner,
+            "orphaned_by": orphaned_by,
             "cutoff": self._timestamp(self._ttl),
             "code": ErrorCode.INTERNAL_ERROR.value,
             "text": INTERRUPTED_TEXT,
@@ -483,6 +534,7 @@ class PostgresStore:
         A session with a reply streaming is kept. Returns how many sessions went. Runs in
         transactions of at most ``DELETE_CHUNK`` sessions.
         """
+        await self.recover_orphans()
         params = {"cutoff": self._timestamp(self._ttl), "limit": DELETE_CHUNK}
         total = 0
         while True:
@@ -651,6 +703,46 @@ class PostgresStore:
 # -- opening and closing --------------------------------------------------------------
 
 
+class _OwnerLock:
+    """This store's owner number and the connection holding its advisory lock (worker
+    threads; a :class:`threading.Lock` keeps them to one at a time)."""
+
+    def __init__(self, url: str, timeout_s: float) -> None:
+        self._url = url
+        self._timeout = max(1, math.ceil(timeout_s))
+        self._mutex = threading.Lock()
+        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        self.number = 0
+
+    def ensure(self) -> int:
+        """The owner number, its lock held (taken again if the connection broke)."""
+        with self._mutex:
+            if self._conn is not None:
+                try:
+                    self._conn.execute("SELECT 1")
+                    return self.number
+                except psycopg.OperationalError:
+                    self._conn.close()
+                    self._conn = None
+            conn = psycopg.connect(self._url, autocommit=True, connect_timeout=self._timeout)
+            try:
+                if not self.number:
+                    row = conn.execute("SELECT nextval('owner_numbers')").fetchone()
+                    self.number = int(row[0]) if row is not None else 0
+                conn.execute("SELECT pg_advisory_lock(%s, %s)", (OWNER_LOCKS, self.number))
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+            return self.number
+
+    def close(self) -> None:
+        with self._mutex:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
 def describe_url(url: str) -> str:
     """``host:port/dbname`` of a connection URL, without its password."""
     try:
@@ -695,6 +787,23 @@ def _connect_and_migrate(url: str, timeout_s: float) -> int:
         return _migrate(conn)
 
 
+#: Refusals by the server that pass (it is starting or stopping, or full).
+_TRANSIENT: Final = (
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "too many clients",
+    "remaining connection slots",
+)
+
+
+def _worth_retrying(exc: psycopg.OperationalError) -> bool:
+    """Whether a failed connection may succeed later: the server was not reached, or it
+    refused for a passing reason. A wrong password, database or option is final."""
+    text = str(exc)
+    return "FATAL:" not in text or any(reason in text for reason in _TRANSIENT)
+
+
 async def _prepare_database(url: str, connect_timeout_s: float) -> None:
     """Connect (retrying with backoff for ``connect_timeout_s``) and migrate."""
     deadline = trio.current_time() + connect_timeout_s
@@ -706,6 +815,11 @@ async def _prepare_database(url: str, connect_timeout_s: float) -> None:
             version = await trio.to_thread.run_sync(_connect_and_migrate, url, min(left, 10.0))
         except psycopg.OperationalError as exc:
             left = deadline - trio.current_time()
+            if not _worth_retrying(exc):
+                raise StoreError(
+                    f"PostgreSQL at {where} (ARCHON_CHAT_DATABASE_URL) refused the connection: "
+                    f"{str(exc).strip()}"
+                ) from exc
             if left <= 0:
                 raise StoreError(
                     f"cannot reach PostgreSQL at {where} (ARCHON_CHAT_DATABASE_URL) within "
@@ -769,10 +883,19 @@ async def open_postgres_store(
             f"cannot open connections to PostgreSQL at {describe_url(url)}"
             f" (ARCHON_CHAT_DATABASE_URL): {exc}"
         ) from exc
+    owner = _OwnerLock(url, connect_timeout_s)
     store = PostgresStore(
-        pool, ttl_s=ttl_s, pool_size=pool_size, now=now or (lambda: datetime.now(UTC))
+        pool, owner, ttl_s=ttl_s, pool_size=pool_size, now=now or (lambda: datetime.now(UTC))
     )
     try:
+        try:
+            await trio.to_thread.run_sync(owner.ensure)
+            recovered = await store.recover_orphans()
+        except BaseException:
+            await store.aclose()
+            raise
+        if recovered:
+            log.warning("%d replies interrupted by a restart stored as failed", recovered)
         yield store
     finally:
         await store.aclose()

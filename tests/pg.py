@@ -20,8 +20,10 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 import psycopg
+import pytest
 from psycopg import conninfo, sql
 
 SHARED_URL = os.environ.get("ARCHON_CHAT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -42,8 +44,14 @@ class PostgresServer:
     def private(self) -> bool:
         return self.data_dir is not None
 
-    def url(self, dbname: str, **options: str) -> str:
-        return conninfo.make_conninfo(self.admin_url, dbname=dbname, **options)
+    def url(self, dbname: str, **params: str) -> str:
+        """A ``postgresql://`` URL of ``dbname`` on this server (as the setting takes)."""
+        parts = conninfo.conninfo_to_dict(self.admin_url)
+        query = f"?{urlencode(params, quote_via=quote)}" if params else ""
+        return (
+            f"postgresql://{parts.get('user') or 'postgres'}@{parts.get('host')}:"
+            f"{parts.get('port') or 5432}/{dbname}{query}"
+        )
 
     def create_database(self) -> str:
         name = f"archon_chat_test_{secrets.token_hex(6)}"
@@ -185,3 +193,52 @@ def any_server() -> Iterator[PostgresServer]:
         return
     with private_server() as server:
         yield server
+
+
+# -- fixtures (imported by the conftest or test modules that use them) -----------------
+
+#: the servers this run used, for the summary line
+SERVERS_USED: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    with any_server() as server:
+        SERVERS_USED.append(server.description)
+        yield server
+
+
+@pytest.fixture(scope="session")
+def private_pg() -> Iterator[PostgresServer]:
+    """A server of this run's own, which a test may stop and start."""
+    with private_server() as server:
+        SERVERS_USED.append(server.description + ", for the restart tests")
+        yield server
+
+
+def _database(server: PostgresServer) -> Iterator[tuple[PostgresServer, str]]:
+    name = server.create_database()
+    try:
+        yield server, name
+    finally:
+        server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def pg_database(pg_server: PostgresServer) -> Iterator[tuple[PostgresServer, str]]:
+    """This run's database on :func:`pg_server`, dropped at the end."""
+    yield from _database(pg_server)
+
+
+@pytest.fixture
+def pg_url(pg_database: tuple[PostgresServer, str]) -> Iterator[str]:
+    """A URL whose tables land in a schema of this test's own."""
+    server, dbname = pg_database
+    schema = f"t_{secrets.token_hex(6)}"
+    with psycopg.connect(server.url(dbname), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    try:
+        yield server.url(dbname, options=f"-c search_path={schema}")
+    finally:
+        with psycopg.connect(server.url(dbname), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))

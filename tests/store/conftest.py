@@ -4,71 +4,28 @@ injectable clock."""
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg import sql
 
 from actors.chat.messages import AgentType, ChatMessage, MessageStatus
 from archon_chat.store import SqliteStore, open_store
-from tests.pg import PostgresServer, any_server, private_server
+from tests.pg import (  # noqa: F401 (fixtures)
+    SERVERS_USED,
+    pg_database,
+    pg_server,
+    pg_url,
+    private_pg,
+)
 
 TTL_S = 3600.0
 
-#: the PostgreSQL servers this run used, for the summary
-_SERVERS_USED: list[str] = []
-
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    for description in _SERVERS_USED:
+    for description in SERVERS_USED:
         terminalreporter.write_line(f"PostgreSQL store tests ran on {description}")
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PostgresServer]:
-    with any_server() as server:
-        _SERVERS_USED.append(server.description)
-        yield server
-
-
-@pytest.fixture(scope="session")
-def private_pg() -> Iterator[PostgresServer]:
-    """A server of this run's own, which a test may stop and start."""
-    with private_server() as server:
-        _SERVERS_USED.append(server.description + ", for the restart tests")
-        yield server
-
-
-def _database(server: PostgresServer) -> Iterator[tuple[PostgresServer, str]]:
-    name = server.create_database()
-    try:
-        yield server, name
-    finally:
-        server.drop_database(name)
-
-
-@pytest.fixture(scope="session")
-def pg_database(pg_server: PostgresServer) -> Iterator[tuple[PostgresServer, str]]:
-    """This run's database on :func:`pg_server`, dropped at the end."""
-    yield from _database(pg_server)
-
-
-@pytest.fixture
-def pg_url(pg_database: tuple[PostgresServer, str]) -> Iterator[str]:
-    """A URL whose tables land in a schema of this test's own."""
-    server, dbname = pg_database
-    schema = f"t_{secrets.token_hex(6)}"
-    with psycopg.connect(server.url(dbname), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    try:
-        yield server.url(dbname, options=f"-c search_path={schema}")
-    finally:
-        with psycopg.connect(server.url(dbname), autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
 
 class FakeNow:

@@ -9,9 +9,12 @@ that stop and start it. Real clock; every test runs under ``trio.fail_after``.
 from __future__ import annotations
 
 import socket
+import sys
+import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -35,6 +38,7 @@ from tests.pg import PostgresServer
 from .conftest import TTL_S, agent_msg, user_msg
 
 CEILING_S = 10
+ROOT = Path(__file__).resolve().parents[2]
 STAMP = "2026-03-01T12:00:01.000000+00:00"
 
 
@@ -120,6 +124,15 @@ async def test_an_unreachable_database_is_retried_then_named(unused_port: int) -
                 pass
         assert 1.5 <= trio.current_time() - started < 5
     assert f"127.0.0.1:{unused_port}/chat" in str(caught.value)
+
+
+async def test_a_refusal_by_the_server_is_not_retried(pg_server: PostgresServer) -> None:
+    with trio.fail_after(CEILING_S):
+        started = trio.current_time()
+        with pytest.raises(StoreError, match=r"ARCHON_CHAT_DATABASE_URL.*refused"):
+            async with opened(pg_server.url("no_such_database_here"), connect_timeout_s=30):
+                pass
+        assert trio.current_time() - started < 5
 
 
 @pytest.mark.slow
@@ -286,3 +299,74 @@ async def test_a_database_restart_during_a_turn_fails_it_and_the_next_message_wo
     finally:
         private_pg.start_if_stopped()
         private_pg.drop_database(dbname)
+
+
+# -- replies whose process died ---------------------------------------------------------
+
+CRASHING_OWNER = textwrap.dedent(
+    """
+    import os, sys, trio
+    from archon_chat.store_postgres import open_postgres_store
+    from tests.store.conftest import user_msg
+
+    async def main():
+        async with open_postgres_store(
+            sys.argv[1], ttl_s=3600, pool_size=2, connect_timeout_s=5, timeout_s=5
+        ) as store:
+            sid = (await store.create_session("rag", None)).session_id
+            owned = await store.acquire(sid)
+            question = user_msg(sid, 1, "tell me")
+            await store.add_user_message(question, fence=owned.fence)
+            await store.reserve_seq(sid, 16, fence=owned.fence)
+            await store.begin_turn(
+                sid, "reply", "rag", "2026-03-01T12:00:01.000000+00:00",
+                reply_to=question.id, fence=owned.fence,
+            )
+            await store.checkpoint_turn(sid, "reply", "so far so good", fence=owned.fence)
+            print(sid, flush=True)
+            os._exit(3)  # no close: the server sees the connections drop
+
+    trio.run(main)
+    """
+)
+
+
+@pytest.mark.slow
+async def test_a_reply_whose_process_died_is_failed_by_another_process(pg_url: str) -> None:
+    with trio.fail_after(30):
+        async with opened(pg_url) as store:
+            # A live owner's reply in progress is left alone.
+            live = (await store.create_session("rag", None)).session_id
+            owned = await store.acquire(live)
+            assert owned is not None
+            await store.add_user_message(user_msg(live, 1), fence=owned.fence)
+            await store.begin_turn(
+                live, "live", "rag", STAMP, reply_to=user_msg(live, 1).id, fence=owned.fence
+            )
+
+            done = await trio.run_process(
+                [sys.executable, "-c", CRASHING_OWNER, pg_url],
+                cwd=ROOT,
+                capture_stdout=True,
+                check=False,
+            )
+            assert done.returncode == 3
+            dead = done.stdout.decode().strip()
+
+            async def recovered() -> bool:  # once the server noticed the dead connections
+                return await store.recover_orphans() == 1
+
+            await wait_until(recovered)
+            messages = await store.session_messages(dead)
+            assert [(m.seq, m.content, m.status) for m in messages] == [
+                (1, "tell me", MessageStatus.COMPLETE),
+                (17, "so far so good", MessageStatus.FAILED),
+            ]
+            assert await store.recover_orphans() == 0
+            await store.checkpoint_turn(live, "live", "still mine", fence=owned.fence)
+
+        # A process starting later finds nothing left to recover, and the live reply's
+        # owner is gone now: that one is recovered at start-up.
+        async with opened(pg_url) as store:
+            (_, reply) = await store.session_messages(live)
+            assert (reply.status, reply.content) == (MessageStatus.FAILED, "still mine")
