@@ -11,10 +11,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from actors.chat.messages import AgentType, ChatMessage, SessionRecord
 from actors.chat.store import ChatStore
+
+if TYPE_CHECKING:
+    from actors.chat.memory_store import MemoryStore
+    from archon_chat.store import SqliteStore
+    from archon_chat.store_postgres import PostgresStore
 
 __all__ = ["GatewayStore", "StoreSettings", "open_configured_store"]
 
@@ -38,6 +43,14 @@ class GatewayStore(ChatStore, Protocol):
     async def stats(self) -> dict[str, int]:
         """``{"sessions": stored sessions, "messages": their finished messages}``."""
         ...
+
+
+if TYPE_CHECKING:  # mypy proves every store implements the protocol
+
+    def _conforms(
+        sqlite: SqliteStore, postgres: PostgresStore, memory: MemoryStore
+    ) -> tuple[GatewayStore, GatewayStore, GatewayStore]:
+        return sqlite, postgres, memory
 
 
 class StoreSettings(Protocol):
