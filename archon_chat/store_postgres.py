@@ -17,7 +17,10 @@ limiter token until then).
 batch running becomes the leader and sends every pending write in one transaction, in
 pipeline mode: ``BEGIN``, the writes' statements and ``COMMIT`` leave together and cost
 one round trip. A turn's checkpoints and end cost what they cost in SQLite, one statement
-each, and under load a thousand sessions' writes share a handful of commits.
+each, and under load a thousand sessions' writes share a handful of commits. A batch of
+checkpoints alone commits without waiting for the disk (``synchronous_commit = off``):
+a database crash may lose the last of them, as with the SQLite store's
+``synchronous=NORMAL``; every other commit is durable.
 
 Every write is a single statement (``acquire`` locks the session row first) built so that
 a refused write changes nothing and does not raise: it reports what it found (the
@@ -291,6 +294,9 @@ class _Write:
 
     statements: Sequence[tuple[LiteralString, dict[str, Any]]]
     outcome: Callable[[tuple[Any, ...] | None], Any]
+    #: False for a checkpoint: losing the last ones to a database crash costs some
+    #: partial text, so a batch of them does not wait for the disk
+    durable: bool = True
     result: Any = None
     error: Exception | None = None
     done: bool = False
@@ -304,6 +310,8 @@ def _run_batch(pool: ConnectionPool, batch: Sequence[_Write]) -> None:
         with pool.connection() as conn:
             try:
                 with conn.pipeline(), conn.transaction():
+                    if not any(w.durable for w in batch):
+                        conn.execute("SET LOCAL synchronous_commit = off")
                     for w in batch:
                         for statement, params in w.statements:
                             w.cursor = conn.execute(statement, params, prepare=True)
@@ -667,7 +675,8 @@ class PostgresStore:
         """Save the partial text of the reply in progress (recovered after a crash)."""
         params = {"sid": session_id, "fence": fence, "id": agent_message_id, "content": content}
         what = f"no reply {agent_message_id} in progress in {session_id}"
-        await self._write(_Write([(CHECKPOINT_TURN, params)], _verdict(session_id, fence, what)))
+        write = _Write([(CHECKPOINT_TURN, params)], _verdict(session_id, fence, what), False)
+        await self._write(write)
 
     async def finish_turn(self, message: ChatMessage, *, fence: int) -> None:
         """Replace the placeholder with the final agent message (or store it, if no turn
