@@ -172,9 +172,9 @@ class Settings:
     )
     db_pool_size: int = _setting(
         "ARCHON_CHAT_DB_POOL_SIZE",
-        8,
+        4,
         _positive_int,
-        "PostgreSQL: connections of the store, and its worker threads",
+        "PostgreSQL: connections of the store, and its worker threads (writes use one)",
     )
     db_connect_timeout_s: float = _setting(
         "ARCHON_CHAT_DB_CONNECT_TIMEOUT_S",
