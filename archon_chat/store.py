@@ -65,12 +65,10 @@ from typing import Any, Final, Generic, TypeVar, cast
 import trio
 
 from actors.chat.messages import (
-    AGENT_TYPES,
     AgentType,
     ChatMessage,
     ErrorCode,
     MessageStatus,
-    Sender,
     SessionRecord,
 )
 from actors.chat.store import (
@@ -79,6 +77,14 @@ from actors.chat.store import (
     Ownership,
     SessionNotFoundError,
     StoreError,
+)
+from archon_chat.store_rows import (
+    INTERRUPTED_TEXT,
+    MESSAGE_COLUMNS,
+    SESSION_COLUMNS,
+    check_agent_type,
+    message_from_row,
+    session_from_row,
 )
 
 __all__ = [
@@ -96,8 +102,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-INTERRUPTED_TEXT: Final = "Interrupted by a server restart"
 
 #: "ArCh": marks the file as ours, so a foreign SQLite file is refused instead of altered.
 APPLICATION_ID: Final = 0x41724368
@@ -170,45 +174,7 @@ ALTER TABLE sessions ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
 _MIGRATIONS: Final[Sequence[str]] = (_SCHEMA_V1, _SCHEMA_V2)
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
-_MSG_COLS: Final = (
-    "id, session_id, seq, content, sender, timestamp, agent_type, status, "
-    "error_code, error_text, client_message_id"
-)
-_SESSION_COLS: Final = "id, agent_type, project_id, created_at, updated_at, last_seq, message_count"
 _NOT_STREAMING: Final = "status != 'streaming'"
-
-
-def _message(row: Sequence[Any]) -> ChatMessage:
-    error = None if row[8] is None else (str(row[8]), str(row[9] or ""))
-    return ChatMessage(
-        id=row[0],
-        session_id=row[1],
-        seq=row[2],
-        content=row[3],
-        sender=cast(Sender, row[4]),
-        timestamp=row[5],
-        agent_type=cast(AgentType, row[6]),
-        status=MessageStatus(row[7]),
-        error=error,
-        client_message_id=row[10],
-    )
-
-
-def _session(row: Sequence[Any]) -> SessionRecord:
-    return SessionRecord(
-        session_id=row[0],
-        agent_type=cast(AgentType, row[1]),
-        project_id=row[2],
-        created_at=row[3],
-        updated_at=row[4],
-        last_seq=row[5],
-        message_count=row[6],
-    )
-
-
-def _check_agent_type(agent_type: str) -> None:
-    if agent_type not in AGENT_TYPES:
-        raise ValueError(f"agent_type must be one of {', '.join(AGENT_TYPES)}, not {agent_type!r}")
 
 
 def _mapped(exc: Exception) -> Exception:
@@ -368,7 +334,7 @@ class SqliteStore:
 
     async def create_session(self, agent_type: AgentType, project_id: str | None) -> SessionRecord:
         """Store a new session with a fresh id of 128 random bits."""
-        _check_agent_type(agent_type)
+        check_agent_type(agent_type)
         stamp = self._timestamp()
         record = SessionRecord(
             session_id=secrets.token_hex(16),
@@ -396,11 +362,11 @@ class SqliteStore:
 
         def select(conn: sqlite3.Connection) -> SessionRecord | None:
             row = conn.execute(
-                f"SELECT {_SESSION_COLS} FROM sessions WHERE id = ?", (session_id,)
+                f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
             ).fetchone()
             if row is None:
                 return None
-            record = _session(row)
+            record = session_from_row(row)
             if record.updated_at < cutoff and not _streaming(conn, session_id):
                 return None
             return record
@@ -429,9 +395,9 @@ class SqliteStore:
                 (session_id,),
             )
             record = conn.execute(
-                f"SELECT {_SESSION_COLS} FROM sessions WHERE id = ?", (session_id,)
+                f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
             ).fetchone()
-            return Ownership(fence=int(row[0]), session=_session(record))
+            return Ownership(fence=int(row[0]), session=session_from_row(record))
 
         return await self._write(take)
 
@@ -478,11 +444,11 @@ class SqliteStore:
 
         def select(conn: sqlite3.Connection) -> list[ChatMessage]:
             rows = conn.execute(
-                f"SELECT {_MSG_COLS} FROM messages"
+                f"SELECT {MESSAGE_COLUMNS} FROM messages"
                 f" WHERE session_id = ? AND {_NOT_STREAMING} ORDER BY seq",
                 (session_id,),
             )
-            return [_message(r) for r in rows]
+            return [message_from_row(r) for r in rows]
 
         return await self._read(select)
 
@@ -492,9 +458,9 @@ class SqliteStore:
         if max_turns <= 0:
             await trio.lowlevel.checkpoint()
             return []
-        user_cols = ", ".join(f"u.{c.strip()}" for c in _MSG_COLS.split(","))
-        agent_cols = ", ".join(f"a.{c.strip()}" for c in _MSG_COLS.split(","))
-        width = len(_MSG_COLS.split(","))
+        user_cols = ", ".join(f"u.{c.strip()}" for c in MESSAGE_COLUMNS.split(","))
+        agent_cols = ", ".join(f"a.{c.strip()}" for c in MESSAGE_COLUMNS.split(","))
+        width = len(MESSAGE_COLUMNS.split(","))
 
         def select(conn: sqlite3.Connection) -> list[ChatMessage]:
             rows = conn.execute(
@@ -506,8 +472,8 @@ class SqliteStore:
             ).fetchall()
             out: list[ChatMessage] = []
             for row in reversed(rows):
-                out.append(_message(row[:width]))
-                out.append(_message(row[width:]))
+                out.append(message_from_row(row[:width]))
+                out.append(message_from_row(row[width:]))
             return out
 
         return await self._read(select)
@@ -520,11 +486,11 @@ class SqliteStore:
 
         def select(conn: sqlite3.Connection) -> list[ChatMessage]:
             rows = conn.execute(
-                f"SELECT {_MSG_COLS} FROM messages"
+                f"SELECT {MESSAGE_COLUMNS} FROM messages"
                 f" WHERE session_id = ? AND seq > ? AND {_NOT_STREAMING} ORDER BY seq LIMIT ?",
                 (session_id, after_seq, max(limit, 0)),
             )
-            return [_message(r) for r in rows]
+            return [message_from_row(r) for r in rows]
 
         return await self._read(select)
 
@@ -535,11 +501,11 @@ class SqliteStore:
 
         def select(conn: sqlite3.Connection) -> ChatMessage | None:
             row = conn.execute(
-                f"SELECT {_MSG_COLS} FROM messages"
+                f"SELECT {MESSAGE_COLUMNS} FROM messages"
                 " WHERE session_id = ? AND client_message_id = ? AND sender = 'user'",
                 (session_id, client_message_id),
             ).fetchone()
-            return None if row is None else _message(row)
+            return None if row is None else message_from_row(row)
 
         return await self._read(select)
 
@@ -550,7 +516,7 @@ class SqliteStore:
         ``message_count``."""
         if message.sender != "user" or message.status is not MessageStatus.COMPLETE:
             raise ValueError("add_user_message takes a COMPLETE user message")
-        _check_agent_type(message.agent_type)
+        check_agent_type(message.agent_type)
         stamp = self._timestamp()
 
         def insert(conn: sqlite3.Connection) -> None:
@@ -584,7 +550,7 @@ class SqliteStore:
     ) -> None:
         """Store the ``STREAMING`` placeholder of an agent reply to the user message
         ``reply_to``; bumps ``updated_at``."""
-        _check_agent_type(agent_type)
+        check_agent_type(agent_type)
         stamp = self._timestamp()
 
         def insert(conn: sqlite3.Connection) -> None:
@@ -621,7 +587,7 @@ class SqliteStore:
         was begun); bumps ``last_seq``, ``updated_at`` and ``message_count``."""
         if message.sender != "agent" or message.status is MessageStatus.STREAMING:
             raise ValueError("finish_turn takes a finished agent message")
-        _check_agent_type(message.agent_type)
+        check_agent_type(message.agent_type)
         stamp = self._timestamp()
 
         def upsert(conn: sqlite3.Connection) -> None:

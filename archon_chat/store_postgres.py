@@ -87,12 +87,14 @@ from actors.chat.store import (
     SessionNotFoundError,
     StoreError,
 )
-from archon_chat.store import (
+from archon_chat.store import SchemaError
+from archon_chat.store_rows import (
     INTERRUPTED_TEXT,
-    SchemaError,
-    _check_agent_type,
-    _message,
-    _session,
+    MESSAGE_COLUMNS,
+    SESSION_COLUMNS,
+    check_agent_type,
+    message_from_row,
+    session_from_row,
 )
 
 __all__ = ["MIGRATIONS", "PostgresStore", "open_postgres_store"]
@@ -156,11 +158,6 @@ MIGRATIONS: Final[Sequence[LiteralString]] = (
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
-_MSG_COLS: Final = (
-    "id, session_id, seq, content, sender, timestamp, agent_type, status, "
-    "error_code, error_text, client_message_id"
-)
-_SESSION_COLS: Final = "id, agent_type, project_id, created_at, updated_at, last_seq, message_count"
 
 # -- the writes' statements ---------------------------------------------------------------
 # Each ends with SELECT <session exists>, <fence current>, <row written>.
@@ -240,11 +237,11 @@ ACQUIRE: Final = (
     " last_seq = greatest(last_seq, hwm + k.k), message_count = message_count + k.k"
     " FROM k WHERE id = %(sid)s AND (updated_at >= %(cutoff)s OR k.k > 0)"
     " AND (%(orphaned_by)s::integer IS NULL OR owner = %(orphaned_by)s)"
-    " RETURNING " + _SESSION_COLS + ", fence, hwm - k.k AS mark),"
+    " RETURNING " + SESSION_COLUMNS + ", fence, hwm - k.k AS mark),"
     " failed AS (UPDATE messages m SET status = 'failed', seq = bump.mark + o.n,"
     " error_code = %(code)s, error_text = %(text)s FROM orphans o, bump"
     " WHERE m.id = o.id RETURNING 1)"
-    " SELECT " + _SESSION_COLS + ", fence, (SELECT count(*) FROM failed) FROM bump"
+    " SELECT " + SESSION_COLUMNS + ", fence, (SELECT count(*) FROM failed) FROM bump"
 )
 
 #: Sessions with a reply streaming whose owner holds no lock: its process is gone.
@@ -460,7 +457,7 @@ class PostgresStore:
 
     async def create_session(self, agent_type: AgentType, project_id: str | None) -> SessionRecord:
         """Store a new session with a fresh id of 128 random bits."""
-        _check_agent_type(agent_type)
+        check_agent_type(agent_type)
         stamp = self._timestamp()
         record = SessionRecord(
             session_id=secrets.token_hex(16),
@@ -484,12 +481,12 @@ class PostgresStore:
     async def get_session(self, session_id: str) -> SessionRecord | None:
         """The session, or ``None`` if unknown or expired."""
         rows = await self._read(
-            "SELECT " + _SESSION_COLS + " FROM sessions WHERE id = %(sid)s"
+            "SELECT " + SESSION_COLUMNS + " FROM sessions WHERE id = %(sid)s"
             " AND (updated_at >= %(cutoff)s OR EXISTS (SELECT 1 FROM messages"
             " WHERE session_id = %(sid)s AND status = 'streaming'))",
             {"sid": session_id, "cutoff": self._timestamp(self._ttl)},
         )
-        return _session(rows[0]) if rows else None
+        return session_from_row(rows[0]) if rows else None
 
     async def acquire(self, session_id: str) -> Ownership | None:
         """Take ownership of the session: bump its fencing token, store the replies left
@@ -531,7 +528,7 @@ class PostgresStore:
                 return None
             if row[8]:
                 log.warning("session %s: %d interrupted replies stored as failed", row[0], row[8])
-            return Ownership(fence=int(row[7]), session=_session(row[:7]))
+            return Ownership(fence=int(row[7]), session=session_from_row(row[:7]))
 
         write = _Write([(LOCK_SESSION, params), (ACQUIRE, params)], outcome)
         return cast(Ownership | None, await self._write(write))
@@ -565,11 +562,11 @@ class PostgresStore:
     async def session_messages(self, session_id: str) -> list[ChatMessage]:
         """Every finished message of the session (not ``STREAMING``), by seq."""
         rows = await self._read(
-            "SELECT " + _MSG_COLS + " FROM messages"
+            "SELECT " + MESSAGE_COLUMNS + " FROM messages"
             " WHERE session_id = %(sid)s AND status != 'streaming' ORDER BY seq",
             {"sid": session_id},
         )
-        return [_message(r) for r in rows]
+        return [message_from_row(r) for r in rows]
 
     async def history(self, session_id: str, max_turns: int) -> list[ChatMessage]:
         """The last ``max_turns`` complete turns (a user message and the ``COMPLETE``
@@ -589,8 +586,8 @@ class PostgresStore:
         )
         out: list[ChatMessage] = []
         for row in reversed(rows):
-            out.append(_message(row[:11]))
-            out.append(_message(row[11:]))
+            out.append(message_from_row(row[:11]))
+            out.append(message_from_row(row[11:]))
         return out
 
     async def messages_after(
@@ -599,22 +596,22 @@ class PostgresStore:
         """Finished messages (not ``STREAMING``) with ``seq > after_seq``, by seq, at most
         ``limit``."""
         rows = await self._read(
-            "SELECT " + _MSG_COLS + " FROM messages WHERE session_id = %(sid)s"
+            "SELECT " + MESSAGE_COLUMNS + " FROM messages WHERE session_id = %(sid)s"
             " AND seq > %(after)s AND status != 'streaming' ORDER BY seq LIMIT %(n)s",
             {"sid": session_id, "after": after_seq, "n": max(limit, 0)},
         )
-        return [_message(r) for r in rows]
+        return [message_from_row(r) for r in rows]
 
     async def find_by_client_message_id(
         self, session_id: str, client_message_id: str
     ) -> ChatMessage | None:
         """The user message sent earlier with this ``client_message_id``, if any."""
         rows = await self._read(
-            "SELECT " + _MSG_COLS + " FROM messages WHERE session_id = %(sid)s"
+            "SELECT " + MESSAGE_COLUMNS + " FROM messages WHERE session_id = %(sid)s"
             " AND client_message_id = %(cid)s AND sender = 'user'",
             {"sid": session_id, "cid": client_message_id},
         )
-        return _message(rows[0]) if rows else None
+        return message_from_row(rows[0]) if rows else None
 
     # -- messages, write ----------------------------------------------------------------
 
@@ -623,7 +620,7 @@ class PostgresStore:
         ``message_count``."""
         if message.sender != "user" or message.status is not MessageStatus.COMPLETE:
             raise ValueError("add_user_message takes a COMPLETE user message")
-        _check_agent_type(message.agent_type)
+        check_agent_type(message.agent_type)
         sid = message.session_id
         params = {
             "sid": sid,
@@ -656,7 +653,7 @@ class PostgresStore:
     ) -> None:
         """Store the ``STREAMING`` placeholder of an agent reply to the user message
         ``reply_to``; bumps ``updated_at``."""
-        _check_agent_type(agent_type)
+        check_agent_type(agent_type)
         params = {
             "sid": session_id,
             "fence": fence,
@@ -683,7 +680,7 @@ class PostgresStore:
         was begun); bumps ``last_seq``, ``updated_at`` and ``message_count``."""
         if message.sender != "agent" or message.status is MessageStatus.STREAMING:
             raise ValueError("finish_turn takes a finished agent message")
-        _check_agent_type(message.agent_type)
+        check_agent_type(message.agent_type)
         code, text = message.error if message.error is not None else (None, None)
         sid = message.session_id
         params = {
