@@ -9,12 +9,12 @@ PIP_STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 NPM_STAMP := node_modules/.installed-$(shell cksum package-lock.json 2>/dev/null | cut -d' ' -f1)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint typecheck pytest setup bench bench-full chromium screenshot clean
+.PHONY: run test lint typecheck pytest setup bench bench-full chromium postgresql screenshot clean
 
 run: setup
 	$(VENV)/bin/archon-chat serve
 
-test: setup chromium lint typecheck pytest
+test: setup chromium postgresql lint typecheck pytest
 
 setup: $(PIP_STAMP) $(NPM_STAMP)
 
@@ -34,6 +34,12 @@ $(NPM_STAMP): package.json package-lock.json
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
+
+# The PostgreSQL store tests use the server at 127.0.0.1:5432 when one answers, else
+# they start a private one with Debian's binaries.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql; }
 
 lint: setup
 	$(VENV)/bin/ruff check archon_chat actors tests bench

@@ -11,6 +11,7 @@ from functools import partial
 
 import trio
 
+from actors.chat.store import StoreError
 from archon_chat.config import ConfigError, Settings, add_flags, describe, settings_from_args
 
 SERVE_FLAGS = (
@@ -61,8 +62,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"archon-chat: {exc}", file=sys.stderr)
         return 2
     _logging(settings)
-    from archon_chat.store import StoreError
-
     try:
         if args.command == "serve":
             from archon_chat.server import serve
@@ -75,24 +74,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except (StoreError, BaseExceptionGroup) as exc:
-        store_error = _store_error(exc)
-        if store_error is None:
+        # The database cannot be used (unreachable, foreign, newer): say why and exit.
+        reasons = _store_errors(exc)
+        if not reasons:
             raise
-        # The database cannot be used (damaged, foreign, unreadable): one line says why.
-        print(f"archon-chat: {store_error}", file=sys.stderr)
+        for reason in reasons:
+            print(f"archon-chat: {reason}", file=sys.stderr)
         return 1
     return 0
 
 
-def _store_error(exc: BaseException) -> BaseException | None:
-    """The :class:`StoreError` ``exc`` is or only holds (through exception groups)."""
-    from archon_chat.store import StoreError
-
-    if isinstance(exc, BaseExceptionGroup):
-        if len(exc.exceptions) != 1:
-            return None
-        return _store_error(exc.exceptions[0])
-    return exc if isinstance(exc, StoreError) else None
+def _store_errors(exc: BaseException) -> list[StoreError]:
+    """The store errors ``exc`` consists of; empty if it holds anything else."""
+    if isinstance(exc, StoreError):
+        return [exc]
+    if not isinstance(exc, BaseExceptionGroup):
+        return []
+    found = [_store_errors(e) for e in exc.exceptions]
+    return [e for errors in found for e in errors] if all(found) else []
 
 
 if __name__ == "__main__":

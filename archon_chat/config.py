@@ -111,6 +111,24 @@ def _flag(raw: str) -> bool:
     raise ValueError("must be one of 1, true, yes, on, 0, false, no, off")
 
 
+def _database_url(raw: str) -> str:
+    raw = raw.strip()
+    if not raw:
+        return ""
+    if urlsplit(raw).scheme not in ("postgresql", "postgres"):
+        raise ValueError("must be a postgresql:// URL (or empty: the SQLite file)")
+    from psycopg import conninfo
+
+    try:
+        parts = conninfo.conninfo_to_dict(raw)
+    except Exception as exc:  # psycopg.ProgrammingError: libpq refused the string
+        raise ValueError(f"is not a valid PostgreSQL URL: {str(exc).strip()}") from None
+    for port in str(parts.get("port") or "5432").split(","):
+        if not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ValueError(f"has an invalid port {port!r}")
+    return raw
+
+
 def _text(raw: str) -> str:
     return raw.strip()
 
@@ -262,8 +280,32 @@ class Settings:
         "ARCHON_CHAT_DB",
         "var/archon-chat.db",
         _text,
-        "SQLite file of sessions and messages",
+        "SQLite file of sessions and messages (unless ARCHON_CHAT_DATABASE_URL is set)",
         "--db",
+    )
+    database_url: str = _setting(
+        "ARCHON_CHAT_DATABASE_URL",
+        "",
+        _database_url,
+        "postgresql://user@host:port/db: keep sessions in PostgreSQL instead of the SQLite file",
+    )
+    db_pool_size: int = _setting(
+        "ARCHON_CHAT_DB_POOL_SIZE",
+        4,
+        _positive_int,
+        "PostgreSQL: connections of the store, and its worker threads (writes use one)",
+    )
+    db_connect_timeout_s: float = _setting(
+        "ARCHON_CHAT_DB_CONNECT_TIMEOUT_S",
+        30.0,
+        _positive_float,
+        "PostgreSQL: how long start-up retries an unreachable database before it exits",
+    )
+    db_timeout_s: float = _setting(
+        "ARCHON_CHAT_DB_TIMEOUT_S",
+        5.0,
+        _positive_float,
+        "PostgreSQL: longest wait for a working connection of the pool (a call fails then)",
     )
     kb_dir: str = _setting(
         "ARCHON_CHAT_KB_DIR",

@@ -38,7 +38,7 @@ from archon_chat.gateway.core import Gateway
 from archon_chat.gateway.emitter import LocalEmitter
 from archon_chat.gateway.metrics import Metrics
 from archon_chat.sio import Outgoing, ServerOptions, SocketIOServer
-from archon_chat.store import SqliteStore, open_store
+from archon_chat.store_api import GatewayStore, open_configured_store
 from archon_chat.transports import hypercorn_hooks
 from archon_chat.transports.rest import configure, create_rest_blueprint
 from archon_chat.transports.static import create_static_blueprint
@@ -103,14 +103,14 @@ async def serve(
         if not agents_url:
             port = await root.start(serve_agents, settings, "127.0.0.1", 0)
             agents_url = f"http://127.0.0.1:{port}"
-        async with open_store(settings.db_path, ttl_s=settings.session_ttl_hours * 3600) as store:
+        async with open_configured_store(settings) as store:
             await _serve_gateway(settings, store, agents_url, stop, task_status)
         root.cancel_scope.cancel()
 
 
 async def _serve_gateway(
     settings: Settings,
-    store: SqliteStore,
+    store: GatewayStore,
     agents_url: str,
     stop: trio.Event,
     task_status: trio.TaskStatus[Running],

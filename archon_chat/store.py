@@ -26,12 +26,15 @@ assumes the worst: a reply still ``STREAMING`` becomes ``FAILED`` with seq ``hwm
 and every session's ``last_seq`` moves up to its ``hwm``. Numbers may skip after a
 restart; they never repeat.
 
-History pairs each agent reply with the user message its turn answered. The contract's
-``begin_turn`` does not name that message, so the store infers it when the turn begins:
-the oldest user message not yet answered (turns run in order), except after a turn that
-ended ``cancelled`` or ``failed`` when user messages newer than that end exist: then the
-queue behind it was dropped (the last member left, or the server restarted) and the turn
-answers the oldest message sent after the end.
+History pairs each agent reply with the user message its turn answered, which
+``begin_turn`` names (``reply_to``). Files of schema version 1 inferred that link when the
+turn began and stored it in the same column, so their rows read the same.
+
+Fencing (see :mod:`actors.chat.store`). ``sessions.fence`` is the newest token handed
+out by :meth:`SqliteStore.acquire`. Every write's first statement updates the session row
+``WHERE id = ? AND fence <= ?``: a stale writer changes nothing and gets
+:class:`FencedError`. The file may be shared by processes on one machine (SQLite locks
+it), so the check is in the database, not in this object.
 
 Expiry. A session expires ``ttl_s`` after its last activity (``updated_at``: a message
 stored, a turn begun or finished), unless a reply is streaming. Expired sessions read as
@@ -39,15 +42,10 @@ unknown; :meth:`SqliteStore.delete_expired` removes them with their messages, in
 transactions so the sweeper never holds the writer for long. Timestamps are ISO 8601 UTC
 with microseconds and offset (fixed width, so text order is time order).
 
-Errors::
-
-    StoreError                  the file or the database failed (sqlite3 errors mapped)
-    ├── SchemaError             the file is not ours, or a newer version wrote it
-    ├── SessionNotFoundError    a write names a session that is not stored (also a
-    │                           LookupError)
-    └── ConflictError           a write contradicts what is stored (same message id, seq or
-                                client_message_id twice; a turn finished twice; a
-                                checkpoint for a turn not in progress)
+Errors: those of :mod:`actors.chat.store` (``StoreError`` and its subclasses
+``SessionNotFoundError``, ``ConflictError``, ``FencedError``; sqlite3 errors are mapped to
+them), plus ``SchemaError`` (a ``StoreError``): the file is not ours, or a newer version
+wrote it.
 
 Arguments that break the contract (an unknown agent type, a user message given to
 ``finish_turn``) raise ``ValueError``.
@@ -67,19 +65,34 @@ from typing import Any, Final, Generic, TypeVar, cast
 import trio
 
 from actors.chat.messages import (
-    AGENT_TYPES,
     AgentType,
     ChatMessage,
     ErrorCode,
     MessageStatus,
-    Sender,
     SessionRecord,
+)
+from actors.chat.store import (
+    ConflictError,
+    FencedError,
+    Ownership,
+    SessionNotFoundError,
+    StoreError,
+)
+from archon_chat.store_rows import (
+    INTERRUPTED_TEXT,
+    MESSAGE_COLUMNS,
+    SESSION_COLUMNS,
+    check_agent_type,
+    message_from_row,
+    session_from_row,
 )
 
 __all__ = [
     "INTERRUPTED_TEXT",
     "SCHEMA_VERSION",
     "ConflictError",
+    "DamagedError",
+    "FencedError",
     "SchemaError",
     "SessionNotFoundError",
     "SqliteStore",
@@ -90,8 +103,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-INTERRUPTED_TEXT: Final = "Interrupted by a server restart"
 
 #: "ArCh": marks the file as ours, so a foreign SQLite file is refused instead of altered.
 APPLICATION_ID: Final = 0x41724368
@@ -107,24 +118,12 @@ DELETE_CHUNK: Final = 256
 BUSY_TIMEOUT_MS: Final = 5000
 
 
-class StoreError(Exception):
-    """The store failed: the file, the disk, or SQLite itself."""
-
-
 class SchemaError(StoreError):
     """The file is not an archon-chat database, or a newer version of it wrote the file."""
 
 
 class DamagedError(StoreError):
     """The file is an SQLite database whose content is damaged (truncated, overwritten)."""
-
-
-class SessionNotFoundError(StoreError, LookupError):
-    """A write names a session that is not stored (never created, or swept)."""
-
-
-class ConflictError(StoreError):
-    """A write contradicts what is stored."""
 
 
 _SCHEMA_V1: Final = """
@@ -137,9 +136,8 @@ CREATE TABLE sessions (
     last_seq         INTEGER NOT NULL DEFAULT 0,
     hwm              INTEGER NOT NULL DEFAULT 0,
     message_count    INTEGER NOT NULL DEFAULT 0,
-    -- the seq of the latest user message a turn was paired with
+    -- version 1 inferred which user message a turn answered from these
     answered_seq     INTEGER NOT NULL DEFAULT 0,
-    -- seq and status of the latest finished turn
     last_turn_seq    INTEGER NOT NULL DEFAULT 0,
     last_turn_status TEXT
 );
@@ -168,49 +166,20 @@ CREATE UNIQUE INDEX messages_by_client_id ON messages (session_id, client_messag
 CREATE INDEX messages_streaming ON messages (session_id) WHERE status = 'streaming';
 """
 
+#: Version 2: ``begin_turn`` names the message a turn answers (the inference columns
+#: go); sessions carry the fencing token of their newest owner.
+_SCHEMA_V2: Final = """
+ALTER TABLE sessions DROP COLUMN answered_seq;
+ALTER TABLE sessions DROP COLUMN last_turn_seq;
+ALTER TABLE sessions DROP COLUMN last_turn_status;
+ALTER TABLE sessions ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
+"""
+
 #: ``_MIGRATIONS[n]`` brings a file from ``user_version`` n to n + 1.
-_MIGRATIONS: Final[Sequence[str]] = (_SCHEMA_V1,)
+_MIGRATIONS: Final[Sequence[str]] = (_SCHEMA_V1, _SCHEMA_V2)
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
-_MSG_COLS: Final = (
-    "id, session_id, seq, content, sender, timestamp, agent_type, status, "
-    "error_code, error_text, client_message_id"
-)
-_SESSION_COLS: Final = "id, agent_type, project_id, created_at, updated_at, last_seq, message_count"
 _NOT_STREAMING: Final = "status != 'streaming'"
-
-
-def _message(row: Sequence[Any]) -> ChatMessage:
-    error = None if row[8] is None else (str(row[8]), str(row[9] or ""))
-    return ChatMessage(
-        id=row[0],
-        session_id=row[1],
-        seq=row[2],
-        content=row[3],
-        sender=cast(Sender, row[4]),
-        timestamp=row[5],
-        agent_type=cast(AgentType, row[6]),
-        status=MessageStatus(row[7]),
-        error=error,
-        client_message_id=row[10],
-    )
-
-
-def _session(row: Sequence[Any]) -> SessionRecord:
-    return SessionRecord(
-        session_id=row[0],
-        agent_type=cast(AgentType, row[1]),
-        project_id=row[2],
-        created_at=row[3],
-        updated_at=row[4],
-        last_seq=row[5],
-        message_count=row[6],
-    )
-
-
-def _check_agent_type(agent_type: str) -> None:
-    if agent_type not in AGENT_TYPES:
-        raise ValueError(f"agent_type must be one of {', '.join(AGENT_TYPES)}, not {agent_type!r}")
 
 
 def _mapped(exc: Exception) -> Exception:
@@ -370,7 +339,7 @@ class SqliteStore:
 
     async def create_session(self, agent_type: AgentType, project_id: str | None) -> SessionRecord:
         """Store a new session with a fresh id of 128 random bits."""
-        _check_agent_type(agent_type)
+        check_agent_type(agent_type)
         stamp = self._timestamp()
         record = SessionRecord(
             session_id=secrets.token_hex(16),
@@ -398,16 +367,44 @@ class SqliteStore:
 
         def select(conn: sqlite3.Connection) -> SessionRecord | None:
             row = conn.execute(
-                f"SELECT {_SESSION_COLS} FROM sessions WHERE id = ?", (session_id,)
+                f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
             ).fetchone()
             if row is None:
                 return None
-            record = _session(row)
+            record = session_from_row(row)
             if record.updated_at < cutoff and not _streaming(conn, session_id):
                 return None
             return record
 
         return await self._read(select)
+
+    async def acquire(self, session_id: str) -> Ownership | None:
+        """Take ownership of the session: bump its fencing token, store a reply left
+        ``STREAMING`` by the previous owner as ``FAILED``, and lift ``last_seq`` to the
+        reserved mark (what the previous owner may have emitted). ``None`` if the session
+        is unknown or expired."""
+        cutoff = self._timestamp(self._ttl)
+
+        def take(conn: sqlite3.Connection) -> Ownership | None:
+            row = conn.execute(
+                "UPDATE sessions SET fence = fence + 1 WHERE id = ?1 AND (updated_at >= ?2"
+                " OR EXISTS (SELECT 1 FROM messages WHERE session_id = ?1"
+                " AND status = 'streaming')) RETURNING fence",
+                (session_id, cutoff),
+            ).fetchone()
+            if row is None:
+                return None
+            _fail_streaming(conn, session_id)
+            conn.execute(
+                "UPDATE sessions SET last_seq = hwm WHERE id = ? AND hwm > last_seq",
+                (session_id,),
+            )
+            record = conn.execute(
+                f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+            return Ownership(fence=int(row[0]), session=session_from_row(record))
+
+        return await self._write(take)
 
     async def delete_expired(self) -> int:
         """Delete the sessions idle for longer than the TTL, and their messages.
@@ -452,11 +449,11 @@ class SqliteStore:
 
         def select(conn: sqlite3.Connection) -> list[ChatMessage]:
             rows = conn.execute(
-                f"SELECT {_MSG_COLS} FROM messages"
+                f"SELECT {MESSAGE_COLUMNS} FROM messages"
                 f" WHERE session_id = ? AND {_NOT_STREAMING} ORDER BY seq",
                 (session_id,),
             )
-            return [_message(r) for r in rows]
+            return [message_from_row(r) for r in rows]
 
         return await self._read(select)
 
@@ -466,9 +463,9 @@ class SqliteStore:
         if max_turns <= 0:
             await trio.lowlevel.checkpoint()
             return []
-        user_cols = ", ".join(f"u.{c.strip()}" for c in _MSG_COLS.split(","))
-        agent_cols = ", ".join(f"a.{c.strip()}" for c in _MSG_COLS.split(","))
-        width = len(_MSG_COLS.split(","))
+        user_cols = ", ".join(f"u.{c.strip()}" for c in MESSAGE_COLUMNS.split(","))
+        agent_cols = ", ".join(f"a.{c.strip()}" for c in MESSAGE_COLUMNS.split(","))
+        width = len(MESSAGE_COLUMNS.split(","))
 
         def select(conn: sqlite3.Connection) -> list[ChatMessage]:
             rows = conn.execute(
@@ -480,8 +477,8 @@ class SqliteStore:
             ).fetchall()
             out: list[ChatMessage] = []
             for row in reversed(rows):
-                out.append(_message(row[:width]))
-                out.append(_message(row[width:]))
+                out.append(message_from_row(row[:width]))
+                out.append(message_from_row(row[width:]))
             return out
 
         return await self._read(select)
@@ -494,11 +491,11 @@ class SqliteStore:
 
         def select(conn: sqlite3.Connection) -> list[ChatMessage]:
             rows = conn.execute(
-                f"SELECT {_MSG_COLS} FROM messages"
+                f"SELECT {MESSAGE_COLUMNS} FROM messages"
                 f" WHERE session_id = ? AND seq > ? AND {_NOT_STREAMING} ORDER BY seq LIMIT ?",
                 (session_id, after_seq, max(limit, 0)),
             )
-            return [_message(r) for r in rows]
+            return [message_from_row(r) for r in rows]
 
         return await self._read(select)
 
@@ -509,89 +506,102 @@ class SqliteStore:
 
         def select(conn: sqlite3.Connection) -> ChatMessage | None:
             row = conn.execute(
-                f"SELECT {_MSG_COLS} FROM messages"
+                f"SELECT {MESSAGE_COLUMNS} FROM messages"
                 " WHERE session_id = ? AND client_message_id = ? AND sender = 'user'",
                 (session_id, client_message_id),
             ).fetchone()
-            return None if row is None else _message(row)
+            return None if row is None else message_from_row(row)
 
         return await self._read(select)
 
     # -- messages, write ----------------------------------------------------------------
 
-    async def add_user_message(self, message: ChatMessage) -> None:
+    async def add_user_message(self, message: ChatMessage, *, fence: int) -> None:
         """Store an accepted user message; bumps ``last_seq``, ``updated_at`` and
         ``message_count``."""
         if message.sender != "user" or message.status is not MessageStatus.COMPLETE:
             raise ValueError("add_user_message takes a COMPLETE user message")
-        _check_agent_type(message.agent_type)
+        check_agent_type(message.agent_type)
         stamp = self._timestamp()
 
         def insert(conn: sqlite3.Connection) -> None:
-            _touch(conn, message.session_id, stamp, message.seq, count=1)
+            _touch(conn, message.session_id, fence, stamp, message.seq, count=1)
             _insert_message(conn, message, reply_to=None)
 
         await self._write(insert)
 
-    async def reserve_seq(self, session_id: str, hwm: int) -> None:
+    async def reserve_seq(self, session_id: str, hwm: int, *, fence: int) -> None:
         """Record that seqs up to ``hwm`` may have been emitted (the mark never goes down)."""
 
         def update(conn: sqlite3.Connection) -> None:
             cur = conn.execute(
-                "UPDATE sessions SET hwm = max(hwm, ?) WHERE id = ?", (hwm, session_id)
+                "UPDATE sessions SET hwm = max(hwm, ?) WHERE id = ? AND fence <= ?",
+                (hwm, session_id, fence),
             )
             if cur.rowcount == 0:
-                raise SessionNotFoundError(session_id)
+                _refused(conn, session_id, fence)
 
         await self._write(update)
 
     async def begin_turn(
-        self, session_id: str, agent_message_id: str, agent_type: AgentType, timestamp: str
+        self,
+        session_id: str,
+        agent_message_id: str,
+        agent_type: AgentType,
+        timestamp: str,
+        *,
+        reply_to: str,
+        fence: int,
     ) -> None:
-        """Store the ``STREAMING`` placeholder of an agent reply; bumps ``updated_at``."""
-        _check_agent_type(agent_type)
+        """Store the ``STREAMING`` placeholder of an agent reply to the user message
+        ``reply_to``; bumps ``updated_at``."""
+        check_agent_type(agent_type)
         stamp = self._timestamp()
 
         def insert(conn: sqlite3.Connection) -> None:
-            _touch(conn, session_id, stamp, None, count=0)
+            _touch(conn, session_id, fence, stamp, None, count=0)
             conn.execute(
                 "INSERT INTO messages (id, session_id, seq, sender, agent_type, status,"
                 " timestamp, content, reply_to) VALUES (?, ?, NULL, 'agent', ?, 'streaming',"
                 " ?, '', ?)",
-                (agent_message_id, session_id, agent_type, timestamp, _answers(conn, session_id)),
+                (agent_message_id, session_id, agent_type, timestamp, reply_to),
             )
 
         await self._write(insert)
 
-    async def checkpoint_turn(self, session_id: str, agent_message_id: str, content: str) -> None:
+    async def checkpoint_turn(
+        self, session_id: str, agent_message_id: str, content: str, *, fence: int
+    ) -> None:
         """Save the partial text of the reply in progress (recovered after a crash)."""
 
         def update(conn: sqlite3.Connection) -> None:
             cur = conn.execute(
-                "UPDATE messages SET content = ?"
-                " WHERE id = ? AND session_id = ? AND status = 'streaming'",
-                (content, agent_message_id, session_id),
+                "UPDATE messages SET content = ?1"
+                " WHERE id = ?2 AND session_id = ?3 AND status = 'streaming'"
+                " AND (SELECT fence FROM sessions WHERE id = ?3) <= ?4",
+                (content, agent_message_id, session_id, fence),
             )
             if cur.rowcount == 0:
+                _refused(conn, session_id, fence)
                 raise ConflictError(f"no reply {agent_message_id} in progress in {session_id}")
 
         await self._write(update)
 
-    async def finish_turn(self, message: ChatMessage) -> None:
+    async def finish_turn(self, message: ChatMessage, *, fence: int) -> None:
         """Replace the placeholder with the final agent message (or store it, if no turn
         was begun); bumps ``last_seq``, ``updated_at`` and ``message_count``."""
         if message.sender != "agent" or message.status is MessageStatus.STREAMING:
             raise ValueError("finish_turn takes a finished agent message")
-        _check_agent_type(message.agent_type)
+        check_agent_type(message.agent_type)
         stamp = self._timestamp()
 
         def upsert(conn: sqlite3.Connection) -> None:
-            _touch(conn, message.session_id, stamp, message.seq, count=1)
+            _touch(conn, message.session_id, fence, stamp, message.seq, count=1)
             row = conn.execute(
                 "SELECT session_id, status FROM messages WHERE id = ?", (message.id,)
             ).fetchone()
             if row is None:
-                _insert_message(conn, message, reply_to=_answers(conn, message.session_id))
+                _insert_message(conn, message, reply_to=None)
             elif row[0] != message.session_id or row[1] != "streaming":
                 raise ConflictError(f"reply {message.id} is not in progress in this session")
             else:
@@ -610,24 +620,21 @@ class SqliteStore:
                         message.id,
                     ),
                 )
-            conn.execute(
-                "UPDATE sessions SET last_turn_seq = ?, last_turn_status = ? WHERE id = ?",
-                (message.seq, message.status.value, message.session_id),
-            )
 
         await self._write(upsert)
 
-    async def save_last_seq(self, session_id: str, last_seq: int) -> None:
-        """Persist the actor's last emitted seq (``last_seq`` never goes down)."""
+    async def save_last_seq(self, session_id: str, last_seq: int, *, fence: int) -> None:
+        """Persist the actor's last emitted seq (``last_seq`` never goes down) and release
+        the seqs reserved beyond it: the mark becomes ``last_seq``."""
 
         def update(conn: sqlite3.Connection) -> None:
             cur = conn.execute(
-                "UPDATE sessions SET last_seq = max(last_seq, ?1), hwm = max(hwm, ?1)"
-                " WHERE id = ?2",
-                (last_seq, session_id),
+                "UPDATE sessions SET last_seq = max(last_seq, ?1), hwm = max(last_seq, ?1)"
+                " WHERE id = ?2 AND fence <= ?3",
+                (last_seq, session_id, fence),
             )
             if cur.rowcount == 0:
-                raise SessionNotFoundError(session_id)
+                _refused(conn, session_id, fence)
 
         await self._write(update)
 
@@ -646,20 +653,40 @@ def _streaming(conn: sqlite3.Connection, session_id: str) -> bool:
 
 
 def _touch(
-    conn: sqlite3.Connection, session_id: str, stamp: str, seq: int | None, *, count: int
+    conn: sqlite3.Connection,
+    session_id: str,
+    fence: int,
+    stamp: str,
+    seq: int | None,
+    *,
+    count: int,
 ) -> None:
-    """Mark activity on the session; with ``seq``, a message with that seq is being
-    stored."""
+    """Mark activity on the session, if ``fence`` is current; with ``seq``, a message with
+    that seq is being stored."""
     if seq is None:
-        cur = conn.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (stamp, session_id))
+        cur = conn.execute(
+            "UPDATE sessions SET updated_at = ? WHERE id = ? AND fence <= ?",
+            (stamp, session_id, fence),
+        )
     else:
         cur = conn.execute(
             "UPDATE sessions SET updated_at = ?1, last_seq = max(last_seq, ?2),"
-            " hwm = max(hwm, ?2), message_count = message_count + ?3 WHERE id = ?4",
-            (stamp, seq, count, session_id),
+            " hwm = max(hwm, ?2), message_count = message_count + ?3"
+            " WHERE id = ?4 AND fence <= ?5",
+            (stamp, seq, count, session_id, fence),
         )
     if cur.rowcount == 0:
+        _refused(conn, session_id, fence)
+
+
+def _refused(conn: sqlite3.Connection, session_id: str, fence: int) -> None:
+    """A fenced write changed nothing: raise why, if the session or the token is the
+    reason (in the write's transaction, so the answer is consistent with it)."""
+    row = conn.execute("SELECT fence FROM sessions WHERE id = ?", (session_id,)).fetchone()
+    if row is None:
         raise SessionNotFoundError(session_id)
+    if row[0] > fence:
+        raise FencedError(f"session {session_id} has a newer owner (fence {row[0]} > {fence})")
 
 
 def _insert_message(conn: sqlite3.Connection, m: ChatMessage, *, reply_to: str | None) -> None:
@@ -683,28 +710,6 @@ def _insert_message(conn: sqlite3.Connection, m: ChatMessage, *, reply_to: str |
             reply_to,
         ),
     )
-
-
-def _answers(conn: sqlite3.Connection, session_id: str) -> str | None:
-    """The id of the user message the turn beginning now answers (module docstring)."""
-    answered, last_seq, last_status = conn.execute(
-        "SELECT answered_seq, last_turn_seq, last_turn_status FROM sessions WHERE id = ?",
-        (session_id,),
-    ).fetchone()
-    waiting = conn.execute(
-        "SELECT id, seq FROM messages WHERE session_id = ? AND seq > ? AND sender = 'user'"
-        " ORDER BY seq",
-        (session_id, answered),
-    ).fetchall()
-    if not waiting:
-        return None
-    chosen = waiting[0]
-    if last_status in ("cancelled", "failed") and chosen[1] < last_seq:
-        newer = [w for w in waiting if w[1] > last_seq]
-        if newer:  # the queue behind that turn was dropped
-            chosen = newer[0]
-    conn.execute("UPDATE sessions SET answered_seq = ? WHERE id = ?", (chosen[1], session_id))
-    return str(chosen[0])
 
 
 # -- opening and closing --------------------------------------------------------------
@@ -791,29 +796,37 @@ def _recover(conn: sqlite3.Connection) -> int:
     reserved mark everywhere. Returns how many replies were recovered."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        rows = conn.execute(
-            "SELECT id, session_id FROM messages WHERE status = 'streaming' ORDER BY rowid"
+        sessions = conn.execute(
+            "SELECT DISTINCT session_id FROM messages WHERE status = 'streaming'"
         ).fetchall()
-        for message_id, session_id in rows:
-            (seq,) = conn.execute(
-                "UPDATE sessions SET hwm = hwm + 1 WHERE id = ? RETURNING hwm", (session_id,)
-            ).fetchall()[0]
-            conn.execute(
-                "UPDATE messages SET status = 'failed', seq = ?, error_code = ?, error_text = ?"
-                " WHERE id = ?",
-                (seq, ErrorCode.INTERNAL_ERROR.value, INTERRUPTED_TEXT, message_id),
-            )
-            conn.execute(
-                "UPDATE sessions SET message_count = message_count + 1, last_turn_seq = ?1,"
-                " last_turn_status = 'failed' WHERE id = ?2",
-                (seq, session_id),
-            )
+        recovered = sum(_fail_streaming(conn, session_id) for (session_id,) in sessions)
         conn.execute("UPDATE sessions SET last_seq = hwm WHERE hwm > last_seq")
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+    return recovered
+
+
+def _fail_streaming(conn: sqlite3.Connection, session_id: str) -> int:
+    """Store the session's replies still ``STREAMING`` as ``FAILED``, each with the seq
+    after the reserved mark. Returns how many."""
+    rows = conn.execute(
+        "SELECT id FROM messages WHERE session_id = ? AND status = 'streaming' ORDER BY rowid",
+        (session_id,),
+    ).fetchall()
+    for (message_id,) in rows:
+        (seq,) = conn.execute(
+            "UPDATE sessions SET hwm = hwm + 1, last_seq = hwm + 1,"
+            " message_count = message_count + 1 WHERE id = ? RETURNING hwm",
+            (session_id,),
+        ).fetchone()
+        conn.execute(
+            "UPDATE messages SET status = 'failed', seq = ?, error_code = ?, error_text = ?"
+            " WHERE id = ?",
+            (seq, ErrorCode.INTERNAL_ERROR.value, INTERRUPTED_TEXT, message_id),
+        )
     return len(rows)
 
 

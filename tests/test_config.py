@@ -50,6 +50,11 @@ def test_environment_is_parsed_including_fractions() -> None:
         ("SESSION_TTL_HOURS", "nan"),
         ("ARCHON_CHAT_WEBSOCKET_COMPRESSION", "maybe"),
         ("ARCHON_CHAT_RECOVERY", "sometimes"),
+        ("ARCHON_CHAT_DATABASE_URL", "mysql://db.example/chat"),
+        ("ARCHON_CHAT_DATABASE_URL", "postgresql://db.example:port/chat"),
+        ("ARCHON_CHAT_DATABASE_URL", "postgresql://db.example/chat?color=blue"),
+        ("ARCHON_CHAT_DB_POOL_SIZE", "0"),
+        ("ARCHON_CHAT_DB_CONNECT_TIMEOUT_S", "-1"),
     ],
 )
 def test_invalid_values_name_the_variable(name: str, value: str) -> None:

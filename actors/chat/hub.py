@@ -138,8 +138,7 @@ class SessionHub:
         return True
 
     async def _activate(self, session_id: str) -> SessionActor:
-        record = await self._store.get_session(session_id)
-        if record is None:
+        if await self._store.get_session(session_id) is None:
             raise SessionNotFound(session_id)
         if self._closed:
             raise HubClosed("the session hub is shutting down")
@@ -152,7 +151,6 @@ class SessionHub:
             agents=self._agents,
             events=self._events,
             settings=self._settings,
-            record=record,
         )
         # Registered before the checkpoint, so concurrent callers share this actor.
         self._actors[session_id] = actor

@@ -1,16 +1,13 @@
-"""An in-memory :class:`~actors.chat.store.ChatStore` for tests and benchmarks.
+"""An in-memory :class:`~actors.chat.store.ChatStore`: a test double, and the store of
+the benchmarks that measure the actors without a database.
 
-It follows the protocol's docstring (sequence high-water mark, turn lifecycle, crash
-recovery) and adds what the gateway's own store offers around it: sessions with a TTL
+It follows the protocol's docstring (sequence high-water mark, turn lifecycle, fencing,
+crash recovery) and adds what the gateway's stores offer around it: sessions with a TTL
 counted from the last activity, ``session_messages``, ``delete_expired``, ``stats``.
 Every method is a checkpoint, like a real store's. :meth:`MemoryStore.recover` does what
-opening a real store after a crash does: replies still STREAMING become FAILED.
-
-History pairing. The protocol does not say which user message a turn answers. Turns
-run in the order their messages were accepted, so each reply is paired, when its turn
-begins (its STREAMING placeholder), with the oldest user message not yet paired. Queued
-turns dropped on LEFT/SHUTDOWN (or lost in a crash) leave user messages that this rule
-pairs with later replies; only an explicit link in ``begin_turn`` could tell them apart.
+opening the SQLite store after a crash does: replies still STREAMING become FAILED. The
+store conformance suite (tests/store) runs every case on it too. Nothing survives the
+process: the gateway never uses it.
 """
 
 from __future__ import annotations
@@ -25,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 import trio
 
 from actors.chat.messages import AgentType, ChatMessage, MessageStatus, SessionRecord
+from actors.chat.store import ConflictError, FencedError, Ownership, SessionNotFoundError
 
 INTERRUPTED_TEXT = "Interrupted by a server restart"
 
@@ -43,14 +41,16 @@ class _Session:
     last_seq: int = 0
     hwm: int = 0
     message_count: int = 0
+    #: the newest fencing token handed out
+    fence: int = 0
     #: every row in insertion order (placeholders included)
     rows: list[ChatMessage] = field(default_factory=list)
     #: agent message id -> index in rows
     index: dict[str, int] = field(default_factory=dict)
+    #: seqs of the finished rows
+    seqs: set[int] = field(default_factory=set)
     #: user message id -> agent message id, fixed when the turn began
     reply_of: dict[str, str] = field(default_factory=dict)
-    #: user messages not yet answered by a begun turn, oldest first
-    unanswered: collections.deque[str] = field(default_factory=collections.deque)
 
     def record(self) -> SessionRecord:
         return SessionRecord(
@@ -74,6 +74,8 @@ class MemoryStore:
         self._ttl = None if ttl_s is None else timedelta(seconds=ttl_s)
         self._now = now or utc_now
         self._sessions: dict[str, _Session] = {}
+        #: message id -> its session (ids are unique across sessions, as in a database)
+        self._session_of: dict[str, str] = {}
         #: how many times each method was called (tests count writes with it)
         self.calls: collections.Counter[str] = collections.Counter()
 
@@ -110,14 +112,19 @@ class MemoryStore:
     async def delete_expired(self) -> int:
         """Drop sessions idle past the TTL; returns how many."""
         await trio.lowlevel.checkpoint()
-        expired = [sid for sid, s in self._sessions.items() if self._expired(s)]
+        expired = [
+            sid for sid, s in self._sessions.items() if self._expired(s) and not _streaming(s)
+        ]
         for sid in expired:
-            del self._sessions[sid]
+            for row in self._sessions.pop(sid).rows:
+                del self._session_of[row.id]
         return len(expired)
 
     async def delete_session(self, session_id: str) -> None:
         await trio.lowlevel.checkpoint()
-        self._sessions.pop(session_id, None)
+        session = self._sessions.pop(session_id, None)
+        for row in session.rows if session is not None else ():
+            del self._session_of[row.id]
 
     async def stats(self) -> dict[str, int]:
         await trio.lowlevel.checkpoint()
@@ -127,25 +134,15 @@ class MemoryStore:
         }
 
     def recover(self) -> int:
-        """What opening a real store after a crash does: every STREAMING reply becomes
+        """What opening the SQLite store after a crash does: every STREAMING reply becomes
         FAILED (``internal_error``, :data:`INTERRUPTED_TEXT`) with its checkpointed text
-        and the seq after the session's reserved mark. Returns how many. Not a checkpoint.
+        and the seq after the session's reserved mark, and every ``last_seq`` moves up to
+        the mark. Returns how many replies. Not a checkpoint.
         """
         count = 0
         for session in self._sessions.values():
-            for i, row in enumerate(session.rows):
-                if row.status is not MessageStatus.STREAMING:
-                    continue
-                seq = max(session.hwm, session.last_seq) + 1
-                session.rows[i] = dataclasses.replace(
-                    row,
-                    seq=seq,
-                    status=MessageStatus.FAILED,
-                    error=("internal_error", INTERRUPTED_TEXT),
-                )
-                session.last_seq = session.hwm = seq
-                session.message_count += 1
-                count += 1
+            count += _fail_streaming(session)
+            session.last_seq = max(session.last_seq, session.hwm)
         return count
 
     def reserved(self, session_id: str) -> int:
@@ -157,6 +154,17 @@ class MemoryStore:
         return list(self._sessions[session_id].rows)
 
     # -- the ChatStore protocol ----------------------------------------------------------
+
+    async def acquire(self, session_id: str) -> Ownership | None:
+        self.calls["acquire"] += 1
+        await trio.lowlevel.checkpoint()
+        session = self._sessions.get(session_id)
+        if session is None or (self._expired(session) and not _streaming(session)):
+            return None
+        session.fence += 1
+        _fail_streaming(session)
+        session.last_seq = max(session.last_seq, session.hwm)
+        return Ownership(session.fence, session.record())
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         self.calls["get_session"] += 1
@@ -214,28 +222,46 @@ class MemoryStore:
                 return m
         return None
 
-    async def add_user_message(self, message: ChatMessage) -> None:
+    async def add_user_message(self, message: ChatMessage, *, fence: int) -> None:
         self.calls["add_user_message"] += 1
         await trio.lowlevel.checkpoint()
-        session = self._require(message.session_id)
+        session = self._require(message.session_id, fence)
+        cid = message.client_message_id
+        if (
+            message.id in self._session_of
+            or _seq_taken(session, message.seq)
+            or any(cid and m.client_message_id == cid for m in session.rows)
+        ):
+            raise ConflictError(f"message {message.id} conflicts with a stored message")
+        self._session_of[message.id] = session.session_id
+        session.seqs.add(message.seq)
         session.rows.append(message)
-        session.unanswered.append(message.id)
         session.last_seq = max(session.last_seq, message.seq)
         session.message_count += 1
         session.updated_at = self._now()
 
-    async def reserve_seq(self, session_id: str, hwm: int) -> None:
+    async def reserve_seq(self, session_id: str, hwm: int, *, fence: int) -> None:
         self.calls["reserve_seq"] += 1
         await trio.lowlevel.checkpoint()
-        session = self._require(session_id)
+        session = self._require(session_id, fence)
         session.hwm = max(session.hwm, hwm)
 
     async def begin_turn(
-        self, session_id: str, agent_message_id: str, agent_type: AgentType, timestamp: str
+        self,
+        session_id: str,
+        agent_message_id: str,
+        agent_type: AgentType,
+        timestamp: str,
+        *,
+        reply_to: str,
+        fence: int,
     ) -> None:
         self.calls["begin_turn"] += 1
         await trio.lowlevel.checkpoint()
-        session = self._require(session_id)
+        session = self._require(session_id, fence)
+        if agent_message_id in self._session_of:
+            raise ConflictError(f"reply {agent_message_id} conflicts with a stored message")
+        self._session_of[agent_message_id] = session_id
         placeholder = ChatMessage(
             id=agent_message_id,
             session_id=session_id,
@@ -248,36 +274,48 @@ class MemoryStore:
         )
         session.index[agent_message_id] = len(session.rows)
         session.rows.append(placeholder)
-        if session.unanswered:
-            session.reply_of[session.unanswered.popleft()] = agent_message_id
+        session.reply_of[reply_to] = agent_message_id
+        session.updated_at = self._now()
 
-    async def checkpoint_turn(self, session_id: str, agent_message_id: str, content: str) -> None:
+    async def checkpoint_turn(
+        self, session_id: str, agent_message_id: str, content: str, *, fence: int
+    ) -> None:
         self.calls["checkpoint_turn"] += 1
         await trio.lowlevel.checkpoint()
-        session = self._require(session_id)
+        session = self._require(session_id, fence)
         i = session.index.get(agent_message_id)
-        if i is not None and session.rows[i].status is MessageStatus.STREAMING:
-            session.rows[i] = dataclasses.replace(session.rows[i], content=content)
+        if i is None or session.rows[i].status is not MessageStatus.STREAMING:
+            raise ConflictError(f"no reply {agent_message_id} in progress in {session_id}")
+        session.rows[i] = dataclasses.replace(session.rows[i], content=content)
 
-    async def finish_turn(self, message: ChatMessage) -> None:
+    async def finish_turn(self, message: ChatMessage, *, fence: int) -> None:
         self.calls["finish_turn"] += 1
         await trio.lowlevel.checkpoint()
-        session = self._require(message.session_id)
+        session = self._require(message.session_id, fence)
         i = session.index.get(message.id)
+        if (
+            self._session_of.get(message.id, session.session_id) != session.session_id
+            or (i is not None and session.rows[i].status is not MessageStatus.STREAMING)
+            or _seq_taken(session, message.seq)
+        ):
+            raise ConflictError(f"reply {message.id} is not in progress in this session")
+        self._session_of[message.id] = session.session_id
+        session.seqs.add(message.seq)
         if i is None:
             session.index[message.id] = len(session.rows)
             session.rows.append(message)
         else:
             session.rows[i] = message
         session.last_seq = max(session.last_seq, message.seq)
+        session.hwm = max(session.hwm, message.seq)
         session.message_count += 1
         session.updated_at = self._now()
 
-    async def save_last_seq(self, session_id: str, last_seq: int) -> None:
+    async def save_last_seq(self, session_id: str, last_seq: int, *, fence: int) -> None:
         self.calls["save_last_seq"] += 1
         await trio.lowlevel.checkpoint()
-        session = self._require(session_id)
-        session.last_seq = max(session.last_seq, last_seq)
+        session = self._require(session_id, fence)
+        session.last_seq = session.hwm = max(session.last_seq, last_seq)
 
     # -- internals -----------------------------------------------------------------------
 
@@ -286,12 +324,40 @@ class MemoryStore:
 
     def _live(self, session_id: str) -> _Session | None:
         session = self._sessions.get(session_id)
-        if session is None or self._expired(session):
+        if session is None or (self._expired(session) and not _streaming(session)):
             return None
         return session
 
-    def _require(self, session_id: str) -> _Session:
+    def _require(self, session_id: str, fence: int) -> _Session:
         session = self._sessions.get(session_id)
         if session is None:
-            raise KeyError(f"no session {session_id!r}")
+            raise SessionNotFoundError(session_id)
+        if session.fence > fence:
+            raise FencedError(
+                f"session {session_id} has a newer owner (fence {session.fence} > {fence})"
+            )
         return session
+
+
+def _seq_taken(session: _Session, seq: int) -> bool:
+    return seq in session.seqs
+
+
+def _streaming(session: _Session) -> bool:
+    return any(m.status is MessageStatus.STREAMING for m in session.rows)
+
+
+def _fail_streaming(session: _Session) -> int:
+    count = 0
+    for i, row in enumerate(session.rows):
+        if row.status is not MessageStatus.STREAMING:
+            continue
+        seq = max(session.hwm, session.last_seq) + 1
+        session.rows[i] = dataclasses.replace(
+            row, seq=seq, status=MessageStatus.FAILED, error=("internal_error", INTERRUPTED_TEXT)
+        )
+        session.last_seq = session.hwm = seq
+        session.seqs.add(seq)
+        session.message_count += 1
+        count += 1
+    return count

@@ -26,6 +26,10 @@ One turn, in order (messages.py, design.md section 3): ``TurnStarted`` and
 ``MessageEmitted`` (status, the text streamed so far), ``StreamCompleted``,
 ``TypingChanged(False)`` and ``TurnEnded`` (one seq).
 
+Ownership. The first run takes the session over (``acquire``: a fencing token that every
+write carries). If the store refuses a write because another actor took the session
+over since, this one stops at once, without writing or emitting anything more.
+
 Crashes. If a run raises, the turn in flight is ended as ``failed`` with
 ``internal_error`` (shielded, ``save_timeout_s``) before the exception reaches the
 supervisor; if the run was cancelled from outside (forced shutdown) it is ended as
@@ -79,7 +83,7 @@ from actors.chat.messages import (
     TypingChanged,
 )
 from actors.chat.settings import HubSettings
-from actors.chat.store import ChatStore
+from actors.chat.store import ChatStore, FencedError
 from actors.runtime.mailbox import Mailbox, MailboxClosed
 
 logger = logging.getLogger(__name__)
@@ -161,10 +165,7 @@ class _Turn:
 
 
 class SessionActor:
-    """The actor of one session. Built by the hub; :meth:`run` is its supervised task.
-
-    ``record`` is the session as the hub found it (saves one read on the first run).
-    """
+    """The actor of one session. Built by the hub; :meth:`run` is its supervised task."""
 
     def __init__(
         self,
@@ -174,7 +175,6 @@ class SessionActor:
         agents: AgentsClient,
         events: trio.MemorySendChannel[SessionEvent],
         settings: HubSettings,
-        record: SessionRecord | None = None,
     ) -> None:
         self.session_id = session_id
         self.mailbox: Mailbox[Command] = Mailbox(settings.mailbox_size)
@@ -182,7 +182,8 @@ class SessionActor:
         self._agents = agents
         self._events = events
         self._settings = settings
-        self._record = record
+        #: this actor's fencing token, once its first run took the session over
+        self._fence = 0
         self._agent_type: AgentType = "rag"
         self._seq = 0
         self._hwm = 0
@@ -248,7 +249,8 @@ class SessionActor:
                     self._start_worker()
                     await self._serve()
                 self._nursery = None
-                await self._store.save_last_seq(self.session_id, self._seq)
+                await self._store.save_last_seq(self.session_id, self._seq, fence=self._fence)
+                self._hwm = self._seq  # the save released the reserved seqs
                 # No checkpoint from here to the return: a command delivered during the
                 # save keeps the actor alive; once it returns, the hub has forgotten it
                 # before anyone can deliver again.
@@ -256,12 +258,29 @@ class SessionActor:
                     return
         except BaseException as exc:
             self._nursery = None
+            if _fenced(exc):
+                self._give_up_session()
+                return
             await self._after_abnormal_exit(exc)
             raise
 
+    def _give_up_session(self) -> None:
+        """The store refused a write: another actor owns the session now. Stop without
+        another write or event; the hub answers the commands left in the mailbox."""
+        logger.warning("session %s was taken over elsewhere: its actor stops", self.session_id)
+        self._stopping = True
+        self._turn = None
+        self._queue.clear()
+        self.mailbox.close()
+
     async def _load(self) -> bool:
-        record = self._record or await self._store.get_session(self.session_id)
-        self._record = None
+        record: SessionRecord | None
+        if self._fence == 0:
+            owned = await self._store.acquire(self.session_id)
+            record = None if owned is None else owned.session
+            self._fence = 0 if owned is None else owned.fence
+        else:
+            record = await self._store.get_session(self.session_id)
         if record is None:
             logger.info("session %s is gone: its actor ends", self.session_id)
             self.mailbox.close()
@@ -409,7 +428,7 @@ class SessionActor:
                 agent_type=self._agent_type,
                 client_message_id=command.client_message_id,
             )
-            await self._store.add_user_message(message)
+            await self._store.add_user_message(message, fence=self._fence)
             self._message_count += 1
             self._queue.append(_Pending(message, dict(command.context)))
             send_reply(command.reply, SubmitReply(SubmitOutcome.ACCEPTED, message.id))
@@ -495,7 +514,14 @@ class SessionActor:
                 self._idle_scope.deadline = self._idle_deadline()
 
     async def _run_turn(self, turn: _Turn) -> None:
-        await self._store.begin_turn(self.session_id, turn.message_id, self._agent_type, _now_iso())
+        await self._store.begin_turn(
+            self.session_id,
+            turn.message_id,
+            self._agent_type,
+            _now_iso(),
+            reply_to=turn.user.id,
+            fence=self._fence,
+        )
         turn.begun = True
         await self._emit_turn_start(turn)
         failure: tuple[ErrorCode, str] | None = None
@@ -556,7 +582,7 @@ class SessionActor:
                     if now - turn.last_saved_at >= settings.checkpoint_interval_s:
                         turn.last_saved_at = now
                         await self._store.checkpoint_turn(
-                            self.session_id, turn.message_id, turn.joined()
+                            self.session_id, turn.message_id, turn.joined(), fence=self._fence
                         )
         except AgentsError as exc:
             return exc.code, str(exc)
@@ -611,7 +637,7 @@ class SessionActor:
             if not turn.stored:
                 with trio.CancelScope(shield=True) as scope:
                     scope.deadline = trio.current_time() + self._settings.save_timeout_s
-                    await self._store.finish_turn(turn.final)
+                    await self._store.finish_turn(turn.final, fence=self._fence)
                 if scope.cancelled_caught:
                     logger.error(
                         "session %s: saving reply %s took over %s s: not saved",
@@ -642,7 +668,7 @@ class SessionActor:
         Call with ``_emit_lock`` held."""
         if self._seq + count > self._hwm:
             hwm = self._seq + count + self._settings.seq_block
-            await self._store.reserve_seq(self.session_id, hwm)
+            await self._store.reserve_seq(self.session_id, hwm, fence=self._fence)
             self._hwm = hwm
 
     async def _emit_turn_start(self, turn: _Turn) -> None:
@@ -678,6 +704,16 @@ class SessionActor:
         turn.chunk_seqs.append(event.seq)
         turn.chunk_ends.append(turn.text_len)
         return event
+
+
+def _fenced(exc: BaseException) -> bool:
+    """A write was refused for a stale token (with, at most, cancellations beside it)."""
+    if isinstance(exc, FencedError):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        refused, rest = exc.split(FencedError)
+        return refused is not None and (rest is None or _only_cancelled(rest))
+    return False
 
 
 def _only_cancelled(exc: BaseException) -> bool:

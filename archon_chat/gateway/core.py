@@ -63,7 +63,7 @@ from actors.chat.messages import (
     TurnState,
 )
 from archon_chat.config import Settings
-from archon_chat.store import SqliteStore
+from archon_chat.store_api import GatewayStore
 
 from . import validation, wire
 from .emitter import RoomEmitter
@@ -88,7 +88,7 @@ class Gateway:
     def __init__(
         self,
         settings: Settings,
-        store: SqliteStore,
+        store: GatewayStore,
         hub: SessionHub,
         emitter: RoomEmitter,
         metrics: Metrics,

@@ -31,6 +31,7 @@ from actors.chat.messages import (
     TurnState,
 )
 from actors.chat.settings import HubSettings
+from actors.chat.store import Ownership
 from archon_chat.config import Settings
 from archon_chat.gateway import wire
 
@@ -213,6 +214,14 @@ class FaultyStore(MemoryStore):
             record = dataclasses.replace(record, message_count=max(1, record.message_count))
         return record
 
+    async def acquire(self, session_id: str) -> Ownership | None:
+        owned = await super().acquire(session_id)
+        if owned is not None and session_id in self.crash_history:
+            record = owned.session
+            record = dataclasses.replace(record, message_count=max(1, record.message_count))
+            owned = dataclasses.replace(owned, session=record)
+        return owned
+
     async def history(self, session_id: str, max_turns: int) -> list[ChatMessage]:
         if session_id in self.crash_history:
             self.crash_history.discard(session_id)
@@ -222,13 +231,13 @@ class FaultyStore(MemoryStore):
             raise RuntimeError("disk on fire")
         return await super().history(session_id, max_turns)
 
-    async def add_user_message(self, message: ChatMessage) -> None:
+    async def add_user_message(self, message: ChatMessage, *, fence: int) -> None:
         await self._gate("add_user_message")
-        await super().add_user_message(message)
+        await super().add_user_message(message, fence=fence)
 
-    async def finish_turn(self, message: ChatMessage) -> None:
+    async def finish_turn(self, message: ChatMessage, *, fence: int) -> None:
         await self._gate("finish_turn")
-        await super().finish_turn(message)
+        await super().finish_turn(message, fence=fence)
 
 
 def assert_wire_order(events: Sequence[SessionEvent]) -> None:

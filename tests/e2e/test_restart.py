@@ -1,5 +1,6 @@
 """Restarts: the real ``archon-chat serve`` process, killed mid-turn with SIGKILL, then
-started again on the same SQLite file; and a graceful SIGTERM mid-turn.
+started again on the same SQLite file or PostgreSQL database; and a graceful SIGTERM
+mid-turn.
 
 Ceiling: every test runs under ``trio.fail_after(40)``.
 """
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests.pg import pg_database, pg_server, pg_url  # noqa: F401 (fixtures)
+
 from .agents_fake import AgentsFake
 from .support import agent_said, chunks_at_least, create_session, get_session, joined_client
 
@@ -23,12 +26,15 @@ pytestmark = pytest.mark.slow
 
 
 @asynccontextmanager
-async def gateway_process(db: Path, agents_url: str) -> AsyncIterator[tuple[trio.Process, str]]:
+async def gateway_process(
+    db: Path, agents_url: str, database_url: str = ""
+) -> AsyncIterator[tuple[trio.Process, str]]:
     env = dict(os.environ)
     env.update(
         {
             "AGENT_SERVICE_URL": agents_url,
             "ARCHON_CHAT_DB": str(db),
+            "ARCHON_CHAT_DATABASE_URL": database_url,
             "ARCHON_CHAT_PORT": "0",
             "ARCHON_CHAT_LOG_LEVEL": "WARNING",
             "ARCHON_CHAT_GRACE_S": "0.3",
@@ -57,13 +63,17 @@ async def gateway_process(db: Path, agents_url: str) -> AsyncIterator[tuple[trio
         await process.wait()
 
 
-async def test_sigkill_mid_turn_keeps_history_and_marks_turn_failed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+async def test_sigkill_mid_turn_keeps_history_and_marks_turn_failed(
+    tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    database_url = request.getfixturevalue("pg_url") if store == "postgres" else ""
     with trio.fail_after(40):
         agents = AgentsFake(delay_s=0.05)
         db = tmp_path / "chat.db"
         async with trio.open_nursery() as nursery:
             await nursery.start(agents.serve)
-            async with gateway_process(db, agents.url) as (process, url):
+            async with gateway_process(db, agents.url, database_url) as (process, url):
                 session_id = await create_session(url)
                 client = await joined_client(url, session_id)
                 await client.call("chat_message", {"session_id": session_id, "message": "first"})
@@ -75,7 +85,7 @@ async def test_sigkill_mid_turn_keeps_history_and_marks_turn_failed(tmp_path: Pa
                 await process.wait()
                 await trio.to_thread.run_sync(client.sio.disconnect)
 
-            async with gateway_process(db, agents.url) as (process, url):
+            async with gateway_process(db, agents.url, database_url) as (process, url):
                 stored = await get_session(url, session_id)
                 contents = [(m["sender"], m["content"], m["status"]) for m in stored["messages"]]
                 assert contents[:3] == [

@@ -1,4 +1,6 @@
-"""Fixtures of the store tests: a real SQLite file in ``tmp_path``, an injectable clock."""
+"""Fixtures of the store tests: a real SQLite file in ``tmp_path``, a real PostgreSQL
+server (tests/pg.py: the machine's, else a private one; the summary line says which), an
+injectable clock."""
 
 from __future__ import annotations
 
@@ -10,8 +12,20 @@ import pytest
 
 from actors.chat.messages import AgentType, ChatMessage, MessageStatus
 from archon_chat.store import SqliteStore, open_store
+from tests.pg import (  # noqa: F401 (fixtures)
+    SERVERS_USED,
+    pg_database,
+    pg_server,
+    pg_url,
+    private_pg,
+)
 
 TTL_S = 3600.0
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for description in SERVERS_USED:
+        terminalreporter.write_line(f"PostgreSQL store tests ran on {description}")
 
 
 class FakeNow:
