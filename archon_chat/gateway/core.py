@@ -185,17 +185,9 @@ class Gateway:
         if replay:
             self.metrics.replayed_events.inc(len(replay))
             self.metrics.resumes.labels(kind="last_seq" if last_seq is not None else "turn").inc()
-        confirmed: dict[str, Any] = {
-            "type": "connection_confirmed",
-            "session_id": session_id,
-            "last_seq": state.last_seq,
-            "typing": state.typing,
-        }
-        if state.turn is not None:
-            confirmed["turn"] = {"message_id": state.turn[0], "seq": state.turn[1]}
         if reload:
-            confirmed["reload"] = True
             self.metrics.replay_reloads.inc()
+        confirmed = wire.confirmed(session_id, state, reload=reload)
         self.emitter.emit("connection_confirmed", confirmed, to=sid)
         for event in join.parked:
             if event.seq > state.last_seq:

@@ -12,6 +12,7 @@ from typing import Any
 
 from archon_chat.sio import ConnectInfo, ConnectRefused, SocketIOServer
 
+from . import wire
 from .core import Gateway
 from .errors import GatewayError, invalid
 
@@ -57,16 +58,7 @@ def _guarded(
             if not isinstance(session_id, str):
                 session_id = None
             gateway.metrics.refusals.labels(code=exc.code.value).inc()
-            sio.emit_nowait(
-                "error",
-                {
-                    "type": "error",
-                    "session_id": session_id,
-                    "error": exc.detail,
-                    "code": exc.code.value,
-                },
-                to=sid,
-            )
+            sio.emit_nowait("error", wire.refusal(session_id, exc.code, exc.detail), to=sid)
             return {"status": "error", "code": exc.code.value, "error": exc.detail}
 
     run.__name__ = f"on_{name}"

@@ -12,14 +12,25 @@ from typing import Any, Final
 from actors.chat.messages import (
     ChatMessage,
     ChunkStreamed,
+    ErrorCode,
     MessageEmitted,
     SessionEvent,
     StreamCompleted,
     TurnFailed,
+    TurnState,
     TypingChanged,
 )
 
-__all__ = ["ROOM_PREFIX", "event_name", "message_wire", "payload", "room_of", "session_of"]
+__all__ = [
+    "ROOM_PREFIX",
+    "confirmed",
+    "event_name",
+    "message_wire",
+    "payload",
+    "refusal",
+    "room_of",
+    "session_of",
+]
 
 ROOM_PREFIX: Final = "chat_"
 
@@ -63,6 +74,28 @@ def message_wire(message: ChatMessage) -> dict[str, Any]:
     if message.error is not None:
         out["error"] = {"code": message.error[0], "error": message.error[1]}
     return out
+
+
+def confirmed(session_id: str, state: TurnState, *, reload: bool) -> dict[str, Any]:
+    """``connection_confirmed`` for a socket that joined ``session_id`` in ``state``;
+    ``reload``: the replay left messages out, to be loaded over REST."""
+    out: dict[str, Any] = {
+        "type": "connection_confirmed",
+        "session_id": session_id,
+        "last_seq": state.last_seq,
+        "typing": state.typing,
+    }
+    if state.turn is not None:
+        out["turn"] = {"message_id": state.turn[0], "seq": state.turn[1]}
+    if reload:
+        out["reload"] = True
+    return out
+
+
+def refusal(session_id: str | None, code: ErrorCode, detail: str) -> dict[str, Any]:
+    """The ``error`` event telling one socket its request was refused (no seq: it is not
+    part of the session's history)."""
+    return {"type": "error", "session_id": session_id, "error": detail, "code": code.value}
 
 
 def payload(event: SessionEvent) -> dict[str, Any]:
