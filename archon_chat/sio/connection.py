@@ -18,9 +18,9 @@ from __future__ import annotations
 import enum
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -50,10 +50,13 @@ from archon_chat.protocol.socketio import (
 from .outgoing import Outgoing, Packet
 
 if TYPE_CHECKING:
-    from .asgi import RequestInfo
-    from .server import SocketIOServer
+    from collections import Counter
 
-__all__ = ["Connection", "Socket", "SocketState"]
+    from .asgi import RequestInfo
+    from .options import ServerOptions
+    from .timers import TimerWheel
+
+__all__ = ["Connection", "Socket", "SocketHost", "SocketState"]
 
 log = logging.getLogger("archon_chat.sio")
 
@@ -63,6 +66,37 @@ class SocketState(enum.Enum):
     CONNECTED = "connected"
     GHOST = "ghost"  # transport lost, waiting for recovery within the grace period
     GONE = "gone"
+
+
+class SocketHost(Protocol):
+    """What sockets and connections use of the server that owns them (the
+    :class:`~archon_chat.sio.server.SocketIOServer`), and nothing else of it."""
+
+    options: ServerOptions
+    counters: Counter[str]
+    timers: TimerWheel
+    on_sent: Callable[[Outgoing], None] | None
+
+    @property
+    def serving(self) -> bool: ...
+
+    def spawn(self, fn: Callable[[], Awaitable[None]], name: str) -> None: ...
+
+    def merge(self, prev: Outgoing, new: Outgoing) -> Outgoing | None: ...
+
+    def outbox_overflow(self, sock: Socket) -> None: ...
+
+    async def run_job(self, sock: Socket, job: Job) -> None: ...
+
+    def connect_requested(self, conn: Connection, namespace: str, auth: Any) -> None: ...
+
+    def connect_settled(self, conn: Connection) -> None: ...
+
+    def socket_lost(self, sock: Socket, reason: CloseReason) -> None: ...
+
+    def remove_socket(self, sock: Socket, reason: CloseReason) -> None: ...
+
+    def connection_closed(self, conn: Connection, reason: CloseReason) -> None: ...
 
 
 @dataclass(slots=True)
@@ -125,7 +159,7 @@ class Socket:
     )
 
     def __init__(
-        self, server: SocketIOServer, sid: str, namespace: str, conn: Connection, offset: int
+        self, server: SocketHost, sid: str, namespace: str, conn: Connection, offset: int
     ) -> None:
         self.server = server
         self.sid = sid
@@ -178,7 +212,7 @@ class Socket:
         if box and isinstance(item, Outgoing):
             prev = box[-1]
             if isinstance(prev, Outgoing):
-                merged = self.server._merge(prev, item)
+                merged = self.server.merge(prev, item)
                 if merged is not None:
                     box[-1] = merged
                     return
@@ -189,7 +223,7 @@ class Socket:
             else self.server.options.recovery_buffer
         )
         if len(box) > limit:
-            self.server._outbox_overflow(self)
+            self.server.outbox_overflow(self)
         elif self.conn is not None and not self.held:
             self.conn.wake()
 
@@ -252,15 +286,14 @@ class Socket:
     # -- inbox -----------------------------------------------------------------------------
 
     def enqueue(self, job: Job) -> None:
-        nursery = self.server._nursery
-        if nursery is None:
+        if not self.server.serving:
             return
         if self.inbox is None:
             self.inbox = deque()
         self.inbox.append(job)
         if not self.dispatching:
             self.dispatching = True
-            nursery.start_soon(self._dispatch, name=f"sio-socket-{self.sid}")
+            self.server.spawn(self._dispatch, f"sio-socket-{self.sid}")
 
     async def _dispatch(self) -> None:
         try:
@@ -271,7 +304,7 @@ class Socket:
                 if self.space is not None and len(inbox) <= self.server.options.inbox_size:
                     self.space.set()
                     self.space = None
-                await self.server._run_job(self, job)
+                await self.server.run_job(self, job)
         finally:
             self.dispatching = False
             if self.space is not None:
@@ -312,7 +345,7 @@ class Socket:
             and self.ghost_deadline is not None
             and now >= self.ghost_deadline
         ):
-            self.server._remove_socket(self, self.lost_reason or CloseReason.TRANSPORT_CLOSE)
+            self.server.remove_socket(self, self.lost_reason or CloseReason.TRANSPORT_CLOSE)
 
 
 class Connection:
@@ -335,7 +368,7 @@ class Connection:
 
     def __init__(
         self,
-        server: SocketIOServer,
+        server: SocketHost,
         eio: EngineSession,
         info: RequestInfo,
         address: str = "?",
@@ -455,18 +488,18 @@ class Connection:
                 elif isinstance(ev, UpgradeAborted):
                     self.cancel_probe()
                 elif isinstance(ev, Closed):
-                    self.server._connection_closed(self, ev.reason)
+                    self.server.connection_closed(self, ev.reason)
                     self.cancel_probe()
         if eio.has_output or self.closed:
             self.wake()
-        self.server._timers.schedule(self)
+        self.server.timers.schedule(self)
 
     def _on_message(self, data: Frame) -> None:
         sio = self.sio
         sio.receive_message(data)
         server = self.server
         for ev in sio.events():
-            server._counters["packets_in"] += 1
+            server.counters["packets_in"] += 1
             if isinstance(ev, EventReceived):
                 sock = self.sockets.get(ev.namespace)
                 if sock is not None:
@@ -479,11 +512,11 @@ class Connection:
                         call.result = ev.args
                         call.done.set()
             elif isinstance(ev, ConnectRequested):
-                server._connect_requested(self, ev.namespace, ev.auth)
+                server.connect_requested(self, ev.namespace, ev.auth)
             elif isinstance(ev, DisconnectRequested):
                 sock = self.sockets.get(ev.namespace)
                 if sock is not None:
-                    server._socket_lost(sock, CloseReason.CLIENT_NAMESPACE_DISCONNECT)
+                    server.socket_lost(sock, CloseReason.CLIENT_NAMESPACE_DISCONNECT)
 
     # -- timer -----------------------------------------------------------------------------
 
@@ -501,8 +534,8 @@ class Connection:
     def on_timer(self, now: float) -> None:
         if self.connect_deadline is not None and now >= self.connect_deadline:
             log.info("closing Engine.IO session %s: no Socket.IO CONNECT in time", self.sid)
-            self.server._counters["connect_timeouts"] += 1
-            self.server._connect_settled(self)
+            self.server.counters["connect_timeouts"] += 1
+            self.server.connect_settled(self)
             self.close(CloseReason.CONNECT_TIMEOUT)
             return
         self.eio.handle_timeout(now)
@@ -532,7 +565,7 @@ class Connection:
         else:
             taken = box[: max(0, limit - eio.queued)]
             del box[: len(taken)]
-        counters = self.server._counters
+        counters = self.server.counters
         recoverable = sock.recoverable
         for item in taken:
             if isinstance(item, Packet):
@@ -600,7 +633,7 @@ class Connection:
     def begin_upgrade(self) -> None:
         """Raises :class:`ProtocolError` if this session cannot upgrade now."""
         self.eio.begin_upgrade(trio.current_time())
-        self.server._timers.schedule(self)
+        self.server.timers.schedule(self)
 
     def open_probe(self) -> trio.CancelScope:
         """The cancel scope the probe runs in; cancelled if the upgrade is aborted."""

@@ -143,14 +143,14 @@ class SocketIOServer:
         self._sockets: dict[str, Socket] = {}
         self._by_pid: dict[str, Socket] = {}
         self._rooms = Rooms()
-        self._timers = TimerWheel()
+        self.timers = TimerWheel()
         self._nursery: trio.Nursery | None = None
         self._merger: OutboxMerger | None = None
         self._room_listener: RoomListener | None = None
         #: called once per event when it is first handed to a transport (metrics)
         self.on_sent: Callable[[Outgoing], None] | None = None
         self._offset = 0
-        self._counters: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter()
         # Engine.IO sessions awaiting their first CONNECT, per client address and in all.
         self._unconnected: Counter[str] = Counter()
         self._unconnected_total = 0
@@ -229,7 +229,7 @@ class SocketIOServer:
             raise RuntimeError("this server is already serving")
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self._timers.run)
+            nursery.start_soon(self.timers.run)
             task_status.started()
             try:
                 await trio.sleep_forever()
@@ -240,11 +240,19 @@ class SocketIOServer:
                 for conn in list(self._conns.values()):
                     conn.close(CloseReason.SERVER_SHUTTING_DOWN)
                 for sock in list(self._sockets.values()):
-                    self._remove_socket(sock, CloseReason.SERVER_SHUTTING_DOWN)
+                    self.remove_socket(sock, CloseReason.SERVER_SHUTTING_DOWN)
 
     @property
     def serving(self) -> bool:
         return self._nursery is not None
+
+    # -- what this server's connections and sockets call -----------------------------------
+    # (they hold the server as a SocketHost: see archon_chat.sio.connection)
+
+    def spawn(self, fn: Callable[[], Awaitable[None]], name: str) -> None:
+        """Run ``fn`` in the server's nursery (a socket's dispatcher). Call while serving."""
+        assert self._nursery is not None
+        self._nursery.start_soon(fn, name=name)
 
     # -- the application API ---------------------------------------------------------------
 
@@ -399,7 +407,7 @@ class SocketIOServer:
             if conn is not None and sock.state is SocketState.CONNECTED:
                 conn.flush_socket(sock)
                 conn.send_now([disconnect_frame(namespace)])
-            self._remove_socket(sock, CloseReason.SERVER_NAMESPACE_DISCONNECT)
+            self.remove_socket(sock, CloseReason.SERVER_NAMESPACE_DISCONNECT)
         await trio.lowlevel.checkpoint()
 
     def stats(self) -> dict[str, int]:
@@ -409,7 +417,7 @@ class SocketIOServer:
         ``slow_disconnects``, ``recoveries`` served and ``recovery_misses``, Socket.IO
         ``packets_in``/``packets_out``, ``handler_errors``."""
         states = Counter(sock.state for sock in self._sockets.values())
-        counters = self._counters
+        counters = self.counters
         return {
             "connected": states[SocketState.CONNECTED],
             "ghosts": states[SocketState.GHOST],
@@ -457,7 +465,7 @@ class SocketIOServer:
         self._unconnected[address] += 1
         self._unconnected_total += 1
         self._conns[conn.sid] = conn
-        self._timers.schedule(conn)
+        self.timers.schedule(conn)
         return conn
 
     def get_connection(self, sid: str) -> Connection:
@@ -469,7 +477,7 @@ class SocketIOServer:
 
     # -- internals, called by connections and sockets --------------------------------------
 
-    def _connect_requested(self, conn: Connection, namespace: str, auth: Any) -> None:
+    def connect_requested(self, conn: Connection, namespace: str, auth: Any) -> None:
         if namespace not in self._handlers:
             conn.sio.forget(namespace)
             conn.send_now([connect_error_frame(namespace, {"message": "Invalid namespace"})])
@@ -488,8 +496,8 @@ class SocketIOServer:
                     if resume_from is not None:
                         self._resume(old, conn, handler_auth, resume_from)
                         return
-                    self._remove_socket(old, old.lost_reason or CloseReason.TRANSPORT_CLOSE)
-                self._counters["recovery_misses"] += 1
+                    self.remove_socket(old, old.lost_reason or CloseReason.TRANSPORT_CLOSE)
+                self.counters["recovery_misses"] += 1
         sock = Socket(self, _new_id(), namespace, conn, self._offset)
         if opted_in:
             sock.pid = _new_id()
@@ -518,7 +526,7 @@ class SocketIOServer:
         conn.sockets[sock.namespace] = sock
         sock.enqueue(ConnectJob(auth, offset))
 
-    async def _run_job(self, sock: Socket, job: Job) -> None:
+    async def run_job(self, sock: Socket, job: Job) -> None:
         if isinstance(job, EventJob):
             await self._run_event(sock, job)
         elif isinstance(job, ConnectJob):
@@ -547,7 +555,7 @@ class SocketIOServer:
             except ConnectRefused as exc:
                 refusal = exc.data
             except Exception:
-                self._counters["handler_errors"] += 1
+                self.counters["handler_errors"] += 1
                 log.exception("connect handler failed (sid %s)", sock.sid)
                 refusal = {"message": "Connection refused"}
         conn = sock.conn
@@ -560,7 +568,7 @@ class SocketIOServer:
         if refusal is not None:
             conn.sio.forget(sock.namespace)
             conn.send_now([connect_error_frame(sock.namespace, refusal)])
-            self._remove_socket(sock, CloseReason.SERVER_NAMESPACE_DISCONNECT)
+            self.remove_socket(sock, CloseReason.SERVER_NAMESPACE_DISCONNECT)
             return
         reply: dict[str, Any] = {"sid": sock.sid}
         replay: list[Outgoing] = []
@@ -570,11 +578,11 @@ class SocketIOServer:
             reply["offset"] = format(sock.initial_offset if resume is None else resume, "x")
             if resume is not None:
                 replay = sock.take_replay(resume)
-                self._counters["recoveries"] += 1
+                self.counters["recoveries"] += 1
         # The reply first, then what the client missed, then what was queued meanwhile.
         sock.outbox[:0] = [Packet((connect_frame(sock.namespace, reply),)), *replay]
         conn.sio.accept(sock.namespace)
-        self._connect_settled(conn)
+        self.connect_settled(conn)
         sock.state = SocketState.CONNECTED
         sock.accepted = True
         sock.connected_once = True
@@ -599,7 +607,7 @@ class SocketIOServer:
         try:
             result = await registered.fn(sock.sid, *job.args)
         except Exception:
-            self._counters["handler_errors"] += 1
+            self.counters["handler_errors"] += 1
             log.exception("handler for %r failed (sid %s)", job.event, sock.sid)
             return
         if job.ack_id is not None and sock.state is SocketState.CONNECTED:
@@ -613,10 +621,10 @@ class SocketIOServer:
         try:
             await registered.fn(*args)
         except Exception:
-            self._counters["handler_errors"] += 1
+            self.counters["handler_errors"] += 1
             log.exception("disconnect handler failed (sid %s)", sock.sid)
 
-    def _connect_settled(self, conn: Connection) -> None:
+    def connect_settled(self, conn: Connection) -> None:
         """``conn`` connected a namespace, or closed: it no longer awaits a CONNECT."""
         if conn.connect_deadline is None:
             return
@@ -626,15 +634,15 @@ class SocketIOServer:
         if self._unconnected[conn.address] <= 0:
             del self._unconnected[conn.address]
 
-    def _connection_closed(self, conn: Connection, reason: CloseReason) -> None:
-        self._connect_settled(conn)
+    def connection_closed(self, conn: Connection, reason: CloseReason) -> None:
+        self.connect_settled(conn)
         if self._conns.get(conn.sid) is conn:
             del self._conns[conn.sid]
         for sock in list(conn.sockets.values()):
-            self._socket_lost(sock, reason)
+            self.socket_lost(sock, reason)
         conn.sockets.clear()
 
-    def _socket_lost(self, sock: Socket, reason: CloseReason) -> None:
+    def socket_lost(self, sock: Socket, reason: CloseReason) -> None:
         """The socket's transport is gone, or its client disconnected it. A socket that was
         connected stays a member of its rooms for ``grace_s`` (a ghost); it can be recovered
         meanwhile only if it has recovery and the loss is one Socket.IO recovers from."""
@@ -662,16 +670,16 @@ class SocketIOServer:
             sock.ghost_deadline = trio.current_time() + self.options.grace_s
             sock.fail_calls()
             self._report_disconnect(sock, reason)
-            self._timers.schedule(sock)
+            self.timers.schedule(sock)
             return
-        self._remove_socket(sock, reason)
+        self.remove_socket(sock, reason)
 
     def _report_disconnect(self, sock: Socket, reason: CloseReason) -> None:
         if sock.accepted:
             sock.accepted = False
             sock.enqueue(DisconnectJob(reason))
 
-    def _remove_socket(self, sock: Socket, reason: CloseReason) -> None:
+    def remove_socket(self, sock: Socket, reason: CloseReason) -> None:
         if sock.state is SocketState.GONE:
             return
         sock.state = SocketState.GONE
@@ -698,7 +706,7 @@ class SocketIOServer:
                 except Exception:
                     log.exception("room listener failed for %r", room)
 
-    def _merge(self, prev: Outgoing, new: Outgoing) -> Outgoing | None:
+    def merge(self, prev: Outgoing, new: Outgoing) -> Outgoing | None:
         """``prev`` and ``new`` as one event, if the merger combines their data."""
         merger = self._merger
         if (
@@ -715,13 +723,13 @@ class SocketIOServer:
             return None
         if data is None:
             return None
-        self._counters["merges"] += 1
+        self.counters["merges"] += 1
         return Outgoing(new.event, data, new.namespace, offset=new.offset, render=new.render)
 
-    def _outbox_overflow(self, sock: Socket) -> None:
+    def outbox_overflow(self, sock: Socket) -> None:
         if sock.state is SocketState.CONNECTED and sock.conn is not None:
-            self._counters["slow_disconnects"] += 1
+            self.counters["slow_disconnects"] += 1
             log.info("sid %s cannot keep up: %d events queued", sock.sid, len(sock.outbox))
             sock.conn.cut(CloseReason.SLOW_CLIENT)
         else:
-            self._remove_socket(sock, sock.lost_reason or CloseReason.SLOW_CLIENT)
+            self.remove_socket(sock, sock.lost_reason or CloseReason.SLOW_CLIENT)

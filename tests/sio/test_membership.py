@@ -111,7 +111,7 @@ async def test_a_thousand_drops_expire_together_in_one_grace(
         for client, _ in clients:
             client.conn.transport_lost()
         # One timer entry per ghost (and per connection): no rescans.
-        assert len(sio._timers) <= 2 * len(clients)
+        assert len(sio.timers) <= 2 * len(clients)
         assert sio.stats()["ghosts"] == 1000
         await trio.sleep(10.5)
         assert len(vacated) == 1000
