@@ -145,7 +145,16 @@ def decode_sio(text: str, max_attachments: int) -> SioPacket:
     namespace = pkt.namespace or "/"
     if not namespace.startswith("/"):
         raise MalformedPacket("bad namespace")
-    return SioPacket(int(pkt.packet_type), namespace, pkt.id, pkt.data, count)
+    type_ = int(pkt.packet_type)
+    if type_ in (CONNECT, DISCONNECT, CONNECT_ERROR) and pkt.id is not None:
+        # The codec reads digits after the type as an ack id even where none may stand
+        # ("00-0"): such a packet means nothing a client can send.
+        raise MalformedPacket("ack id on a packet that cannot carry one")
+    if type_ == CONNECT and pkt.data is not None and not isinstance(pkt.data, dict):
+        raise MalformedPacket("CONNECT payload must be an object")
+    if type_ == DISCONNECT and pkt.data is not None:
+        raise MalformedPacket("DISCONNECT carries no payload")
+    return SioPacket(type_, namespace, pkt.id, pkt.data, count)
 
 
 def reconstruct_binary(data: Any, attachments: Sequence[bytes]) -> Any:

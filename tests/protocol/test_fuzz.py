@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -210,3 +211,12 @@ def test_encoders_round_trip(
         for frame in ack_frames(namespace, ack_id, args):
             conn.receive_message(frame[1:] if isinstance(frame, str) else frame)
         assert conn.events() == [AckReceived(namespace, ack_id, tuple(args))]
+
+
+@pytest.mark.parametrize("text", ["00-0-0", "00--0", "01", "1/x,5", '1{"a":1}', "00[1]"])
+def test_packets_no_client_can_mean_are_refused(text: str) -> None:
+    """Found by the round-trip fuzz: the codec reads digits as an ack id (or a number as a
+    CONNECT payload) where the protocol allows none, and its re-encoding means another
+    packet."""
+    with pytest.raises(MalformedPacket):
+        decode_sio(text, max_attachments=0)
