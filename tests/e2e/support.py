@@ -25,6 +25,8 @@ import trio
 from archon_chat.config import Settings, load_settings
 from archon_chat.server import Running, serve
 
+from .agents_fake import AgentsFake
+
 TURN_EVENTS = ("message", "stream_chunk", "stream_complete", "typing", "error")
 
 
@@ -46,6 +48,19 @@ def gateway_settings(tmp_path: Path, agents_url: str, **overrides: Any) -> Setti
     }
     base.update(overrides)
     return load_settings({}, base)
+
+
+@asynccontextmanager
+async def world(
+    tmp_path: Path, delay_s: float = 0.05, **overrides: Any
+) -> AsyncIterator[tuple[AgentsFake, Running]]:
+    """The scripted agents service and a gateway in front of it (``overrides``: settings)."""
+    agents = AgentsFake(delay_s=delay_s)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(agents.serve)
+        async with running_gateway(gateway_settings(tmp_path, agents.url, **overrides)) as gw:
+            yield agents, gw
+        nursery.cancel_scope.cancel()
 
 
 @asynccontextmanager

@@ -26,11 +26,10 @@ from .support import (
     Client,
     chunks_at_least,
     create_session,
-    gateway_settings,
     joined_client,
-    running_gateway,
     turn_done,
 )
+from .support import world as support_world
 
 
 class Scraper:
@@ -67,15 +66,10 @@ class Scraper:
 async def world(
     tmp_path: Path, **overrides: Any
 ) -> AsyncIterator[tuple[AgentsFake, Running, Scraper]]:
-    agents = AgentsFake(delay_s=0.05)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(agents.serve)
-        settings = gateway_settings(tmp_path, agents.url, **overrides)
-        async with running_gateway(settings) as gw:
-            scraper = Scraper(gw.url)
-            await scraper.scrape()
-            yield agents, gw, scraper
-        nursery.cancel_scope.cancel()
+    async with support_world(tmp_path, **overrides) as (agents, gw):
+        scraper = Scraper(gw.url)
+        await scraper.scrape()
+        yield agents, gw, scraper
 
 
 async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
