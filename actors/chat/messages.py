@@ -85,6 +85,8 @@ class SessionRecord:
     updated_at: str
     last_seq: int  # last seq emitted (or reserved, after a crash)
     message_count: int
+    #: the user who created it (a token's ``sub``); ``None``: made without user mode
+    owner: str | None = None
 
 
 # ---------------------------------------------------------------------------------------
