@@ -51,6 +51,7 @@ class ErrorCode(enum.Enum):
     SESSION_FULL = "session_full"
     SESSION_BUSY = "session_busy"
     UNAUTHORIZED = "unauthorized"
+    TOKEN_EXPIRED = "token_expired"
     AGENT_UNAVAILABLE = "agent_unavailable"
     AGENT_TIMEOUT = "agent_timeout"
     AGENT_PROTOCOL_ERROR = "agent_protocol_error"
