@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from .agents_fake import AgentsFake
 from .support import Client, gateway_settings, running_gateway, turn_done
+from .test_socketio_npm import run_node
 
 pytestmark = pytest.mark.slow
 
@@ -343,6 +344,32 @@ async def test_limits_per_user(tmp_path: Path) -> None:
                     await a.disconnect()
                     await b.disconnect()
             nursery.cancel_scope.cancel()
+
+
+async def test_the_npm_client_across_users(tmp_path: Path) -> None:
+    with trio.fail_after(CEILING_S):
+        agents = AgentsFake(delay_s=0.02)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(agents.serve)
+            async with (
+                running_gateway(user_settings(tmp_path, agents.url)) as gw,
+                httpx.AsyncClient(timeout=10) as http,
+            ):
+                alice, bob = token("alice"), token("bob")
+                await new_session(http, gw.url, alice)
+                bobs = await new_session(http, gw.url, bob)
+                out = await run_node(
+                    gw.url, "users", ["websocket"], TOKEN_A=alice, TOKEN_B=bob, SESSION_B=bobs
+                )
+            nursery.cancel_scope.cancel()
+        acks = out["acks"]
+        for event in ("join_chat", "chat_message", "stop_response"):
+            assert acks[event]["code"] == "session_not_found", (event, out)
+        assert acks["b_join"]["status"] == "joined"
+        assert acks["b_send"]["status"] == "sent"
+        # Alice got her three refusals and nothing of Bob's turn.
+        assert out["seen"]["a"] == [["error", bobs, "session_not_found"]] * 3
+        assert ["stream_complete", bobs, None] in out["seen"]["b"]
 
 
 # -- JWKS ---------------------------------------------------------------------------------

@@ -170,6 +170,31 @@ const scenarios = {
     s.disconnect();
     return result;
   },
+
+  // User mode (tests/e2e/test_users.py): two users, each with a session, given in the
+  // environment; A tries B's session, B chats in it. Prints what each socket received.
+  async users() {
+    const env = process.env;
+    const a = connect("/", { auth: (cb) => cb({ token: env.TOKEN_A }) });
+    const b = connect("/", { auth: (cb) => cb({ token: env.TOKEN_B }) });
+    const seen = { a: [], b: [] };
+    a.onAny((name, data) => seen.a.push([name, data?.session_id ?? null, data?.code ?? null]));
+    b.onAny((name, data) => seen.b.push([name, data?.session_id ?? null, data?.code ?? null]));
+    await Promise.all([once(a, "connect"), once(b, "connect")]);
+    const acks = {};
+    for (const event of ["join_chat", "chat_message", "stop_response"]) {
+      const data = { session_id: env.SESSION_B, message: "hi" };
+      acks[event] = await a.timeout(5000).emitWithAck(event, data);
+    }
+    acks.b_join = await b.timeout(5000).emitWithAck("join_chat", { session_id: env.SESSION_B });
+    acks.b_send = await b
+      .timeout(5000)
+      .emitWithAck("chat_message", { session_id: env.SESSION_B, message: "slow" });
+    await until(() => seen.b.some(([name]) => name === "stream_complete"));
+    a.disconnect();
+    b.disconnect();
+    return { acks, seen };
+  },
 };
 
 (async () => {
