@@ -372,6 +372,30 @@ async def test_the_npm_client_across_users(tmp_path: Path) -> None:
         assert ["stream_complete", bobs, None] in out["seen"]["b"]
 
 
+async def test_a_recovered_connection_is_restored_only_to_its_user(tmp_path: Path) -> None:
+    with trio.fail_after(CEILING_S):
+        settings_ = user_settings(tmp_path, "http://127.0.0.1:9", grace_s=5.0)
+        async with (
+            running_gateway(settings_) as gw,
+            httpx.AsyncClient(timeout=10) as http,
+        ):
+            alice = token("alice")
+            session_id = await new_session(http, gw.url, alice)
+            out = await run_node(
+                gw.url,
+                "recover_as_other",
+                ["websocket"],
+                TOKEN_A=alice,
+                TOKEN_B=token("bob"),
+                SESSION_A=session_id,
+            )
+        assert out == {
+            "join": "joined",
+            "sameUser": {"recovered": True},
+            "otherUser": {"refused": "unauthorized"},
+        }
+
+
 # -- JWKS ---------------------------------------------------------------------------------
 
 

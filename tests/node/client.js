@@ -195,6 +195,34 @@ const scenarios = {
     b.disconnect();
     return { acks, seen };
   },
+
+  // User mode: a connection recovered (connection state recovery) by its own user gets
+  // its rooms back; one whose token now names another user is refused.
+  async recover_as_other() {
+    const env = process.env;
+    let token = env.TOKEN_A;
+    const s = io(url, {
+      ...base,
+      forceNew: true,
+      auth: (cb) => cb({ token, recover: true }),
+      reconnectionDelay: 50,
+      reconnectionDelayMax: 50,
+      randomizationFactor: 0,
+    });
+    await once(s, "connect");
+    const join = await s.timeout(5000).emitWithAck("join_chat", { session_id: env.SESSION_A });
+    s.io.engine.close();
+    await once(s, "connect");
+    const sameUser = { recovered: s.recovered === true };
+    token = env.TOKEN_B;
+    s.io.engine.close();
+    const otherUser = await Promise.race([
+      once(s, "connect").then(() => ({ connected: true, recovered: s.recovered === true })),
+      once(s, "connect_error").then(([err]) => ({ refused: err.data?.code ?? err.message })),
+    ]);
+    s.close();
+    return { join: join.status, sameUser, otherUser };
+  },
 };
 
 (async () => {
