@@ -498,6 +498,46 @@ async def test_jwks_keys_rotate(tmp_path: Path) -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_an_oversized_jwks_is_not_read_and_the_keys_held_stay(tmp_path: Path) -> None:
+    with trio.fail_after(CEILING_S):
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        jwks = JwksServer()
+        jwks.keys = [public_jwk(key, "k1", "RS256")]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(jwks.serve)
+            settings_ = user_settings(
+                tmp_path,
+                "http://127.0.0.1:9",
+                jwt_secret="",
+                jwks_url=jwks.url,
+                jwks_min_refresh_s=0.0,
+                max_jwks_bytes=4096,
+            )
+            async with running_gateway(settings_) as gw, httpx.AsyncClient(timeout=10) as http:
+
+                async def status(signer: Any, kid: str) -> int:
+                    tok = token("alice", key=signer, alg="RS256", kid=kid)
+                    answer = await http.post(
+                        f"{gw.url}{API}/sessions", json={}, headers=bearer(tok)
+                    )
+                    return answer.status_code
+
+                assert await status(key, "k1") == 201
+                # The set grows past the limit: it is not taken (k2 stays unknown), and the
+                # key held still works.
+                padding = [{"kty": "oct", "kid": f"pad{n}", "k": "x" * 200} for n in range(40)]
+                jwks.keys = [public_jwk(key, "k1", "RS256"), public_jwk(other, "k2", "RS256")]
+                jwks.keys += padding
+                assert await status(other, "k2") == 401
+                assert jwks.fetches == 2
+                assert await status(key, "k1") == 201
+                # Back under the limit, the new key is taken at the next unknown kid.
+                jwks.keys = jwks.keys[:2]
+                assert await status(other, "k2") == 201
+            nursery.cancel_scope.cancel()
+
+
 # -- a property: one user's events never reach another's socket -----------------------------
 
 OPERATIONS = st.lists(
