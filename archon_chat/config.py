@@ -269,7 +269,96 @@ class Settings:
         "client addresses whose budgets are remembered (the least recent forgotten first)",
     )
     api_key: str = _setting(
-        "ARCHON_CHAT_API_KEY", "", _text, "when set, REST and Socket.IO need this key"
+        "ARCHON_CHAT_API_KEY",
+        "",
+        _text,
+        "when set (and user mode is off), REST and Socket.IO need this key",
+    )
+
+    # users (user mode: on when a JWT secret or a JWKS URL is set)
+    jwt_secret: str = _setting(
+        "ARCHON_CHAT_JWT_SECRET",
+        "",
+        _text,
+        "HS256 secret shared with the host application; REST and Socket.IO then need its "
+        "tokens, whose 'sub' is the user",
+    )
+    jwks_url: str = _setting(
+        "ARCHON_CHAT_JWKS_URL",
+        "",
+        _url_or_empty,
+        "JSON Web Key Set of the host application (RS256/ES256 tokens, keys rotate)",
+    )
+    jwt_issuer: str = _setting(
+        "ARCHON_CHAT_JWT_ISSUER", "", _text, "required 'iss' of tokens (empty: not checked)"
+    )
+    jwt_audience: str = _setting(
+        "ARCHON_CHAT_JWT_AUDIENCE", "", _text, "required 'aud' of tokens (empty: not checked)"
+    )
+    jwt_leeway_s: float = _setting(
+        "ARCHON_CHAT_JWT_LEEWAY_S",
+        30.0,
+        _non_negative_float,
+        "clock difference allowed when checking a token's exp and nbf",
+    )
+    jwks_cache_s: float = _setting(
+        "ARCHON_CHAT_JWKS_CACHE_S", 300.0, _positive_float, "JWKS kept this long, then fetched"
+    )
+    jwks_min_refresh_s: float = _setting(
+        "ARCHON_CHAT_JWKS_MIN_REFRESH_S",
+        10.0,
+        _non_negative_float,
+        "a token with an unknown key id fetches the JWKS again at most this often",
+    )
+    jwks_timeout_s: float = _setting(
+        "ARCHON_CHAT_JWKS_TIMEOUT_S", 5.0, _positive_float, "deadline of one JWKS fetch"
+    )
+    max_jwks_bytes: int = _setting(
+        "ARCHON_CHAT_MAX_JWKS_BYTES", 65_536, _positive_int, "largest JWKS document read"
+    )
+    token_refresh_window_s: float = _setting(
+        "ARCHON_CHAT_TOKEN_REFRESH_WINDOW_S",
+        30.0,
+        _non_negative_float,
+        "a socket is told (error token_expired) this long before its token expires, and "
+        "disconnected at expiry unless it sends refresh_token",
+    )
+    user_messages_per_minute: int = _setting(
+        "ARCHON_CHAT_USER_MESSAGES_PER_MINUTE",
+        60,
+        _non_negative_int,
+        "chat messages one user may send a minute, all sockets and REST (burst as large); "
+        "0: no limit",
+    )
+    user_concurrent_turns: int = _setting(
+        "ARCHON_CHAT_USER_CONCURRENT_TURNS",
+        4,
+        _non_negative_int,
+        "sessions of one user with a reply in progress at once; 0: no limit",
+    )
+    user_max_sessions: int = _setting(
+        "ARCHON_CHAT_USER_MAX_SESSIONS",
+        500,
+        _non_negative_int,
+        "unexpired sessions one user may have; 0: no limit",
+    )
+    user_max_connections: int = _setting(
+        "ARCHON_CHAT_USER_MAX_CONNECTIONS",
+        32,
+        _non_negative_int,
+        "Socket.IO connections one user may have at once; 0: no limit",
+    )
+    max_users: int = _setting(
+        "ARCHON_CHAT_MAX_USERS",
+        10_000,
+        _positive_int,
+        "users whose budgets and session owners are remembered (least recent forgotten)",
+    )
+    max_list_sessions: int = _setting(
+        "ARCHON_CHAT_MAX_LIST_SESSIONS",
+        100,
+        _positive_int,
+        "largest page of GET /sessions (the default page is 20)",
     )
     log_level: str = _setting(
         "ARCHON_CHAT_LOG_LEVEL", "INFO", _log_level, "log level", "--log-level"
@@ -621,9 +710,14 @@ class Settings:
             allowlist=self.cors_origins,
             public_origins=self.public_origins,
             trusted_proxy=self.trusted_proxy,
-            guard_host=not self.api_key,
+            guard_host=not (self.api_key or self.user_mode),
             bound_host=self.host,
         )
+
+    @property
+    def user_mode(self) -> bool:
+        """Tokens name the user (a JWT secret or JWKS URL is set): :mod:`archon_chat.auth`."""
+        return bool(self.jwt_secret or self.jwks_url)
 
     @property
     def builtin_agents(self) -> bool:

@@ -171,6 +171,7 @@ async def _serve_gateway(
             await nursery.start(sio.serve)
             drain.start_soon(gateway.fan_out, events_receive)
             await nursery.start(gateway.sweep)
+            await nursery.start(gateway.expire_tokens, sio.disconnect)
 
             config = HypercornConfig()
             config.bind = [f"{_host(settings.host)}:{settings.port}"]

@@ -175,8 +175,15 @@ ALTER TABLE sessions DROP COLUMN last_turn_status;
 ALTER TABLE sessions ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
 """
 
+#: Version 3: sessions belong to the user who created them (``NULL``: made without user
+#: mode), listed per user by last activity.
+_SCHEMA_V3: Final = """
+ALTER TABLE sessions ADD COLUMN user_id TEXT;
+CREATE INDEX sessions_by_user ON sessions (user_id, updated_at, id) WHERE user_id IS NOT NULL;
+"""
+
 #: ``_MIGRATIONS[n]`` brings a file from ``user_version`` n to n + 1.
-_MIGRATIONS: Final[Sequence[str]] = (_SCHEMA_V1, _SCHEMA_V2)
+_MIGRATIONS: Final[Sequence[str]] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
 _NOT_STREAMING: Final = "status != 'streaming'"
@@ -337,8 +344,10 @@ class SqliteStore:
 
     # -- sessions -----------------------------------------------------------------------
 
-    async def create_session(self, agent_type: AgentType, project_id: str | None) -> SessionRecord:
-        """Store a new session with a fresh id of 128 random bits."""
+    async def create_session(
+        self, agent_type: AgentType, project_id: str | None, owner: str | None = None
+    ) -> SessionRecord:
+        """Store a new session with a fresh id of 128 random bits, belonging to ``owner``."""
         check_agent_type(agent_type)
         stamp = self._timestamp()
         record = SessionRecord(
@@ -349,17 +358,49 @@ class SqliteStore:
             updated_at=stamp,
             last_seq=0,
             message_count=0,
+            owner=owner,
         )
 
         def insert(conn: sqlite3.Connection) -> SessionRecord:
             conn.execute(
-                "INSERT INTO sessions (id, agent_type, project_id, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (record.session_id, agent_type, project_id, stamp, stamp),
+                "INSERT INTO sessions (id, agent_type, project_id, created_at, updated_at, "
+                "user_id) VALUES (?, ?, ?, ?, ?, ?)",
+                (record.session_id, agent_type, project_id, stamp, stamp, owner),
             )
             return record
 
         return await self._write(insert)
+
+    async def list_sessions(
+        self, owner: str, limit: int, before: tuple[str, str] | None = None
+    ) -> list[SessionRecord]:
+        """The unexpired sessions of ``owner``, most recently active first, at most
+        ``limit``, after the page cursor ``before`` = ``(updated_at, session_id)``."""
+        cutoff = self._timestamp(self._ttl)
+        page = "" if before is None else " AND (updated_at, id) < (?, ?)"
+
+        def select(conn: sqlite3.Connection) -> list[SessionRecord]:
+            rows = conn.execute(
+                f"SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = ?"
+                f" AND updated_at >= ?{page} ORDER BY updated_at DESC, id DESC LIMIT ?",
+                (owner, cutoff, *(before or ()), max(limit, 0)),
+            ).fetchall()
+            return [session_from_row(r) for r in rows]
+
+        return await self._read(select)
+
+    async def count_sessions(self, owner: str) -> int:
+        """How many unexpired sessions ``owner`` has."""
+        cutoff = self._timestamp(self._ttl)
+
+        def select(conn: sqlite3.Connection) -> int:
+            (count,) = conn.execute(
+                "SELECT count(*) FROM sessions WHERE user_id = ? AND updated_at >= ?",
+                (owner, cutoff),
+            ).fetchone()
+            return int(count)
+
+        return await self._read(select)
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         """The session, or ``None`` if unknown or expired."""

@@ -27,8 +27,23 @@ __all__ = ["GatewayStore", "StoreSettings", "open_configured_store"]
 class GatewayStore(ChatStore, Protocol):
     """A :class:`ChatStore` with the calls of the gateway's REST API and sweeper."""
 
-    async def create_session(self, agent_type: AgentType, project_id: str | None) -> SessionRecord:
-        """Store a new session with a fresh id of 128 random bits."""
+    async def create_session(
+        self, agent_type: AgentType, project_id: str | None, owner: str | None = None
+    ) -> SessionRecord:
+        """Store a new session with a fresh id of 128 random bits, belonging to ``owner``
+        (a user id; ``None`` outside user mode)."""
+        ...
+
+    async def list_sessions(
+        self, owner: str, limit: int, before: tuple[str, str] | None = None
+    ) -> list[SessionRecord]:
+        """The unexpired sessions of ``owner``, most recently active first (by
+        ``updated_at``, then id), at most ``limit``; ``before`` = ``(updated_at,
+        session_id)`` of the last one of the previous page starts after it."""
+        ...
+
+    async def count_sessions(self, owner: str) -> int:
+        """How many unexpired sessions ``owner`` has."""
         ...
 
     async def session_messages(self, session_id: str) -> list[ChatMessage]:

@@ -155,6 +155,13 @@ MIGRATIONS: Final[Sequence[LiteralString]] = (
         WHERE client_message_id IS NOT NULL;
     CREATE INDEX messages_streaming ON messages (session_id) WHERE status = 'streaming';
     """,
+    # Sessions belong to the user who created them (NULL: made without user mode). Not
+    # ``owner``: that column names the store process that acquired the session.
+    """
+    ALTER TABLE sessions ADD COLUMN user_id text;
+    CREATE INDEX sessions_by_user ON sessions (user_id, updated_at, id)
+        WHERE user_id IS NOT NULL;
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -255,8 +262,9 @@ ORPHANED: Final = (
 )
 
 CREATE_SESSION: Final = (
-    "INSERT INTO sessions (id, agent_type, project_id, created_at, updated_at)"
-    " VALUES (%(sid)s, %(agent_type)s, %(project_id)s, %(stamp)s, %(stamp)s) RETURNING 1"
+    "INSERT INTO sessions (id, agent_type, project_id, created_at, updated_at, user_id)"
+    " VALUES (%(sid)s, %(agent_type)s, %(project_id)s, %(stamp)s, %(stamp)s, %(owner)s)"
+    " RETURNING 1"
 )
 
 DELETE_EXPIRED: Final = (
@@ -455,8 +463,10 @@ class PostgresStore:
 
     # -- sessions -----------------------------------------------------------------------
 
-    async def create_session(self, agent_type: AgentType, project_id: str | None) -> SessionRecord:
-        """Store a new session with a fresh id of 128 random bits."""
+    async def create_session(
+        self, agent_type: AgentType, project_id: str | None, owner: str | None = None
+    ) -> SessionRecord:
+        """Store a new session with a fresh id of 128 random bits, belonging to ``owner``."""
         check_agent_type(agent_type)
         stamp = self._timestamp()
         record = SessionRecord(
@@ -467,12 +477,14 @@ class PostgresStore:
             updated_at=stamp,
             last_seq=0,
             message_count=0,
+            owner=owner,
         )
         params = {
             "sid": record.session_id,
             "agent_type": agent_type,
             "project_id": project_id,
             "stamp": stamp,
+            "owner": owner,
         }
         return cast(
             SessionRecord, await self._write(_Write([(CREATE_SESSION, params)], lambda _: record))
@@ -487,6 +499,38 @@ class PostgresStore:
             {"sid": session_id, "cutoff": self._timestamp(self._ttl)},
         )
         return session_from_row(rows[0]) if rows else None
+
+    async def list_sessions(
+        self, owner: str, limit: int, before: tuple[str, str] | None = None
+    ) -> list[SessionRecord]:
+        """The unexpired sessions of ``owner``, most recently active first, at most
+        ``limit``, after the page cursor ``before`` = ``(updated_at, session_id)``."""
+        page = ""
+        if before is not None:
+            page = ' AND (updated_at COLLATE "C", id COLLATE "C") < (%(at)s, %(sid)s)'
+        at, sid = before or ("", "")
+        rows = await self._read(
+            "SELECT " + SESSION_COLUMNS + " FROM sessions WHERE user_id = %(owner)s"
+            " AND updated_at >= %(cutoff)s"
+            + page
+            + ' ORDER BY updated_at COLLATE "C" DESC, id COLLATE "C" DESC LIMIT %(limit)s',
+            {
+                "owner": owner,
+                "cutoff": self._timestamp(self._ttl),
+                "at": at,
+                "sid": sid,
+                "limit": max(limit, 0),
+            },
+        )
+        return [session_from_row(r) for r in rows]
+
+    async def count_sessions(self, owner: str) -> int:
+        """How many unexpired sessions ``owner`` has."""
+        rows = await self._read(
+            "SELECT count(*) FROM sessions WHERE user_id = %(owner)s AND updated_at >= %(cutoff)s",
+            {"owner": owner, "cutoff": self._timestamp(self._ttl)},
+        )
+        return int(rows[0][0])
 
     async def acquire(self, session_id: str) -> Ownership | None:
         """Take ownership of the session: bump its fencing token, store the replies left
@@ -526,9 +570,9 @@ class PostgresStore:
         def outcome(row: tuple[Any, ...] | None) -> Ownership | None:
             if row is None:
                 return None
-            if row[8]:
-                log.warning("session %s: %d interrupted replies stored as failed", row[0], row[8])
-            return Ownership(fence=int(row[7]), session=session_from_row(row[:7]))
+            if row[9]:
+                log.warning("session %s: %d interrupted replies stored as failed", row[0], row[9])
+            return Ownership(fence=int(row[8]), session=session_from_row(row[:8]))
 
         write = _Write([(LOCK_SESSION, params), (ACQUIRE, params)], outcome)
         return cast(Ownership | None, await self._write(write))

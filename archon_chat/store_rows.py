@@ -32,7 +32,7 @@ MESSAGE_COLUMNS: Final = (
     "error_code, error_text, client_message_id"
 )
 SESSION_COLUMNS: Final = (
-    "id, agent_type, project_id, created_at, updated_at, last_seq, message_count"
+    "id, agent_type, project_id, created_at, updated_at, last_seq, message_count, user_id"
 )
 
 
@@ -63,6 +63,7 @@ def session_from_row(row: Sequence[Any]) -> SessionRecord:
         updated_at=row[4],
         last_seq=int(row[5]),
         message_count=int(row[6]),
+        owner=row[7],
     )
 
 

@@ -41,6 +41,8 @@ class _Session:
     last_seq: int = 0
     hwm: int = 0
     message_count: int = 0
+    #: the user it belongs to (``None``: made without user mode)
+    owner: str | None = None
     #: the newest fencing token handed out
     fence: int = 0
     #: every row in insertion order (placeholders included)
@@ -61,6 +63,7 @@ class _Session:
             updated_at=self.updated_at.isoformat(),
             last_seq=self.last_seq,
             message_count=self.message_count,
+            owner=self.owner,
         )
 
 
@@ -85,18 +88,42 @@ class MemoryStore:
         self,
         agent_type: AgentType = "rag",
         project_id: str | None = None,
+        owner: str | None = None,
         *,
         session_id: str | None = None,
     ) -> SessionRecord:
-        """A new empty session (id: 128 random bits unless given). A checkpoint."""
+        """A new empty session of ``owner`` (id: 128 random bits unless given). A
+        checkpoint."""
         await trio.lowlevel.checkpoint()
         sid = session_id or secrets.token_hex(16)
         if sid in self._sessions:
             raise ValueError(f"session {sid!r} exists")
         now = self._now()
-        session = _Session(sid, agent_type, project_id, now, now)
+        session = _Session(sid, agent_type, project_id, now, now, owner=owner)
         self._sessions[sid] = session
         return session.record()
+
+    async def list_sessions(
+        self, owner: str, limit: int, before: tuple[str, str] | None = None
+    ) -> list[SessionRecord]:
+        """The unexpired sessions of ``owner``, most recently active first, at most
+        ``limit``, after the page cursor ``before`` = ``(updated_at, session_id)``."""
+        await trio.lowlevel.checkpoint()
+        mine = sorted(
+            (s for s in self._sessions.values() if s.owner == owner and not self._expired(s)),
+            key=lambda s: (s.updated_at, s.session_id),
+            reverse=True,
+        )
+        if before is not None:
+            cursor = (datetime.fromisoformat(before[0]), before[1])
+            mine = [s for s in mine if (s.updated_at, s.session_id) < cursor]
+        records = [s.record() for s in mine]
+        return records[: max(limit, 0)]
+
+    async def count_sessions(self, owner: str) -> int:
+        """How many unexpired sessions ``owner`` has."""
+        await trio.lowlevel.checkpoint()
+        return sum(1 for s in self._sessions.values() if s.owner == owner and not self._expired(s))
 
     async def session_messages(self, session_id: str) -> list[ChatMessage]:
         """Every finished message of the session by seq (no STREAMING row)."""

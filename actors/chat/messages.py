@@ -51,6 +51,7 @@ class ErrorCode(enum.Enum):
     SESSION_FULL = "session_full"
     SESSION_BUSY = "session_busy"
     UNAUTHORIZED = "unauthorized"
+    TOKEN_EXPIRED = "token_expired"
     AGENT_UNAVAILABLE = "agent_unavailable"
     AGENT_TIMEOUT = "agent_timeout"
     AGENT_PROTOCOL_ERROR = "agent_protocol_error"
@@ -85,6 +86,8 @@ class SessionRecord:
     updated_at: str
     last_seq: int  # last seq emitted (or reserved, after a crash)
     message_count: int
+    #: the user who created it (a token's ``sub``); ``None``: made without user mode
+    owner: str | None = None
 
 
 # ---------------------------------------------------------------------------------------

@@ -31,14 +31,30 @@ replay and the parked events together are exactly the events after ``last_seq``.
 is never silently cut: when more than ``replay_limit`` finished messages were missed, none
 are replayed and ``connection_confirmed`` says ``"reload": true`` (the client reloads the
 history with ``GET /sessions/{id}``); the turn in progress is still replayed.
+
+Users. In user mode (:mod:`archon_chat.auth`) every socket is known by the user of its
+connect token (``_identities``, one entry per connected socket, gone at disconnect) and
+every REST call by its bearer token. A session belongs to the user who created it. Any
+command for a session of someone else is refused exactly as for an unknown session
+(``session_not_found``), before it touches the room or the actor, so ids cannot be probed
+and a room only ever holds sockets of the session's owner. Owners never change, so they
+are cached (``_owners``, bounded). A socket is told (``error``, ``token_expired``)
+``token_refresh_window_s`` before its token expires and is disconnected at expiry unless
+it sends ``refresh_token`` with a fresh token of the same user. Per-user limits:
+messages a minute (a token bucket, ``Retry-After``), sessions with a reply in progress
+(counted from the actors' turn events), stored sessions, and connections.
 """
 
 from __future__ import annotations
 
+import heapq
 import hmac
+import itertools
 import logging
+import math
 import time
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,7 +78,9 @@ from actors.chat.messages import (
     TurnStarted,
     TurnState,
 )
+from archon_chat.auth import AuthError, Identity, TokenVerifier
 from archon_chat.config import Settings
+from archon_chat.limits import RateLimiter
 from archon_chat.store_api import GatewayStore
 
 from . import validation, wire
@@ -76,6 +94,8 @@ log = logging.getLogger(__name__)
 _SLICE = 64
 #: Events replayed to a rejoining socket (typing is carried by connection_confirmed).
 _REPLAYED = (MessageEmitted, ChunkStreamed, StreamCompleted, TurnFailed)
+#: Kinds of token deadline (the notice sorts first when both fall at once).
+_NOTICE, _EXPIRY = 0, 1
 
 
 @dataclass
@@ -108,28 +128,133 @@ class Gateway:
         #: sessions whose turn was stopped and has not ended: its chunks are dropped
         self._stopped: set[str] = set()
         emitter.on_vacated(self._room_vacated)
+        # user mode
+        self.auth = TokenVerifier(settings)
+        self._identities: dict[str, Identity] = {}  # sid -> who, while connected
+        self._user_sockets: dict[str, set[str]] = {}  # user -> connected sids
+        self._departed: OrderedDict[str, str] = OrderedDict()  # sid -> user (recovery)
+        self._owners: OrderedDict[str, str | None] = OrderedDict()  # session -> owner
+        self._user_turns: dict[str, set[str]] = {}  # user -> sessions replying
+        self._user_budget = RateLimiter(settings.user_messages_per_minute, settings.max_users)
+        #: (when, kind, sid, identity): token notices and expiries, stale ones skipped
+        self._expiries: list[tuple[float, int, int, str, Identity]] = []
+        self._expiry_numbers = itertools.count()
+        self._expiries_changed = trio.Event()
 
     # ------------------------------------------------------------------ socket events
 
-    async def on_connect(self, sid: str, recovered: bool, auth: Any) -> bool:
-        """Authorise a connection; ``False`` refuses it (``unauthorized``)."""
-        if self.settings.api_key:
-            token = auth.get("token") if isinstance(auth, dict) else None
-            if not isinstance(token, str) or not hmac.compare_digest(
-                token.encode(), self.settings.api_key.encode()
+    async def on_connect(self, sid: str, recovered: bool, auth: Any) -> None:
+        """Authorise a connection. Raises :class:`GatewayError` (``unauthorized`` or
+        ``token_expired``) to refuse it."""
+        token = auth.get("token") if isinstance(auth, dict) else None
+        if not self.auth.enabled:
+            if self.settings.api_key and (
+                not isinstance(token, str)
+                or not hmac.compare_digest(token.encode(), self.settings.api_key.encode())
             ):
-                self.metrics.refusals.labels(code="unauthorized").inc()
-                return False
-        return True
+                raise GatewayError(ErrorCode.UNAUTHORIZED)
+            return
+        identity = await self.verify(token)
+        if recovered:
+            # A recovered socket gets its rooms back: only for the user who had them.
+            before = self._identities.get(sid)
+            previous = before.user if before is not None else self._departed.pop(sid, None)
+            if previous != identity.user:
+                raise GatewayError(ErrorCode.UNAUTHORIZED, "Not the user of that connection")
+        sockets = self._user_sockets.setdefault(identity.user, set())
+        cap = self.settings.user_max_connections
+        if cap and sid not in sockets and len(sockets) >= cap:
+            if not sockets:
+                del self._user_sockets[identity.user]
+            raise GatewayError(
+                ErrorCode.RATE_LIMITED, f"A user may have at most {cap} connections open"
+            )
+        sockets.add(sid)
+        self._set_identity(sid, identity)
+
+    async def verify(self, token: object) -> Identity:
+        """The identity a token proves (user mode). Raises :class:`GatewayError`."""
+        try:
+            return await self.auth.verify(token)
+        except AuthError as exc:
+            expired = exc.code == ErrorCode.TOKEN_EXPIRED.value
+            code = ErrorCode.TOKEN_EXPIRED if expired else ErrorCode.UNAUTHORIZED
+            raise GatewayError(code, exc.detail) from None
+
+    def _set_identity(self, sid: str, identity: Identity) -> None:
+        self._identities[sid] = identity
+        notice_at = identity.expires_at - self.settings.token_refresh_window_s
+        number = next(self._expiry_numbers)
+        heapq.heappush(self._expiries, (notice_at, _NOTICE, number, sid, identity))
+        heapq.heappush(self._expiries, (identity.expires_at, _EXPIRY, number, sid, identity))
+        if len(self._expiries) > 4 * len(self._identities) + 64:
+            # Stale entries (refreshed or gone sockets) would pile up: keep the live ones.
+            self._expiries = [e for e in self._expiries if self._identities.get(e[3]) is e[4]]
+            heapq.heapify(self._expiries)
+        self._expiries_changed.set()
+
+    def user_of(self, sid: str) -> str | None:
+        """The socket's user in user mode; ``None`` when user mode is off."""
+        if not self.auth.enabled:
+            return None
+        identity = self._identities.get(sid)
+        if identity is None:
+            raise GatewayError(ErrorCode.UNAUTHORIZED)
+        return identity.user
+
+    async def on_refresh_token(self, sid: str, data: Any) -> dict[str, Any]:
+        """``refresh_token {token}``: a fresh token of the same user keeps the socket."""
+        if not self.auth.enabled:
+            raise invalid("Tokens are not in use on this server")
+        token = data.get("token") if isinstance(data, dict) else None
+        identity = await self.verify(token)
+        current = self._identities.get(sid)
+        if current is None or current.user != identity.user:
+            raise GatewayError(ErrorCode.UNAUTHORIZED, "A refreshed token must be the same user's")
+        self._set_identity(sid, identity)
+        return {"status": "refreshed", "expires_at": int(identity.expires_at * 1000)}
 
     async def on_disconnect(self, sid: str, reason: str) -> None:
         # Its memberships are the emitter's: they end with its grace period.
         self._sent_times.pop(sid, None)
+        identity = self._identities.pop(sid, None)
+        if identity is not None:
+            sockets = self._user_sockets.get(identity.user)
+            if sockets is not None:
+                sockets.discard(sid)
+                if not sockets:
+                    del self._user_sockets[identity.user]
+            self._departed[sid] = identity.user
+            while len(self._departed) > self.settings.max_users:
+                self._departed.popitem(last=False)
+
+    async def _owner_of(self, session_id: str) -> str | None:
+        """The session's owner; raises ``session_not_found`` for an unknown session."""
+        if session_id in self._owners:
+            self._owners.move_to_end(session_id)
+            return self._owners[session_id]
+        record = await self.store.get_session(session_id)
+        if record is None:
+            raise GatewayError(ErrorCode.SESSION_NOT_FOUND)
+        self._remember_owner(session_id, record.owner)
+        return record.owner
+
+    def _remember_owner(self, session_id: str, owner: str | None) -> None:
+        self._owners[session_id] = owner
+        while len(self._owners) > self.settings.max_users:
+            self._owners.popitem(last=False)
+
+    async def check_owner(self, session_id: str, user: str | None) -> None:
+        """Refuse (``session_not_found``, as for an unknown id) a session that is not
+        ``user``'s. ``user`` ``None``: user mode is off, anyone may."""
+        if user is not None and await self._owner_of(session_id) != user:
+            raise GatewayError(ErrorCode.SESSION_NOT_FOUND)
 
     async def on_join_chat(self, sid: str, data: Any) -> dict[str, Any]:
         obj = data if isinstance(data, dict) else {}
         session_id = validation.session_id_of(data)
         last_seq = validation.last_seq_of(obj)
+        await self.check_owner(session_id, self.user_of(sid))
         room = wire.room_of(session_id)
         member = self.emitter.in_room(sid, room)
         cap = self.settings.max_sessions_per_socket
@@ -205,8 +330,10 @@ class Gateway:
         outgoing = validation.outgoing_message(
             data, self.settings.max_message_chars, limits=self.json_limits
         )
+        user = self.user_of(sid)
+        await self.check_owner(outgoing.session_id, user)
         self.rate_limit(sid)
-        return await self.send(outgoing)
+        return await self.send(outgoing, user)
 
     async def on_leave_chat(self, sid: str, data: Any) -> dict[str, Any]:
         session_id = validation.session_id_of(data)
@@ -217,6 +344,7 @@ class Gateway:
 
     async def on_stop_response(self, sid: str, data: Any) -> dict[str, Any]:
         session_id = validation.session_id_of(data)
+        await self.check_owner(session_id, self.user_of(sid))
         # A stop goes straight to a live actor; only one with no actor (so nothing to
         # stop) costs a store read, to tell an unknown session apart.
         if not self.hub.is_live(session_id):
@@ -234,9 +362,17 @@ class Gateway:
 
     # ------------------------------------------------------------------ REST-facing API
 
-    async def create_session(self, body: Any) -> dict[str, Any]:
+    async def create_session(self, body: Any, user: str | None = None) -> dict[str, Any]:
         spec = validation.new_session(body)
-        record = await self.store.create_session(spec.agent_type, spec.project_id)
+        cap = self.settings.user_max_sessions
+        if user is not None and cap and await self.store.count_sessions(user) >= cap:
+            raise GatewayError(
+                ErrorCode.RATE_LIMITED,
+                f"A user may have at most {cap} sessions; old ones expire after "
+                f"{self.settings.session_ttl_hours:g} h without activity",
+            )
+        record = await self.store.create_session(spec.agent_type, spec.project_id, user)
+        self._remember_owner(record.session_id, user)
         self.metrics.stored_sessions.inc()
         return {
             "session_id": record.session_id,
@@ -245,9 +381,9 @@ class Gateway:
             "created_at": record.created_at,
         }
 
-    async def get_session(self, session_id: str) -> dict[str, Any]:
+    async def get_session(self, session_id: str, user: str | None = None) -> dict[str, Any]:
         record = await self.store.get_session(session_id)
-        if record is None:
+        if record is None or (user is not None and record.owner != user):
             raise GatewayError(ErrorCode.SESSION_NOT_FOUND)
         messages = await self.store.session_messages(session_id)
         last_seq = record.last_seq
@@ -262,12 +398,43 @@ class Gateway:
             "messages": [wire.message_wire(m) for m in messages],
         }
 
+    async def list_sessions(self, user: str, limit: Any, before: Any) -> dict[str, Any]:
+        """``GET /sessions``: the user's sessions, most recently active first, one page;
+        ``next`` is the ``before`` of the following page (``None``: the last page)."""
+        size = validation.page_size(limit, default=20, maximum=self.settings.max_list_sessions)
+        cursor = validation.page_cursor(before)
+        records = await self.store.list_sessions(user, size + 1, cursor)
+        more = len(records) > size
+        records = records[:size]
+        return {
+            "sessions": [
+                {
+                    "session_id": r.session_id,
+                    "project_id": r.project_id,
+                    "agent_type": r.agent_type,
+                    "created_at": r.created_at,
+                    "updated_at": r.updated_at,
+                    "last_seq": r.last_seq,
+                    "message_count": r.message_count,
+                }
+                for r in records
+            ],
+            "next": validation.cursor_of(records[-1].updated_at, records[-1].session_id)
+            if more
+            else None,
+        }
+
     def validate_rest_message(self, session_id: str, body: Any) -> validation.OutgoingMessage:
         return validation.outgoing_message(
             body, self.settings.max_message_chars, session_id=session_id, limits=self.json_limits
         )
 
-    async def send(self, outgoing: validation.OutgoingMessage) -> dict[str, Any]:
+    async def send(
+        self, outgoing: validation.OutgoingMessage, user: str | None = None
+    ) -> dict[str, Any]:
+        """Submit a message (its sender's ownership already checked)."""
+        if user is not None:
+            self._user_limits(user, outgoing.session_id)
         send, receive = trio.open_memory_channel[SubmitReply](1)
         command = SubmitMessage(
             content=outgoing.message,
@@ -279,6 +446,20 @@ class Gateway:
         if reply.outcome in (SubmitOutcome.ACCEPTED, SubmitOutcome.DUPLICATE):
             return {"status": "sent", "message_id": reply.message_id}
         raise GatewayError(ErrorCode(reply.outcome.value))
+
+    def _user_limits(self, user: str, session_id: str) -> None:
+        cap = self.settings.user_concurrent_turns
+        replying = self._user_turns.get(user, ())
+        if cap and session_id not in replying and len(replying) >= cap:
+            raise GatewayError(
+                ErrorCode.RATE_LIMITED,
+                f"A user may have {cap} replies in progress at once; wait for one to finish",
+            )
+        wait = self._user_budget.retry_after(user)
+        if wait > 0:
+            raise GatewayError(
+                ErrorCode.RATE_LIMITED, "Too many messages; slow down", retry_after=wait
+            )
 
     # ------------------------------------------------------------------ actors
 
@@ -406,6 +587,9 @@ class Gateway:
         kind = type(event)
         if kind is TurnStarted:
             self._turns_in_flight.add(event.session_id)
+            owner = self._owners.get(event.session_id)
+            if owner is not None:
+                self._user_turns.setdefault(owner, set()).add(event.session_id)
             return
         if kind is TurnEnded:
             assert isinstance(event, TurnEnded)
@@ -433,6 +617,12 @@ class Gateway:
 
     def _turn_ended(self, event: TurnEnded) -> None:
         self._turns_in_flight.discard(event.session_id)
+        owner = self._owners.get(event.session_id)
+        replying = self._user_turns.get(owner) if owner is not None else None
+        if owner is not None and replying is not None:
+            replying.discard(event.session_id)
+            if not replying:
+                del self._user_turns[owner]
         self._stopped.discard(event.session_id)
         code = event.code.value if event.code is not None else ""
         self.metrics.turns.labels(status=event.status.value, code=code).inc()
@@ -443,6 +633,43 @@ class Gateway:
         requested = self._cancel_requested.pop(event.session_id, None)
         if requested is not None:
             self.metrics.cancel_to_quiet_seconds.observe(time.perf_counter() - requested)
+
+    async def expire_tokens(
+        self,
+        disconnect: Callable[[str], Awaitable[None]],
+        *,
+        clock: Callable[[], float] = time.time,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Tell sockets their token is about to expire, and ``disconnect`` them at its
+        expiry unless refreshed. Runs until cancelled."""
+        task_status.started()
+        while True:
+            now = clock()
+            while self._expiries and self._expiries[0][0] <= now:
+                _, kind, _, sid, identity = heapq.heappop(self._expiries)
+                if self._identities.get(sid) is not identity:
+                    continue  # refreshed, or gone
+                if kind == _NOTICE:
+                    left = max(0, math.ceil(identity.expires_at - now))
+                    self.emitter.emit(
+                        "error",
+                        {
+                            "type": "error",
+                            "session_id": None,
+                            "error": f"Token expires in {left} s; send refresh_token",
+                            "code": ErrorCode.TOKEN_EXPIRED.value,
+                            "expires_at": int(identity.expires_at * 1000),
+                        },
+                        to=sid,
+                    )
+                else:
+                    self.metrics.refusals.labels(code=ErrorCode.TOKEN_EXPIRED.value).inc()
+                    await disconnect(sid)
+            wait = self._expiries[0][0] - now if self._expiries else math.inf
+            self._expiries_changed = trio.Event()
+            with trio.move_on_after(wait):
+                await self._expiries_changed.wait()
 
     async def sweep(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Delete expired sessions and their messages, every ``sweep_interval_s``."""

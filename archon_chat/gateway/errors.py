@@ -2,9 +2,10 @@
 
 ::
 
-    GatewayError            (code, detail, status)
-      raised for bad input and refused requests; REST maps ``status``, Socket.IO sends an
-      ``error`` event with ``code`` to the one socket
+    GatewayError            (code, detail, status, retry_after)
+      raised for bad input and refused requests; REST maps ``status`` (and
+      ``retry_after`` seconds to ``Retry-After``), Socket.IO sends an ``error`` event
+      with ``code`` to the one socket
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ _STATUS = {
     ErrorCode.SESSION_BUSY: 409,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.TOKEN_EXPIRED: 401,
     ErrorCode.INTERNAL_ERROR: 503,
 }
 
@@ -28,12 +30,21 @@ _DETAIL = {
     ErrorCode.SESSION_BUSY: "Too many messages waiting for a reply; try again shortly",
     ErrorCode.RATE_LIMITED: "Too many messages; slow down",
     ErrorCode.UNAUTHORIZED: "Missing or wrong API key",
+    ErrorCode.TOKEN_EXPIRED: "Token expired",
 }
 
 
 class GatewayError(Exception):
-    def __init__(self, code: ErrorCode, detail: str | None = None, status: int | None = None):
+    def __init__(
+        self,
+        code: ErrorCode,
+        detail: str | None = None,
+        status: int | None = None,
+        *,
+        retry_after: float | None = None,
+    ):
         self.code = code
+        self.retry_after = retry_after
         self.detail = detail or _DETAIL.get(code, code.value.replace("_", " ").capitalize())
         self.status = status or _STATUS.get(code, 400)
         super().__init__(self.detail)

@@ -25,8 +25,12 @@ def install(sio: SocketIOServer, gateway: Gateway) -> None:
     """Register the gateway's handlers on the default namespace."""
 
     async def connect(sid: str, info: ConnectInfo, auth: Any) -> None:
-        if not await gateway.on_connect(sid, info.recovered, auth):
-            raise ConnectRefused({"message": "unauthorized", "code": "unauthorized"})
+        try:
+            await gateway.on_connect(sid, info.recovered, auth)
+        except GatewayError as exc:
+            gateway.metrics.refusals.labels(code=exc.code.value).inc()
+            code = exc.code.value
+            raise ConnectRefused({"message": code, "code": code, "detail": exc.detail}) from None
 
     async def disconnect(sid: str, reason: str) -> None:
         await gateway.on_disconnect(sid, reason)
@@ -39,6 +43,7 @@ def install(sio: SocketIOServer, gateway: Gateway) -> None:
         "chat_message": gateway.on_chat_message,
         "leave_chat": gateway.on_leave_chat,
         "stop_response": gateway.on_stop_response,
+        "refresh_token": gateway.on_refresh_token,
     }
     for name, handler in handlers.items():
         sio.on(name, _guarded(sio, gateway, name, handler))

@@ -10,6 +10,7 @@ one JavaScript can hold. :func:`parse_json` reads request bodies with the same b
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from dataclasses import dataclass
@@ -85,6 +86,35 @@ def session_id_of(data: Any) -> str:
     if not _is_text(value):
         raise invalid("'session_id' is not valid Unicode text")
     return value
+
+
+def page_size(raw: Any, *, default: int, maximum: int) -> int:
+    """``?limit=``: a page size from 1 to ``maximum`` (``default`` when absent)."""
+    if raw is None:
+        return min(default, maximum)
+    if not isinstance(raw, str) or not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise invalid(f"'limit' must be an integer from 1 to {maximum}")
+    return int(raw)
+
+
+def cursor_of(updated_at: str, session_id: str) -> str:
+    """The opaque ``before`` cursor of a session list page ending at that session."""
+    raw = f"{updated_at}~{session_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def page_cursor(raw: Any) -> tuple[str, str] | None:
+    """``?before=``: a cursor made by :func:`cursor_of` (``None`` when absent)."""
+    if raw is None or raw == "":
+        return None
+    try:
+        if not isinstance(raw, str) or len(raw) > 2 * MAX_ID_CHARS + 128:
+            raise ValueError
+        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+        updated_at, session_id = text.split("~")
+    except ValueError:
+        raise invalid("'before' is not a cursor this server made") from None
+    return updated_at, session_id
 
 
 def last_seq_of(data: dict[str, Any]) -> int | None:

@@ -1,7 +1,9 @@
 """REST under ``/api/agent-chat``, plus ``/healthz`` and ``/metrics``, on quart-trio.
 
 Every error is JSON ``{"detail", "code"}`` (design.md section 3); bad input is never a 500.
-With an API key configured, ``/api/agent-chat`` needs ``Authorization: Bearer <key>``.
+With an API key configured, ``/api/agent-chat`` needs ``Authorization: Bearer <key>``; in
+user mode (:mod:`archon_chat.auth`) it needs ``Authorization: Bearer <jwt>`` instead, and
+each call acts for the token's user (``g.user``).
 Requests from a foreign ``Origin`` not in the allowlist, or (without an API key) for a
 ``Host`` that is not ours, are refused (403, :mod:`archon_chat.transports.origin`); allowed
 ones get CORS headers, preflights included.
@@ -15,7 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -67,12 +69,19 @@ def create_rest_blueprint(
 
     policy = settings.origin_policy()
 
-    def has_api_key() -> bool:
+    def bearer() -> str:
         header = request.headers.get("Authorization", "")
-        token = header[7:] if header.startswith("Bearer ") else ""
+        return header[7:] if header.startswith("Bearer ") else ""
+
+    def has_api_key() -> bool:
         return bool(settings.api_key) and hmac.compare_digest(
-            token.encode(), settings.api_key.encode()
+            bearer().encode(), settings.api_key.encode()
         )
+
+    def user() -> str | None:
+        """The caller in user mode (the guard verified its token); ``None`` otherwise."""
+        name: str | None = g.get("user")
+        return name
 
     @bp.before_app_request
     async def guard() -> Response | None:
@@ -83,7 +92,17 @@ def create_rest_blueprint(
             return refused(403, "Origin not allowed", "forbidden_origin")
         if request.method == "OPTIONS" and verdict.allow_origin is not None:
             return _with_cors(Response("", status=204), verdict, preflight=True)
-        if settings.api_key and request.path.startswith(PREFIX) and not has_api_key():
+        if not request.path.startswith(PREFIX):
+            return None
+        if settings.user_mode:
+            try:
+                identity = await gateway.verify(bearer())
+            except GatewayError as exc:
+                response = refused(exc.status, exc.detail, exc.code.value)
+                response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+                return response
+            g.user = identity.user
+        elif settings.api_key and not has_api_key():
             return refused(401, "Missing or wrong API key", "unauthorized")
         return None
 
@@ -104,19 +123,31 @@ def create_rest_blueprint(
             response = error_response(429, "Too many sessions created; slow down", "rate_limited")
             response.headers["Retry-After"] = retry_after_header(wait)
             return response
-        return json_response(await gateway.create_session(await read_json()), 201)
+        return json_response(await gateway.create_session(await read_json(), user()), 201)
+
+    @bp.get(f"{PREFIX}/sessions")
+    async def list_sessions() -> Response:
+        caller = user()
+        if caller is None:
+            return refused(404, "Sessions are listed per user, in user mode only", "not_found")
+        page = await gateway.list_sessions(
+            caller, request.args.get("limit"), request.args.get("before")
+        )
+        return json_response(page)
 
     @bp.get(f"{PREFIX}/sessions/<session_id>")
     async def get_session(session_id: str) -> Response:
-        return json_response(await gateway.get_session(session_id))
+        return json_response(await gateway.get_session(session_id, user()))
 
     @bp.post(f"{PREFIX}/sessions/<session_id>/messages")
     async def send_message(session_id: str) -> Response:
         body = await read_json()
         remote = request.remote_addr or "?"
         outgoing = gateway.validate_rest_message(session_id, body)
+        caller = user()
+        await gateway.check_owner(session_id, caller)
         gateway.rate_limit(f"rest:{remote}")
-        return json_response(await gateway.send(outgoing), 202)
+        return json_response(await gateway.send(outgoing, caller), 202)
 
     @bp.get("/healthz")
     async def healthz() -> Response:
@@ -135,7 +166,10 @@ def create_rest_blueprint(
     @bp.app_errorhandler(GatewayError)
     async def gateway_error(exc: GatewayError) -> Response:
         gateway.metrics.refusals.labels(code=exc.code.value).inc()
-        return json_response(exc.body(), exc.status)
+        response = json_response(exc.body(), exc.status)
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = retry_after_header(exc.retry_after)
+        return response
 
     @bp.app_errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:

@@ -19,6 +19,12 @@
  *   `onSessionChange` callbacks are told.
  * - With an API key configured on the server, the first refusal calls the
  *   `onAuthRequired` callback for the key, which is then kept in localStorage.
+ * - In user mode the host page passes `tokenProvider`: an async function returning a
+ *   fresh signed token for its user. The service asks it for a token before the one it
+ *   holds expires, on every (re)connect (socket.io's `auth` callback), when the server
+ *   says a connected socket's token is about to expire (`error` with `token_expired`: the
+ *   fresh token goes out as `refresh_token`, so the socket stays), and once more when a
+ *   request is refused with 401. Tokens are never stored.
  *
  * The seed's reconnect settings map onto socket.io-client's options:
  * `enableAutoReconnect` → `reconnection`, `maxReconnectAttempts` → `reconnectionAttempts`,
@@ -44,6 +50,8 @@ export const MAX_QUEUED_MESSAGES = 50;
 const API_PREFIX = '/api/agent-chat';
 const API_KEY_STORAGE = 'archon-chat:api-key';
 const REQUEST_TIMEOUT_MS = 15000;
+/** A token this close to its `exp` is replaced before use. */
+const TOKEN_MARGIN_MS = 30000;
 const SESSION_EVENTS = ['message', 'stream_chunk', 'stream_complete', 'typing', 'error'];
 /** Refusals of a join that say "retry": the session was momentarily too busy to answer. */
 const RETRY_JOIN = new Set(['session_busy', 'internal_error']);
@@ -73,6 +81,17 @@ function newClientMessageId() {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
+/** The `exp` of a JWT in milliseconds (0 when it cannot be read: ask for a fresh one). */
+function tokenExpiry(token) {
+  try {
+    const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const exp = JSON.parse(atob(part.padEnd(part.length + ((4 - (part.length % 4)) % 4), '='))).exp;
+    return Number.isFinite(exp) ? exp * 1000 : 0;
+  } catch {
+    return 0;
+  }
+}
+
 function defaultStorage() {
   try {
     return globalThis.localStorage ?? null;
@@ -89,8 +108,16 @@ export class AgentChatService {
    * @param {Storage|null} [options.storage] where the API key is kept (default localStorage)
    * @param {string} [options.apiKey] a key to use instead of the stored one
    * @param {object} [options.wsConfig] reconnect settings, see DEFAULT_WS_CONFIG
+   * @param {() => Promise<string>} [options.tokenProvider] user mode: returns a fresh
+   *   token of the page's user (see setTokenProvider)
    */
-  constructor({ baseUrl = '', storage = defaultStorage(), apiKey, wsConfig } = {}) {
+  constructor({
+    baseUrl = '',
+    storage = defaultStorage(),
+    apiKey,
+    wsConfig,
+    tokenProvider,
+  } = {}) {
     this.baseUrl = baseUrl.replace(/\/+$/, '');
     this.wsConfig = { ...DEFAULT_WS_CONFIG, ...wsConfig };
     this._storage = storage;
@@ -102,6 +129,9 @@ export class AgentChatService {
     this._sessionInfo = new Map(); // session id -> {agent_type, project_id}
     this._authRequired = null;
     this._keyPrompt = null;
+    this._tokenProvider = tokenProvider ?? null;
+    this._token = '';
+    this._tokenFetch = null;
     if (typeof window !== 'undefined') {
       window.addEventListener('online', () => this._reconnectAll(['offline', 'connecting']));
       window.addEventListener('offline', () => this._onBrowserOffline());
@@ -133,6 +163,17 @@ export class AgentChatService {
       project_id: info.project_id ?? null,
     });
     return info;
+  }
+
+  /**
+   * The user's sessions, most recently active first (user mode): resolves to
+   * `{sessions: [{session_id, agent_type, project_id, created_at, updated_at, last_seq,
+   * message_count}], next}`; pass `next` as `before` for the following page (null: none).
+   */
+  async listSessions({ limit = 20, before = null } = {}) {
+    const query = new URLSearchParams({ limit: String(limit) });
+    if (before) query.set('before', before);
+    return this._request('GET', `/sessions?${query}`);
   }
 
   /** The session with its history: `{session_id, agent_type, last_seq, messages, ...}`. */
@@ -297,6 +338,44 @@ export class AgentChatService {
     this._outboxCallbacks.delete(sessionId);
   }
 
+  // ------------------------------------------------------------------ user tokens
+
+  /**
+   * User mode: `provider()` → Promise<string> returns a fresh signed token (a JWT the
+   * host application mints for its signed-in user). Replaces any API key.
+   */
+  setTokenProvider(provider) {
+    this._tokenProvider = provider ?? null;
+    this._token = '';
+  }
+
+  /** A token valid for a while yet; `fresh` forces a new one. Concurrent asks share one. */
+  _userToken(fresh = false) {
+    if (!fresh && this._token && tokenExpiry(this._token) - Date.now() > TOKEN_MARGIN_MS) {
+      return Promise.resolve(this._token);
+    }
+    if (!this._tokenFetch) {
+      this._tokenFetch = Promise.resolve()
+        .then(() => this._tokenProvider())
+        .then((token) => {
+          if (typeof token !== 'string' || !token) {
+            throw new ChatServiceError('No token for this user', 'unauthorized', 401);
+          }
+          this._token = token;
+          return token;
+        })
+        .finally(() => {
+          this._tokenFetch = null;
+        });
+    }
+    return this._tokenFetch;
+  }
+
+  /** What REST sends as the bearer credential and Socket.IO as `auth.token`. */
+  async _credential(fresh = false) {
+    return this._tokenProvider ? this._userToken(fresh) : this._apiKey;
+  }
+
   // ------------------------------------------------------------------ API key
 
   /**
@@ -352,8 +431,9 @@ export class AgentChatService {
   // ------------------------------------------------------------------ internals: REST
 
   async _request(method, path, body) {
+    let refreshed = false;
     for (;;) {
-      const sentKey = this._apiKey;
+      const sentKey = await this._credential(refreshed);
       const headers = { Accept: 'application/json' };
       if (body !== undefined) headers['Content-Type'] = 'application/json';
       if (sentKey) headers.Authorization = `Bearer ${sentKey}`;
@@ -380,7 +460,11 @@ export class AgentChatService {
       }
       if (response.ok) return payload;
       const code = payload?.code ?? `http_${response.status}`;
-      if (response.status === 401 || code === 'unauthorized') {
+      if (this._tokenProvider && response.status === 401 && !refreshed) {
+        refreshed = true; // expired or revoked: one more try with a fresh token
+        continue;
+      }
+      if (!this._tokenProvider && (response.status === 401 || code === 'unauthorized')) {
         // Another request may already have brought a new key: retry with it first.
         if (this._apiKey === sentKey) await this._askForKey(Boolean(sentKey));
         continue;
@@ -415,8 +499,13 @@ export class AgentChatService {
       reconnectionDelay: cfg.reconnectInterval,
       reconnectionDelayMax: cfg.reconnectInterval * 5,
       randomizationFactor: 0.5,
-      // A function, so every (re)connect carries the current key.
-      auth: (cb) => cb(this._apiKey ? { recover: true, token: this._apiKey } : { recover: true }),
+      // A function, so every (re)connect carries the current key or a fresh token.
+      auth: (cb) => {
+        this._credential().then(
+          (token) => cb(token ? { recover: true, token } : { recover: true }),
+          () => cb({ recover: true }),
+        );
+      },
     });
 
     const heard = () => {
@@ -441,6 +530,7 @@ export class AgentChatService {
 
     socket.on('connect', () => {
       heard();
+      conn.tokenRetried = false;
       this._startWatchdog(conn);
       if (socket.recovered && conn.joined) {
         // The server restored our room membership and replayed what we missed.
@@ -460,6 +550,21 @@ export class AgentChatService {
       }
       const data = err?.data ?? {};
       const code = data.code ?? err?.message;
+      if (this._tokenProvider && (code === 'unauthorized' || code === 'token_expired')) {
+        // One retry with a fresh token; a second refusal is final.
+        if (conn.tokenRetried) {
+          this._fail(conn, new ChatServiceError(data.detail ?? 'Not signed in', code, 401));
+          return;
+        }
+        conn.tokenRetried = true;
+        this._userToken(true).then(
+          () => {
+            if (!conn.closed) socket.connect();
+          },
+          (exc) => this._fail(conn, exc),
+        );
+        return;
+      }
       if (code === 'unauthorized') {
         this._setStatus(conn, 'offline');
         this._askForKey(this.hasApiKey()).then(
@@ -530,6 +635,14 @@ export class AgentChatService {
 
   _onSessionEvent(conn, name, payload) {
     if (!payload || typeof payload !== 'object') return;
+    if (name === 'error' && payload.code === 'token_expired' && this._tokenProvider) {
+      // Our token is about to lapse: hand the server a fresh one, keeping the socket.
+      this._userToken(true).then(
+        (token) => conn.socket.emit('refresh_token', { token }),
+        (exc) => conn.handlers.onError?.({ code: exc.code ?? 'unauthorized', error: exc.message }),
+      );
+      return;
+    }
     if (name === 'error' && payload.seq === undefined) {
       // A refusal addressed to this socket alone (no seq): not part of the session's log.
       if (payload.code === 'session_not_found' && payload.session_id === conn.sessionId) {

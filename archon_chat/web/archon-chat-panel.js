@@ -16,6 +16,11 @@
  *                (space or comma separated; default none: an image shows as a link with
  *                its alt text, so a reply cannot make the reader's browser fetch anything)
  *
+ * Property
+ *   tokenProvider  user mode (the gateway checks signed tokens): an async function the
+ *                host page provides, returning a fresh token of its signed-in user. The
+ *                panel then also offers the user's recent conversations.
+ *
  * The panel connects only once it is visible (never while `hidden` or inside a hidden
  * container) and keeps its conversation across reloads. It dispatches composed, bubbling
  * events: archon-chat:status {status}, archon-chat:session {sessionId, agentType},
@@ -117,6 +122,9 @@ const TEMPLATE = `
         <span class="dot" aria-hidden="true"></span><span class="status-text">Offline</span>
       </div>
       <button type="button" class="text-button reconnect" part="reconnect" hidden>Reconnect</button>
+      <button type="button" class="icon-button recent-toggle" part="recent-toggle" hidden
+              aria-label="Recent conversations" title="Recent conversations"
+              aria-expanded="false" aria-controls="recent">${ICONS.clock}</button>
       <button type="button" class="icon-button new-chat" part="new-chat"
               aria-label="New conversation" title="New conversation">${ICONS.plus}</button>
     </div>
@@ -134,6 +142,10 @@ const TEMPLATE = `
               aria-controls="options">${ICONS.sliders}</button>
     </div>
     <div class="options" id="options" part="options" hidden></div>
+    <div class="recent" id="recent" part="recent" hidden>
+      <ul class="recent-list" aria-label="Recent conversations"></ul>
+      <p class="recent-note" hidden></p>
+    </div>
   </header>
   <div class="scroller" part="conversation">
     <div class="empty" part="empty">
@@ -228,6 +240,10 @@ export class ArchonChatPanel extends HTMLElement {
       statusText: $('.status-text'),
       reconnect: $('.reconnect'),
       newChat: $('.new-chat'),
+      recentToggle: $('.recent-toggle'),
+      recent: $('.recent'),
+      recentList: $('.recent-list'),
+      recentNote: $('.recent-note'),
       subtitle: $('#subtitle'),
       picker: $('.agent-picker'),
       optionsToggle: $('.options-toggle'),
@@ -288,7 +304,46 @@ export class ArchonChatPanel extends HTMLElement {
   set service(value) {
     this._stop();
     this._service = value;
+    if (this._tokenProvider) value.setTokenProvider(this._tokenProvider);
     if (this.isConnected && this._visible) this._start();
+  }
+
+  /** User mode: `() => Promise<string>` returning a fresh token of the page's user. */
+  get tokenProvider() {
+    return this._tokenProvider ?? null;
+  }
+
+  set tokenProvider(provider) {
+    this._tokenProvider = provider ?? null;
+    this.service.setTokenProvider(this._tokenProvider);
+    this._ui.recentToggle.hidden = !this._tokenProvider;
+    if (!this._tokenProvider) this._showRecent(false);
+  }
+
+  /** Open a stored conversation of the user (from the recent list). */
+  openConversation(sessionId) {
+    const service = this.service;
+    const old = this._sessionId;
+    if (old === sessionId) return Promise.resolve();
+    if (old) {
+      service.offStatusChange(old);
+      service.offSessionChange(old);
+      service.offOutboxChange(old);
+      service.disconnectWebSocket(old);
+    }
+    clearTimeout(this._startTimer);
+    this._sessionId = null;
+    this._started = true;
+    this._setStatus('connecting');
+    this._starting = service.getSession(sessionId).then(
+      (info) => this._open(info),
+      (exc) => {
+        this._started = false;
+        this._setStatus('offline');
+        this._systemNote(this._describe(exc), true);
+      },
+    );
+    return this._starting;
   }
 
   get sessionId() {
@@ -956,6 +1011,7 @@ export class ArchonChatPanel extends HTMLElement {
     ui.stop.addEventListener('click', () => this.stop());
     ui.reconnect.addEventListener('click', () => this.reconnect());
     ui.newChat.addEventListener('click', () => this.newConversation());
+    ui.recentToggle.addEventListener('click', () => this._showRecent(ui.recent.hidden));
     ui.picker.addEventListener('change', (e) => {
       const type = e.target.value;
       if (AGENTS[type] && type !== this._agentType) this._switchSession(type);
@@ -980,6 +1036,50 @@ export class ArchonChatPanel extends HTMLElement {
     });
     ui.keyCancel.addEventListener('click', () => this._answerKey(null));
     this._bindResize();
+  }
+
+  /** Show (and load) or hide the user's recent conversations. */
+  async _showRecent(open) {
+    const ui = this._ui;
+    ui.recent.hidden = !open;
+    ui.recentToggle.setAttribute('aria-expanded', String(open));
+    if (!open) return;
+    ui.recentNote.hidden = true;
+    ui.recentList.replaceChildren();
+    let page;
+    try {
+      page = await this.service.listSessions({ limit: 20 });
+    } catch (exc) {
+      ui.recentNote.textContent = this._describe(exc);
+      ui.recentNote.hidden = false;
+      return;
+    }
+    if (!page.sessions.length) {
+      ui.recentNote.textContent = 'No conversations yet.';
+      ui.recentNote.hidden = false;
+    }
+    for (const session of page.sessions) {
+      const item = document.createElement('li');
+      const button = document.createElement('button');
+      button.type = 'button';
+      button.className = 'recent-item';
+      button.dataset.sessionId = session.session_id;
+      if (session.session_id === this._sessionId) button.setAttribute('aria-current', 'true');
+      const label = AGENTS[session.agent_type]?.label ?? session.agent_type;
+      const when = new Date(session.updated_at);
+      const count = session.message_count;
+      button.textContent = `${label} · ${count} message${count === 1 ? '' : 's'}`;
+      const time = document.createElement('time');
+      time.dateTime = session.updated_at;
+      time.textContent = Number.isNaN(when.getTime()) ? '' : when.toLocaleString();
+      button.append(time);
+      button.addEventListener('click', () => {
+        this._showRecent(false);
+        this.openConversation(session.session_id);
+      });
+      item.append(button);
+      ui.recentList.append(item);
+    }
   }
 
   _autosize() {

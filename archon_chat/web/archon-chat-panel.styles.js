@@ -197,6 +197,21 @@ h2 { margin: 0; font-size: 15px; font-weight: 650; letter-spacing: -0.01em; }
   font-size: 13px;
 }
 
+.recent-toggle[aria-expanded="true"] { background: var(--archon-surface); color: var(--archon-text); }
+.recent {
+  margin-top: 12px; padding: 6px; border-radius: 10px; background: var(--archon-surface);
+  max-height: 240px; overflow-y: auto;
+}
+.recent-list { list-style: none; margin: 0; padding: 0; display: grid; gap: 2px; }
+.recent-item {
+  display: flex; justify-content: space-between; gap: 8px; width: 100%;
+  padding: 6px 8px; border: 0; border-radius: 7px; background: transparent;
+  color: var(--archon-text); font: inherit; font-size: 13px; text-align: left; cursor: pointer;
+}
+.recent-item:hover, .recent-item[aria-current="true"] { background: var(--archon-bg); }
+.recent-item time { color: var(--archon-muted); font-size: 12px; }
+.recent-note { margin: 6px 8px; font-size: 12px; color: var(--archon-muted); }
+
 /* ---- conversation --------------------------------------------------------------- */
 .scroller {
   flex: 1; min-height: 0; overflow-y: auto; overscroll-behavior: contain;

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -683,3 +684,78 @@ def test_light_and_dark_schemes(
         assert (luminance < 0.3) is dark, background
     finally:
         context.close()
+
+
+USER_PAGE = """<!doctype html><html><head>
+  <script type="importmap">{"imports": {
+    "socket.io-client": "/vendor/socket.io.esm.min.js",
+    "marked": "/vendor/marked.esm.js", "dompurify": "/vendor/purify.es.mjs"}}</script>
+  <script type="module">
+    import '/static/archon-chat-panel.js';
+    const panel = document.querySelector('archon-chat-panel');
+    panel.tokenProvider = () => window.mintToken();
+    panel.hidden = false;
+  </script>
+  </head><body style="height: 100vh; margin: 0; display: flex; justify-content: flex-end">
+  <archon-chat-panel hidden storage-key="user-mode"></archon-chat-panel></body></html>"""
+
+
+def test_user_mode_tokens_refresh_and_recent_conversations(
+    tmp_path: Path, agents: ScriptedAgents, page: Page
+) -> None:
+    import jwt
+
+    secret = "a-secret-of-at-least-32-bytes-for-hs256!"
+    env = {"ARCHON_CHAT_JWT_SECRET": secret, "ARCHON_CHAT_TOKEN_REFRESH_WINDOW_S": "2"}
+    gw = Gateway(tmp_path, agents.url, env=env)
+    gw.start()
+    minted: list[float] = []
+
+    def mint() -> str:
+        minted.append(time.time())
+        now = int(time.time())
+        return jwt.encode({"sub": "alice", "iat": now, "exp": now + 4}, secret)
+
+    try:
+        page.expose_function("mintToken", mint)
+        page.route(
+            f"{gw.url}/user",
+            lambda route: route.fulfill(status=200, content_type="text/html", body=USER_PAGE),
+        )
+        page.goto(f"{gw.url}/user")
+        panel = Panel(page)
+        panel.wait_status("online")
+        assert minted, "the panel never asked the page for a token"
+        panel.send("First conversation")
+        panel.wait_agent_text("agent.")
+        panel.wait_turn_done()
+        first = panel.session_id()
+
+        # The socket outlives several of its 4-second tokens: told before each expiry,
+        # the panel hands the server a fresh token and stays connected.
+        asked = len(minted)
+        seen = page.evaluate("window.__chat.statuses.length")
+        page.wait_for_timeout(6000)
+        assert page.evaluate("(n) => window.__chat.statuses.slice(n)", seen) == []
+        assert panel.status.get_attribute("data-status") == "online"
+        assert len(minted) > asked
+
+        page.evaluate("document.querySelector('archon-chat-panel').newConversation()")
+        page.wait_for_function(
+            "(id) => document.querySelector('archon-chat-panel').sessionId !== id", arg=first
+        )
+        panel.wait_status("online")
+        assert panel.user_bubbles.count() == 0
+
+        toggle = panel.host.locator(".recent-toggle")
+        toggle.click()
+        items = panel.host.locator(".recent-item")
+        items.nth(1).wait_for()
+        assert items.count() == 2
+        panel.host.locator(f".recent-item[data-session-id='{first}']").click()
+        panel.wait_status("online")
+        assert panel.session_id() == first
+        assert panel.user_bubbles.count() == 1
+        assert "First conversation" in panel.user_bubbles.first.inner_text()
+    finally:
+        gw.stop()

@@ -170,6 +170,59 @@ const scenarios = {
     s.disconnect();
     return result;
   },
+
+  // User mode (tests/e2e/test_users.py): two users, each with a session, given in the
+  // environment; A tries B's session, B chats in it. Prints what each socket received.
+  async users() {
+    const env = process.env;
+    const a = connect("/", { auth: (cb) => cb({ token: env.TOKEN_A }) });
+    const b = connect("/", { auth: (cb) => cb({ token: env.TOKEN_B }) });
+    const seen = { a: [], b: [] };
+    a.onAny((name, data) => seen.a.push([name, data?.session_id ?? null, data?.code ?? null]));
+    b.onAny((name, data) => seen.b.push([name, data?.session_id ?? null, data?.code ?? null]));
+    await Promise.all([once(a, "connect"), once(b, "connect")]);
+    const acks = {};
+    for (const event of ["join_chat", "chat_message", "stop_response"]) {
+      const data = { session_id: env.SESSION_B, message: "hi" };
+      acks[event] = await a.timeout(5000).emitWithAck(event, data);
+    }
+    acks.b_join = await b.timeout(5000).emitWithAck("join_chat", { session_id: env.SESSION_B });
+    acks.b_send = await b
+      .timeout(5000)
+      .emitWithAck("chat_message", { session_id: env.SESSION_B, message: "slow" });
+    await until(() => seen.b.some(([name]) => name === "stream_complete"));
+    a.disconnect();
+    b.disconnect();
+    return { acks, seen };
+  },
+
+  // User mode: a connection recovered (connection state recovery) by its own user gets
+  // its rooms back; one whose token now names another user is refused.
+  async recover_as_other() {
+    const env = process.env;
+    let token = env.TOKEN_A;
+    const s = io(url, {
+      ...base,
+      forceNew: true,
+      auth: (cb) => cb({ token, recover: true }),
+      reconnectionDelay: 50,
+      reconnectionDelayMax: 50,
+      randomizationFactor: 0,
+    });
+    await once(s, "connect");
+    const join = await s.timeout(5000).emitWithAck("join_chat", { session_id: env.SESSION_A });
+    s.io.engine.close();
+    await once(s, "connect");
+    const sameUser = { recovered: s.recovered === true };
+    token = env.TOKEN_B;
+    s.io.engine.close();
+    const otherUser = await Promise.race([
+      once(s, "connect").then(() => ({ connected: true, recovered: s.recovered === true })),
+      once(s, "connect_error").then(([err]) => ({ refused: err.data?.code ?? err.message })),
+    ]);
+    s.close();
+    return { join: join.status, sameUser, otherUser };
+  },
 };
 
 (async () => {

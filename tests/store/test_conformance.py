@@ -583,3 +583,62 @@ async def test_acquire_refuses_an_expired_session(harness: Harness) -> None:
         sid = await harness.new_session()
         harness.now.advance(TTL_S + 1)
         assert await harness.store.acquire(sid) is None
+
+
+# -- owners -------------------------------------------------------------------------------
+
+
+async def test_a_session_records_its_owner(harness: Harness) -> None:
+    with trio.fail_after(CEILING_S):
+        store = harness.store
+        mine = await store.create_session("rag", None, "alice")
+        anonymous = await store.create_session("rag", None)
+        assert mine.owner == "alice"
+        assert anonymous.owner is None
+        stored = await store.get_session(mine.session_id)
+        assert stored is not None and stored.owner == "alice"
+        owned = await store.acquire(mine.session_id)
+        assert owned is not None and owned.session.owner == "alice"
+        none = await store.get_session(anonymous.session_id)
+        assert none is not None and none.owner is None
+
+
+async def test_listing_gives_one_owners_sessions_newest_first_in_pages(
+    harness: Harness,
+) -> None:
+    with trio.fail_after(CEILING_S):
+        store = harness.store
+        alices = []
+        for _ in range(5):
+            alices.append((await store.create_session("rag", None, "alice")).session_id)
+            await store.create_session("task", None, "bob")
+            harness.now.advance(1)
+        # Activity moves a session to the front.
+        await store.add_user_message(user_msg(alices[0], 1), fence=0)
+        expected = [alices[0], *reversed(alices[1:])]
+        assert await store.count_sessions("alice") == 5
+        assert await store.count_sessions("carol") == 0
+        first = await store.list_sessions("alice", 2)
+        assert [r.session_id for r in first] == expected[:2]
+        assert all(r.owner == "alice" for r in first)
+        cursor = (first[-1].updated_at, first[-1].session_id)
+        second = await store.list_sessions("alice", 2, cursor)
+        assert [r.session_id for r in second] == expected[2:4]
+        cursor = (second[-1].updated_at, second[-1].session_id)
+        assert [r.session_id for r in await store.list_sessions("alice", 2, cursor)] == [
+            expected[4]
+        ]
+        assert await store.list_sessions("carol", 10) == []
+        assert await store.list_sessions("alice", 0) == []
+
+
+async def test_listing_leaves_out_expired_sessions(harness: Harness) -> None:
+    with trio.fail_after(CEILING_S):
+        store = harness.store
+        old = (await store.create_session("rag", None, "alice")).session_id
+        harness.now.advance(TTL_S * 0.75)
+        new = (await store.create_session("rag", None, "alice")).session_id
+        harness.now.advance(TTL_S * 0.5)
+        assert [r.session_id for r in await store.list_sessions("alice", 10)] == [new]
+        assert await store.count_sessions("alice") == 1
+        assert old != new

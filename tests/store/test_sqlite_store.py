@@ -136,6 +136,47 @@ async def test_a_version_1_file_reads_the_same_and_gets_fencing(tmp_path: Path) 
         conn.close()
 
 
+async def test_a_version_2_file_gets_owners_and_keeps_its_sessions_ownerless(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(store_module._SCHEMA_V1)
+    conn.executescript(store_module._SCHEMA_V2)
+    conn.execute(f"PRAGMA application_id = {store_module.APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 2")
+    stamp = "2026-03-01T12:00:00.000000+00:00"
+    conn.execute(
+        "INSERT INTO sessions (id, agent_type, created_at, updated_at) VALUES ('s1', 'rag', ?, ?)",
+        (stamp, stamp),
+    )
+    conn.commit()
+    conn.close()
+    with trio.fail_after(CEILING_S):
+        async with open_store(str(path), ttl_s=1e9) as store:
+            old = await store.get_session("s1")
+            assert old is not None and old.owner is None
+            new = await store.create_session("rag", None, "alice")
+            assert [r.session_id for r in await store.list_sessions("alice", 10)] == [
+                new.session_id
+            ]
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        indexes = {row[1] for row in conn.execute("PRAGMA index_list(sessions)")}
+        assert "sessions_by_user" in indexes
+        plan = " ".join(
+            str(row[3])
+            for row in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT id FROM sessions WHERE user_id = 'alice'"
+                " ORDER BY updated_at DESC, id DESC LIMIT 5"
+            )
+        )
+        assert "sessions_by_user" in plan
+    finally:
+        conn.close()
+
+
 async def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "notes.db"
     path.write_bytes(b"these are not the pages you are looking for " * 100)
