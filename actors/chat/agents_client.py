@@ -150,9 +150,11 @@ class StreamFinished:
 
 AgentEvent = ChunkReceived | Heartbeat | StreamFinished
 
-#: What may follow ``stream_complete`` and still be read to reuse the connection.
+#: What may follow ``stream_complete`` and still be read to reuse the connection. A server
+#: that ends its response sends the end right behind the last event; the wait is short
+#: because the turn's end events are emitted only after it.
 DRAIN_BYTES = 4096
-DRAIN_TIMEOUT_S = 1.0
+DRAIN_TIMEOUT_S = 0.1
 
 _HEARTBEAT = Heartbeat()
 _FINISHED = StreamFinished()
