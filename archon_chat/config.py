@@ -191,6 +191,12 @@ class Settings:
         _positive_float,
         "a connection whose peer stops reading for this long is aborted",
     )
+    ws_write_bytes: int = _setting(
+        "ARCHON_CHAT_WS_WRITE_BYTES",
+        262_144,
+        _positive_int,
+        "most frame data one websocket write carries (a socket's pending frames go together)",
+    )
     http_read_timeout_s: float = _setting(
         "ARCHON_CHAT_HTTP_READ_TIMEOUT_S",
         30.0,

@@ -38,6 +38,7 @@ from archon_chat.gateway.core import Gateway
 from archon_chat.gateway.emitter import LocalEmitter
 from archon_chat.gateway.metrics import Metrics
 from archon_chat.sio import Outgoing, ServerOptions, SocketIOServer
+from archon_chat.sio.asgi import EngineIOApp
 from archon_chat.store_api import GatewayStore, open_configured_store
 from archon_chat.transports import hypercorn_hooks
 from archon_chat.transports.rest import configure, create_rest_blueprint
@@ -163,6 +164,8 @@ async def _serve_gateway(
                     "connected_sockets": sio.stats().get("connected", 0),
                 }
 
+            # The hooks installed above let the app write a socket's pending frames at once.
+            engine = EngineIOApp(sio, send_many_bytes=settings.ws_write_bytes)
             web = QuartTrio("archon_chat", root_path=str(Path(__file__).parent), static_folder=None)
             configure(web, settings.max_http_buffer_size)
             web.register_blueprint(create_rest_blueprint(gateway, health))
@@ -188,7 +191,7 @@ async def _serve_gateway(
 
             binds: list[str] = await nursery.start(
                 lambda task_status: hypercorn_serve(
-                    compose(sio.asgi, web),
+                    compose(engine, web),
                     config,
                     shutdown_trigger=shutdown_trigger,
                     task_status=task_status,

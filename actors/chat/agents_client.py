@@ -17,6 +17,11 @@ session actor enforces the first-event, gap and whole-turn deadlines itself, exa
 trio cancel scopes. Cancelling a stream (leaving :meth:`AgentsClient.open_stream`'s block
 by cancellation) closes its connection at once, so the agents service sees the client go.
 
+Connection reuse. A reply whose ``stream_complete`` was read is read on to the end of its
+response when the block is left (at most ``DRAIN_BYTES``, within ``DRAIN_TIMEOUT_S`` and half
+the time the caller's deadlines leave): httpcore returns only a connection whose response
+ended to the pool, so without this every turn opened a new TCP connection.
+
 Every httpx error is mapped at this boundary to our own tree; ``code`` is the wire code::
 
     AgentsError                   (code)
@@ -39,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
+import trio
 
 from actors.chat.messages import AgentType, ErrorCode
 from actors.chat.settings import AgentsClientSettings
@@ -144,6 +150,12 @@ class StreamFinished:
 
 AgentEvent = ChunkReceived | Heartbeat | StreamFinished
 
+#: What may follow ``stream_complete`` and still be read to reuse the connection. A server
+#: that ends its response sends the end right behind the last event; the wait is short
+#: because the turn's end events are emitted only after it.
+DRAIN_BYTES = 4096
+DRAIN_TIMEOUT_S = 0.1
+
 _HEARTBEAT = Heartbeat()
 _FINISHED = StreamFinished()
 
@@ -213,6 +225,29 @@ class AgentStream:
             self._finished = True
             self._pending.clear()
         return event
+
+    @property
+    def finished(self) -> bool:
+        """Whether :class:`StreamFinished` was received."""
+        return self._finished
+
+    async def drain(self) -> bool:
+        """Read the response to its end after :class:`StreamFinished`, discarding it, so
+        that its connection can go back to the pool; True if the end was reached. Gives up
+        past ``DRAIN_BYTES``, after ``DRAIN_TIMEOUT_S`` or half the time left before the
+        caller's deadline, whichever is first (the deadline itself never fires here); a
+        cancellation passes through. A checkpoint if it reads."""
+        left = trio.current_effective_deadline() - trio.current_time()
+        read = 0
+        with trio.move_on_after(min(DRAIN_TIMEOUT_S, left / 2)):
+            try:
+                while read <= DRAIN_BYTES:
+                    read += len(await self._bytes.__anext__())
+            except StopAsyncIteration:
+                return True
+            except httpx.HTTPError:
+                return False
+        return False
 
     def __aiter__(self) -> AgentStream:
         return self
@@ -284,8 +319,10 @@ class AgentsClient:
         """Send ``request`` and yield the reply's :class:`AgentStream` once its headers
         arrived with a 2xx status and an event-stream content type.
 
-        A checkpoint. Leaving the block closes the response; if it is left by cancellation
-        the connection is closed at once rather than returned to the pool. Raises
+        A checkpoint. Leaving the block closes the response, once the stream finished
+        after reading it to its end (:meth:`AgentStream.drain`) so that its connection is
+        reused; if it is left by cancellation or an error the connection is closed at once
+        rather than returned to the pool. Raises
         :class:`AgentUnavailable` (cannot connect, connection lost, non-2xx
         ``"Agent service error: <status>"``), :class:`AgentProtocolError` (not an event
         stream), :class:`AgentTimeout` (an httpx timeout). No httpx exception escapes.
@@ -316,6 +353,8 @@ class AgentsClient:
             stream = AgentStream(response, self._max_event_chars)
             try:
                 yield stream
+                if stream.finished:
+                    await stream.drain()
             finally:
                 try:
                     await stream.aclose()

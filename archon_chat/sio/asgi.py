@@ -13,9 +13,12 @@ between ASGI messages and a connection of the :class:`EngineHub`:
   client hangs up); ``POST``: packets from the client; ``OPTIONS``: CORS preflight.
 - websocket without ``sid``: a websocket-only session; with ``sid``: the upgrade probe of a
   polling session, then the same loop. Each websocket has one reader (this task) and one
-  writer task, which owns every send. ASGI carries one frame per ``websocket.send`` (and
-  hypercorn writes each with its own syscall), so the writer's batching is about taking
-  everything pending at once, after merges, not about fewer syscalls per frame.
+  writer task, which owns every send and takes everything pending at once, after merges.
+  ASGI carries one frame per ``websocket.send`` (and hypercorn writes each with its own
+  syscall); where the server is known to accept ``websocket.send_many`` (our hypercorn
+  hooks, :mod:`archon_chat.transports.hypercorn_hooks`, which ``archon_chat.server``
+  installs and then says so with ``send_many_bytes``), the writer hands what it took in
+  one message (one per ``send_many_bytes``), so one wake-up is one write.
 - Refusals are Engine.IO's JSON ``{"code": N, "message": "..."}`` with the status hint of
   the :class:`~archon_chat.protocol.errors.ProtocolError`; a websocket handshake is refused
   the same way through the ``websocket.http.response`` extension where the server has it,
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -54,6 +57,9 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+# The ASGI extension message our hypercorn hooks add: several websocket frames, one write.
+SEND_MANY = "websocket.send_many"
 
 _TEXT = b"text/plain; charset=UTF-8"
 _JSON = b"application/json"
@@ -181,8 +187,15 @@ class _NotServing(ProtocolError):
 class EngineIOApp:
     """ASGI app (http, websocket, lifespan scopes) for the Engine.IO endpoint of ``hub``."""
 
-    def __init__(self, hub: EngineHub) -> None:
+    def __init__(self, hub: EngineHub, *, send_many_bytes: int | None = None) -> None:
+        """``send_many_bytes``: ``None`` when the ASGI server has only ``websocket.send``;
+        otherwise whoever configured it says it accepts ``websocket.send_many`` (never
+        probed here), and this bounds the frames' length in one such message (characters
+        of a text frame; a longer frame goes alone)."""
+        if send_many_bytes is not None and send_many_bytes < 1:
+            raise ValueError("send_many_bytes must be positive")
         self.hub = hub
+        self.send_many_bytes = send_many_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -386,14 +399,18 @@ class EngineIOApp:
             return True
         return False
 
-    @staticmethod
-    async def _run(conn: EngineConnection, receive: Receive, send: Send) -> None:
+    async def _run(self, conn: EngineConnection, receive: Receive, send: Send) -> None:
         close_code = 1000
+        limit = self.send_many_bytes
 
         async def writer(scope: trio.CancelScope) -> None:
             while (frames := await conn.next_frames()) is not None:
-                for frame in frames:
-                    await _send_frame(send, frame)
+                if limit is not None:
+                    for batch in _batches(frames, limit):
+                        await send({"type": SEND_MANY, "frames": batch})
+                else:
+                    for frame in frames:
+                        await _send_frame(send, frame)
             await send({"type": "websocket.close", "code": close_code})
             scope.cancel()
 
@@ -430,6 +447,24 @@ def _frame_of(message: Message) -> Frame:
     if raw is None:
         raise BadRequest("websocket message without data")
     return bytes(raw)
+
+
+def _batches(frames: list[Frame], limit: int) -> Iterator[list[Frame]]:
+    """``frames`` in order, in runs whose lengths add up to at most ``limit`` (a frame
+    longer than that alone); all of them at once in the usual case."""
+    if sum(map(len, frames)) <= limit:
+        yield frames
+        return
+    batch: list[Frame] = []
+    size = 0
+    for frame in frames:
+        if batch and size + len(frame) > limit:
+            yield batch
+            batch, size = [], 0
+        batch.append(frame)
+        size += len(frame)
+    if batch:
+        yield batch
 
 
 async def _send_frame(send: Send, frame: Frame) -> None:

@@ -53,6 +53,15 @@ permessage-deflate
     hypercorn 0.18) and inflates every frame without a size bound. Socket.IO's reference
     server declines it by default; :func:`refuse_permessage_deflate` makes the handshake
     decline every offer.
+
+Several websocket messages in one write
+    Hypercorn turns each ASGI ``websocket.send`` into one frame, one event and one
+    ``send_all``: a writer with many frames pending pays a syscall for each. With the hooks
+    installed an app may send ``{"type": "websocket.send_many", "frames": [str | bytes,
+    ...]}``: each frame is encoded by the websocket's own wsproto connection, as
+    ``websocket.send`` would, and the bytes go to the peer in one write (through the write
+    deadline above). The app is told that the server accepts it (``SEND_MANY``); it never
+    probes for it.
 """
 
 from __future__ import annotations
@@ -68,14 +77,22 @@ import h11
 import hypercorn.protocol
 import trio
 from hypercorn.events import Closed, Event, RawData
+from hypercorn.protocol import h11 as h11_protocol
 from hypercorn.protocol import ws_stream
+from hypercorn.protocol.events import Data
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio import run as hypercorn_run
 from hypercorn.trio import task_group, tcp_server
 from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.utils import UnexpectedMessageError
+from wsproto.events import BytesMessage, TextMessage
 from wsproto.extensions import PerMessageDeflate
+from wsproto.utilities import LocalProtocolError
 
-__all__ = ["HOOKED", "install", "refuse_permessage_deflate"]
+__all__ = ["HOOKED", "SEND_MANY", "install", "refuse_permessage_deflate"]
+
+# The ASGI message type, with hooks installed, that writes several websocket frames at once.
+SEND_MANY = "websocket.send_many"
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +105,8 @@ HOOKED: tuple[tuple[Any, str, tuple[str, ...]], ...] = (
     (ws_stream, "WebsocketBuffer", ("extend", "clear", "to_message")),
     (ws_stream, "FrameTooLargeError", ()),
     (ws_stream, "PerMessageDeflate", ()),
+    (h11_protocol, "WSStream", ("app_send", "_send_wsproto_event")),
+    (ws_stream, "ASGIWebsocketState", ("CONNECTED",)),
 )
 
 
@@ -97,6 +116,7 @@ ORIGINALS: dict[str, Any] = {
     "WebsocketBuffer": ws_stream.WebsocketBuffer,
     "_handle": task_group._handle,
     "H11Protocol": H11Protocol,
+    "WSStream": ws_stream.WSStream,  # what hypercorn.protocol.h11 builds
 }
 
 
@@ -195,6 +215,36 @@ class _BoundedWebsocketBuffer(ws_stream.WebsocketBuffer):
             self.clear()
             raise ws_stream.FrameTooLargeError()  # hypercorn answers with close code 1009
         super().extend(event)
+
+
+class _BatchingWSStream(ws_stream.WSStream):
+    """Hypercorn's websocket stream, plus ``SEND_MANY`` (see the module docstring)."""
+
+    async def app_send(self, message: Any) -> None:
+        if self.closed or message is None or message.get("type") != SEND_MANY:
+            await super().app_send(message)
+            return
+        if self.state != ws_stream.ASGIWebsocketState.CONNECTED:
+            raise UnexpectedMessageError(self.state, SEND_MANY)
+        frames = message.get("frames")
+        if not isinstance(frames, list | tuple):
+            raise TypeError(f"{SEND_MANY} needs a list of frames, not {type(frames).__name__}")
+        parts: list[bytes] = []
+        for frame in frames:
+            event: TextMessage | BytesMessage
+            if isinstance(frame, str):
+                event = TextMessage(data=frame)
+            elif isinstance(frame, bytes | bytearray | memoryview):
+                event = BytesMessage(data=bytes(frame))
+            else:
+                raise TypeError(f"a websocket frame is str or bytes, not {type(frame).__name__}")
+            try:
+                parts.append(self.connection.send(event))
+            except LocalProtocolError:
+                break  # closing: dropped, as hypercorn drops a websocket.send then
+        if parts:
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            await self.send(Data(stream_id=self.stream_id, data=data))
 
 
 class _GuardedTCPServer(TCPServer):
@@ -351,3 +401,4 @@ def install(
     setattr(ws_stream, "WebsocketBuffer", _BoundedWebsocketBuffer)  # noqa: B010
     setattr(task_group, "_handle", _handle_app)  # noqa: B010
     setattr(hypercorn.protocol, "H11Protocol", _HTTP1Protocol)  # noqa: B010
+    setattr(h11_protocol, "WSStream", _BatchingWSStream)  # noqa: B010

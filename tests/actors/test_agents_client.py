@@ -17,6 +17,8 @@ import pytest
 import trio
 
 from actors.chat.agents_client import (
+    DRAIN_BYTES,
+    DRAIN_TIMEOUT_S,
     AgentEvent,
     AgentProtocolError,
     AgentReportedError,
@@ -203,6 +205,67 @@ async def test_cancelling_the_reader_closes_the_response(autojump_clock: object)
     assert len(upstream.closed_early) == 1
 
 
+async def test_a_finished_reply_is_read_to_its_end(autojump_clock: object) -> None:
+    """What follows stream_complete is read (not relayed) so the connection can be reused."""
+    upstream = scripted([chunk("a"), COMPLETE, PING, chunk("late")])
+    with trio.fail_after(CEILING_S):
+        async with agents_over(upstream) as agents:
+            async with agents.open_stream(REQUEST) as stream:
+                assert [e async for e in stream] == [ChunkReceived("a"), StreamFinished()]
+                assert stream.finished
+    assert upstream.closed_early == []
+
+
+async def test_a_long_tail_after_the_reply_closes_the_connection(autojump_clock: object) -> None:
+    upstream = scripted([COMPLETE, b": " + b"x" * DRAIN_BYTES + b"\n", chunk("never read")])
+    with trio.fail_after(CEILING_S):
+        async with agents_over(upstream) as agents:
+            async with agents.open_stream(REQUEST) as stream:
+                assert [e async for e in stream] == [StreamFinished()]
+    assert len(upstream.closed_early) == 1
+
+
+@pytest.mark.parametrize(
+    ("left_s", "waited_s"), [(10.0, DRAIN_TIMEOUT_S), (DRAIN_TIMEOUT_S, DRAIN_TIMEOUT_S / 2)]
+)
+async def test_a_silent_tail_is_given_up_before_the_caller_s_deadline(
+    autojump_clock: object, left_s: float, waited_s: float
+) -> None:
+    """A reply that ends but whose response does not: the drain waits at most
+    DRAIN_TIMEOUT_S or half the time left, so the turn's own deadline never fires on a
+    complete reply; the connection is closed."""
+    upstream = scripted([chunk("a"), COMPLETE, Hang()])
+    with trio.fail_after(CEILING_S):
+        async with agents_over(upstream) as agents:
+            with trio.move_on_after(left_s) as turn:
+                async with agents.open_stream(REQUEST) as stream:
+                    assert [e async for e in stream] == [ChunkReceived("a"), StreamFinished()]
+                    finished_at = trio.current_time()
+            assert not turn.cancelled_caught
+            assert trio.current_time() - finished_at == pytest.approx(waited_s)
+    assert len(upstream.closed_early) == 1
+
+
+async def test_a_stop_during_the_drain_closes_at_once(autojump_clock: object) -> None:
+    upstream = scripted([COMPLETE, Hang()])
+
+    async def stop_soon(scope: trio.CancelScope) -> None:
+        await trio.sleep(DRAIN_TIMEOUT_S / 2)
+        scope.cancel()
+
+    with trio.fail_after(CEILING_S):
+        async with agents_over(upstream) as agents:
+            started = trio.current_time()
+            with trio.CancelScope() as turn:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(stop_soon, turn)
+                    async with agents.open_stream(REQUEST) as stream:
+                        assert [e async for e in stream] == [StreamFinished()]
+            assert turn.cancelled_caught
+            assert trio.current_time() - started == pytest.approx(DRAIN_TIMEOUT_S / 2)
+    assert len(upstream.closed_early) == 1
+
+
 async def test_body_exceptions_are_not_mapped(autojump_clock: object) -> None:
     upstream = scripted([chunk("a"), Sleep(1), COMPLETE])
     with trio.fail_after(CEILING_S), pytest.raises(KeyError):
@@ -271,7 +334,8 @@ class CountingAgents:
 @pytest.mark.slow
 async def test_concurrent_streams_open_at_most_the_configured_connections() -> None:
     """1,000 concurrent streams over 4 pools sharing 8 connections: every reply arrives,
-    and the agents service never sees more than 8 connections open at once."""
+    the agents service never sees more than 8 connections open at once, and no more than 8
+    in all: each reply is read to its end, so its connection goes back to the pool."""
     service = CountingAgents(delay_s=0.001)
     results: list[list[AgentEvent]] = []
     with trio.fail_after(60):
@@ -295,6 +359,7 @@ async def test_concurrent_streams_open_at_most_the_configured_connections() -> N
     assert results == [[ChunkReceived("x"), StreamFinished()]] * 1000
     assert service.streams == 1000
     assert service.peak <= 8
+    assert service.accepted <= 8
 
 
 async def test_the_shared_client_streams_through_a_transport() -> None:

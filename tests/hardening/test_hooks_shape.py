@@ -64,3 +64,20 @@ def test_http2_is_chosen_where_the_hook_expects() -> None:
 def test_the_read_deadline_reads_h11_protocol_state() -> None:
     init = inspect.getsource(H11Protocol.__init__)
     assert "self.connection" in init and "self.keep_alive_requests = 0" in init
+
+
+def test_send_many_rests_on_hypercorn_s_websocket_stream() -> None:
+    original = hypercorn_hooks.ORIGINALS["WSStream"]
+    assert "self.stream = WSStream(" in inspect.getsource(H11Protocol._create_stream)
+    init = inspect.getsource(original.__init__)
+    assert "self.closed = False" in init and "self.state = ASGIWebsocketState.HANDSHAKE" in init
+    assert "self.stream_id = stream_id" in init and "self.send = send" in init
+    app_send = inspect.getsource(original.app_send)
+    assert 'message["type"] == "websocket.send" and self.state == ASGIWebsocketState' in app_send
+    assert "if self.closed:" in app_send and "UnexpectedMessageError" in app_send
+    sending = inspect.getsource(original._send_wsproto_event)
+    assert "self.connection.send(event)" in sending and "except LocalProtocolError" in sending
+    assert "await self.send(Data(stream_id=self.stream_id, data=data))" in sending
+    assert list(inspect.signature(hypercorn_hooks._BatchingWSStream.app_send).parameters) == list(
+        inspect.signature(original.app_send).parameters
+    )

@@ -11,20 +11,46 @@ from hypercorn.trio import serve
 
 from archon_chat.config import Settings, derive
 from archon_chat.sio import ServerOptions, SocketIOServer
-from archon_chat.transports.hypercorn_hooks import refuse_permessage_deflate
+from archon_chat.sio.asgi import EngineIOApp
+from archon_chat.transports import hypercorn_hooks
 
 
-async def serve_sio(nursery: trio.Nursery, **options: Any) -> tuple[SocketIOServer, int]:
-    """Start the server and hypercorn in ``nursery``; return the server and its port.
+async def serve_sio(
+    nursery: trio.Nursery, app: Any = None, **options: Any
+) -> tuple[SocketIOServer, int]:
+    """Start the server and hypercorn in ``nursery``; return the server and its port;
+    ``app(engine_app)`` wraps the Engine.IO app when given.
 
     Hypercorn is configured as ``archon-chat serve`` configures it (permessage-deflate
-    declined, process-wide).
+    declined, process-wide), but without the other hooks: the app writes one frame per
+    ``websocket.send``. :func:`serve_sio_hooked` serves it as ``archon-chat serve`` does.
     """
-    refuse_permessage_deflate()
+    hypercorn_hooks.refuse_permessage_deflate()
+    sio = await _start(nursery, Settings().replace(**options))
+    return sio, await serve_app(nursery, sio.asgi if app is None else app(sio.asgi))
+
+
+async def serve_sio_hooked(
+    nursery: trio.Nursery, app: Any = None, **options: Any
+) -> tuple[SocketIOServer, int]:
+    """As :func:`serve_sio`, with every hook of ``archon-chat serve`` installed (process-wide)
+    and the app told it may send ``websocket.send_many``."""
     settings = Settings().replace(**options)
+    hypercorn_hooks.refuse_permessage_deflate()
+    hypercorn_hooks.install(
+        write_timeout_s=settings.write_timeout_s,
+        read_timeout_s=settings.http_read_timeout_s,
+        max_connections_per_address=0,
+    )
+    sio = await _start(nursery, settings)
+    engine = EngineIOApp(sio, send_many_bytes=settings.ws_write_bytes)
+    return sio, await serve_app(nursery, engine if app is None else app(engine))
+
+
+async def _start(nursery: trio.Nursery, settings: Settings) -> SocketIOServer:
     sio = SocketIOServer(derive(ServerOptions, settings), settings.origin_policy())
     await nursery.start(sio.serve)
-    return sio, await serve_app(nursery, sio.asgi)
+    return sio
 
 
 async def serve_app(nursery: trio.Nursery, app: Any) -> int:

@@ -23,7 +23,7 @@ from trio_websocket import (
 from archon_chat.sio import ServerOptions, SocketIOServer
 
 from ..derived import derived
-from .serving import serve_app, serve_sio
+from .serving import serve_app, serve_sio, serve_sio_hooked
 
 QUERY = "/socket.io/?EIO=4&transport=polling"
 
@@ -404,3 +404,51 @@ async def test_permessage_deflate_is_declined(server: tuple[SocketIOServer, int]
         status, *headers = head.split(b"\r\n\r\n")[0].lower().split(b"\r\n")
         assert status.startswith(b"http/1.1 101")
         assert not [h for h in headers if h.startswith(b"sec-websocket-extensions")]
+
+
+@pytest.mark.parametrize("hooked", [False, True], ids=["send", "send_many"])
+async def test_a_burst_reaches_the_client_whole_and_in_order(
+    nursery: trio.Nursery, hooked: bool
+) -> None:
+    """Many frames pending for one socket: through hypercorn as shipped, one
+    ``websocket.send`` each; with our hooks, ``websocket.send_many`` runs of at most
+    ``ws_write_bytes`` (200 here, so a burst takes several). The client sees the same."""
+    sent: list[dict[str, Any]] = []
+
+    def recording(app: Any) -> Any:
+        async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            async def recorded(message: dict[str, Any]) -> None:
+                sent.append(message)
+                await send(message)
+
+            await app(scope, receive, recorded)
+
+        return wrapped
+
+    with trio.fail_after(10):
+        serve = serve_sio_hooked if hooked else serve_sio
+        sio, port = await serve(nursery, recording, ws_write_bytes=200)
+
+        @sio.on("burst")
+        async def burst(sid: str, count: int) -> str:
+            for index in range(count):
+                sio.emit_nowait("n", index, to=sid)
+            return "done"
+
+        async with open_websocket_url(ws_url(port)) as ws:
+            await ws.get_message()
+            await ws.send_message("40")
+            assert (await ws.get_message()).startswith('40{"sid":')
+            await ws.send_message('420["burst",300]')
+            received = [await ws.get_message() for _ in range(301)]
+        assert received == [f'42["n",{index}]' for index in range(300)] + ['430["done"]']
+    kinds = {message["type"] for message in sent}
+    if not hooked:
+        assert "websocket.send_many" not in kinds
+        return
+    assert "websocket.send" not in kinds
+    batches = [message["frames"] for message in sent if message["type"] == "websocket.send_many"]
+    frames = [frame for batch in batches for frame in batch]
+    assert [frame for frame in frames if frame.startswith('42["n"')] == received[:300]
+    assert max(map(len, batches)) > 1
+    assert all(sum(map(len, batch)) <= 200 for batch in batches)
