@@ -7,7 +7,9 @@ psycopg 3's synchronous :class:`psycopg_pool.ConnectionPool` (its async API is
 asyncio-only), driven from worker threads through :func:`trio.to_thread.run_sync`, with
 one :class:`trio.CapacityLimiter` as wide as the pool, so no thread ever waits inside the
 pool for a connection another thread holds. Connections are in autocommit mode (a read is
-one round trip); statements are prepared on the server.
+one round trip); statements are prepared on the server. Checking a connection out costs
+no round trip: an idle connection has nothing to read unless the server closed it (a
+restart, a terminated backend), and only then is it tried with a query and replaced.
 
 *Reads* are abandoned on cancellation (the thread finishes on its own and keeps its
 limiter token until then).
@@ -61,6 +63,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+import select
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -314,14 +317,19 @@ def _run_batch(pool: ConnectionPool, batch: Sequence[_Write]) -> None:
     try:
         with pool.connection() as conn:
             try:
-                with conn.pipeline(), conn.transaction():
+                # BEGIN and COMMIT as plain statements: psycopg's transaction() inside a
+                # pipeline syncs on entry and exit, four round trips more.
+                with conn.pipeline():
+                    conn.execute("BEGIN")
                     if not any(w.durable for w in batch):
                         conn.execute("SET LOCAL synchronous_commit = off")
                     for w in batch:
                         for statement, params in w.statements:
                             w.cursor = conn.execute(statement, params, prepare=True)
+                    conn.execute("COMMIT")
             except psycopg.Error as exc:
                 failure: Exception = exc
+                _roll_back(conn)
             else:  # committed: whatever happens now concerns one write only
                 for w in batch:
                     try:
@@ -340,6 +348,29 @@ def _run_batch(pool: ConnectionPool, batch: Sequence[_Write]) -> None:
     for w in batch:
         w.cursor = None
         w.error = _mapped(failure)
+
+
+def _roll_back(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+    """End the transaction a failed batch left open (its statements after the failure
+    were skipped, ``COMMIT`` included), unless the connection itself is gone."""
+    if conn.broken or conn.info.transaction_status is psycopg.pq.TransactionStatus.IDLE:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except psycopg.Error:
+        log.debug("rollback of a failed batch failed", exc_info=True)
+
+
+def _idle_and_sound(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+    """Pool check without a round trip: an idle connection has nothing to read unless
+    the server spoke first, which it does only to close it (a restart, an
+    administrator's termination); only then is the connection tried with a query."""
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("the connection is closed")
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+    if poller.poll(0):
+        ConnectionPool.check_connection(conn)
 
 
 def _count(row: tuple[Any, ...] | None) -> int:
@@ -769,7 +800,7 @@ class _OwnerLock:
         with self._mutex:
             if self._conn is not None:
                 try:
-                    self._conn.execute("SELECT 1")
+                    _idle_and_sound(self._conn)
                     return self.number
                 except psycopg.OperationalError:
                     self._conn.close()
@@ -920,7 +951,7 @@ async def open_postgres_store(
         min_size=pool_size,
         max_size=pool_size,
         kwargs={"autocommit": True},
-        check=ConnectionPool.check_connection,
+        check=_idle_and_sound,
         timeout=timeout_s,
         open=False,
         name="archon-chat",

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from pathlib import Path
+from typing import LiteralString
 
 import psycopg
 import pytest
@@ -159,7 +160,9 @@ async def test_a_database_coming_up_late_is_waited_for(private_pg: PostgresServe
 # -- writes -------------------------------------------------------------------------
 
 
-async def test_one_failing_write_does_not_fail_its_batch(pg_url: str) -> None:
+async def test_one_failing_write_does_not_fail_its_batch(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     with trio.fail_after(CEILING_S):
         async with opened(pg_url) as store:
             sessions = [(await store.create_session("rag", None)).session_id for _ in range(20)]
@@ -185,6 +188,42 @@ async def test_one_failing_write_does_not_fail_its_batch(pg_url: str) -> None:
             assert await store.stats() == {"sessions": 20, "messages": 20}
             (placeholder,) = [m for m in await store.session_messages(taken)]
             assert placeholder.id == first.id  # the reply is still in progress
+    # The failed transaction was ended by the store, not left to the pool to roll back.
+    assert not [r for r in caplog.records if r.name.startswith("psycopg")]
+
+
+async def test_connections_the_server_closed_are_replaced_before_use(pg_url: str) -> None:
+    with trio.fail_after(CEILING_S):
+        async with opened(pg_url) as store:
+            sid = (await store.create_session("rag", None)).session_id
+            first = await store.acquire(sid)
+            assert first is not None
+
+            def terminate(which: LiteralString) -> int:
+                with psycopg.connect(pg_url, autocommit=True) as conn:
+                    row = conn.execute(
+                        "SELECT count(pg_terminate_backend(pid, 5000)) FROM (SELECT pid"
+                        " FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND pid != pg_backend_pid() AND backend_type = 'client backend'"
+                        " AND " + which + ") AS chosen"
+                    ).fetchone()
+                    return 0 if row is None else int(row[0])
+
+            holds_a_lock: LiteralString = (
+                "pid IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory')"
+            )
+            # The owner lock's connection, and one of the pool's.
+            assert await trio.to_thread.run_sync(terminate, holds_a_lock) == 1
+            assert await trio.to_thread.run_sync(terminate, "NOT " + holds_a_lock + " LIMIT 1") == 1
+            # No call fails: the checkout that draws it notices the server's goodbye
+            # without a query, and the pool hands out another connection.
+            for n in range(1, 9):
+                assert await store.get_session(sid) is not None
+                await store.add_user_message(user_msg(sid, n), fence=first.fence)
+            owned = await store.acquire(sid)
+            assert owned is not None
+            await store.add_user_message(user_msg(sid, 9), fence=owned.fence)
+            assert len(await store.session_messages(sid)) == 9
 
 
 async def test_a_cancelled_write_still_lands(pg_url: str) -> None:
