@@ -265,14 +265,16 @@ class Client:
         self.scope.cancel()
 
     async def close(self) -> None:
-        """Disconnect politely (Socket.IO DISCONNECT, then the websocket close)."""
+        """Disconnect politely at the Socket.IO level (DISCONNECT), then close the TCP
+        connection. No websocket closing handshake: trio-websocket answers a server ping
+        that arrives while it is closing with a pong wsproto refuses, and that error ends
+        the load generator (seen with uvicorn's websockets implementation)."""
         ws = self.ws
         if ws is None:
             return
         with trio.move_on_after(2):
             try:
                 await ws.send_message("41")
-                await ws.aclose()
             except trio_websocket.ConnectionClosed:
                 pass
         if self.stream is not None:
