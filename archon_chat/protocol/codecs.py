@@ -154,6 +154,11 @@ def decode_sio(text: str, max_attachments: int) -> SioPacket:
         raise MalformedPacket("CONNECT payload must be an object")
     if type_ == DISCONNECT and pkt.data is not None:
         raise MalformedPacket("DISCONNECT carries no payload")
+    if type_ in (EVENT, BINARY_EVENT) and not (isinstance(pkt.data, list) and pkt.data):
+        # The codec also reads "20-0" as an EVENT whose payload is the number 0.
+        raise MalformedPacket("an EVENT payload is an array naming the event")
+    if type_ in (ACK, BINARY_ACK) and pkt.data is not None and not isinstance(pkt.data, list):
+        raise MalformedPacket("an ACK payload is an array")
     return SioPacket(type_, namespace, pkt.id, pkt.data, count)
 
 

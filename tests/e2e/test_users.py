@@ -554,6 +554,7 @@ OPERATIONS = st.lists(
 @settings(
     max_examples=6,
     deadline=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(operations=OPERATIONS)

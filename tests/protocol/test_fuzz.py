@@ -40,7 +40,14 @@ from archon_chat.protocol.socketio import (
     event_frames,
 )
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Derandomized: the same examples every run, so CI is deterministic (seeds explored
+# locally with --hypothesis-seed when changing the codecs).
+FUZZ = settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=8),
@@ -213,7 +220,10 @@ def test_encoders_round_trip(
         assert conn.events() == [AckReceived(namespace, ack_id, tuple(args))]
 
 
-@pytest.mark.parametrize("text", ["00-0-0", "00--0", "01", "1/x,5", '1{"a":1}', "00[1]"])
+@pytest.mark.parametrize(
+    "text",
+    ["00-0-0", "00--0", "01", "1/x,5", '1{"a":1}', "00[1]", "20-0-0", "20--0", "2[]", "31{}"],
+)
 def test_packets_no_client_can_mean_are_refused(text: str) -> None:
     """Found by the round-trip fuzz: the codec reads digits as an ack id (or a number as a
     CONNECT payload) where the protocol allows none, and its re-encoding means another

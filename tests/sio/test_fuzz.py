@@ -94,7 +94,12 @@ def install(sio: SocketIOServer) -> None:
 
 
 @pytest.mark.slow
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(st.lists(frames, max_size=25))
 def test_random_frames_never_hurt_the_server(sent: list[Any]) -> None:
     trio.run(scenario, sent, clock=trio.testing.MockClock(autojump_threshold=0))
