@@ -59,6 +59,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar, cast
 
@@ -78,6 +79,7 @@ from actors.chat.store import (
     SessionNotFoundError,
     StoreError,
 )
+from archon_chat.group_commit import GroupCommit
 from archon_chat.store_rows import (
     INTERRUPTED_TEXT,
     MESSAGE_COLUMNS,
@@ -265,8 +267,9 @@ class SqliteStore:
         self._ttl = timedelta(seconds=ttl_s)
         self._now = now
         self._limiter = trio.CapacityLimiter(1)
-        self._pending: list[_Write[Any]] = []
-        self._batch_done: trio.Event | None = None
+        self._commit: GroupCommit[_Write[Any]] = GroupCommit(
+            partial(_run_batch, conn), limiter=self._limiter, mapped=_mapped, max_batch=MAX_BATCH
+        )
         self._closed = False
         #: Replies found ``STREAMING`` at open and stored as ``FAILED``.
         self.recovered_turns = recovered_turns
@@ -298,35 +301,7 @@ class SqliteStore:
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
             raise StoreError("the store is closed")
-        op = _Write(fn)
-        self._pending.append(op)
-        with trio.CancelScope(shield=True):
-            while not op.done:
-                await self._next_batch()
-        # The shielded wait swallowed any cancellation; deliver it now that the write is in.
-        await trio.lowlevel.checkpoint_if_cancelled()
-        if op.error is not None:
-            raise op.error
-        return cast(T, op.result)
-
-    async def _next_batch(self) -> None:
-        """Wait for the running batch, or run the pending writes as the next one."""
-        if self._batch_done is not None:
-            await self._batch_done.wait()
-            return
-        batch = self._pending[:MAX_BATCH]
-        del self._pending[:MAX_BATCH]
-        done = self._batch_done = trio.Event()
-        try:
-            await trio.to_thread.run_sync(_run_batch, self._conn, batch, limiter=self._limiter)
-        except Exception as exc:
-            for w in batch:
-                w.error = w.error or _mapped(exc)
-        finally:
-            for w in batch:
-                w.done = True
-            self._batch_done = None
-            done.set()
+        return cast(T, await self._commit.write(_Write(fn)))
 
     async def aclose(self) -> None:
         """Finish the writes already called, then close the file.
@@ -337,9 +312,8 @@ class SqliteStore:
             await trio.lowlevel.checkpoint()
             return
         self._closed = True
+        await self._commit.drain()
         with trio.CancelScope(shield=True):
-            while self._pending or self._batch_done is not None:
-                await self._next_batch()
             await trio.to_thread.run_sync(_close, self._conn, limiter=self._limiter)
 
     # -- sessions -----------------------------------------------------------------------

@@ -69,6 +69,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Final, LiteralString, cast
 
 import psycopg
@@ -90,6 +91,7 @@ from actors.chat.store import (
     SessionNotFoundError,
     StoreError,
 )
+from archon_chat.group_commit import GroupCommit
 from archon_chat.store import SchemaError
 from archon_chat.store_rows import (
     INTERRUPTED_TEXT,
@@ -414,8 +416,9 @@ class PostgresStore:
         self._ttl = timedelta(seconds=ttl_s)
         self._now = now
         self._limiter = trio.CapacityLimiter(pool_size)
-        self._pending: list[_Write] = []
-        self._batch_done: trio.Event | None = None
+        self._commit: GroupCommit[_Write] = GroupCommit(
+            partial(_run_batch, pool), limiter=self._limiter, mapped=_mapped, max_batch=MAX_BATCH
+        )
         self._closed = False
 
     @property
@@ -448,34 +451,7 @@ class PostgresStore:
     async def _write(self, write: _Write) -> Any:
         if self._closed:
             raise StoreError("the store is closed")
-        self._pending.append(write)
-        with trio.CancelScope(shield=True):
-            while not write.done:
-                await self._next_batch()
-        # The shielded wait swallowed any cancellation; deliver it now that the write is in.
-        await trio.lowlevel.checkpoint_if_cancelled()
-        if write.error is not None:
-            raise write.error
-        return write.result
-
-    async def _next_batch(self) -> None:
-        """Wait for the running batch, or run the pending writes as the next one."""
-        if self._batch_done is not None:
-            await self._batch_done.wait()
-            return
-        batch = self._pending[:MAX_BATCH]
-        del self._pending[:MAX_BATCH]
-        done = self._batch_done = trio.Event()
-        try:
-            await trio.to_thread.run_sync(_run_batch, self._pool, batch, limiter=self._limiter)
-        except Exception as exc:
-            for w in batch:
-                w.error = w.error or _mapped(exc)
-        finally:
-            for w in batch:
-                w.done = True
-            self._batch_done = None
-            done.set()
+        return await self._commit.write(write)
 
     async def aclose(self) -> None:
         """Finish the writes already called, then close the pool.
@@ -486,9 +462,8 @@ class PostgresStore:
             await trio.lowlevel.checkpoint()
             return
         self._closed = True
+        await self._commit.drain()
         with trio.CancelScope(shield=True):
-            while self._pending or self._batch_done is not None:
-                await self._next_batch()
             await trio.to_thread.run_sync(self._pool.close)
             await trio.to_thread.run_sync(self._owner.close)
 
