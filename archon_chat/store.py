@@ -54,7 +54,6 @@ Arguments that break the contract (an unknown agent type, a user message given t
 from __future__ import annotations
 
 import logging
-import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -86,7 +85,9 @@ from archon_chat.store_rows import (
     SESSION_COLUMNS,
     check_agent_type,
     message_from_row,
+    new_session,
     session_from_row,
+    utc_text,
 )
 
 __all__ = [
@@ -281,10 +282,7 @@ class SqliteStore:
     # -- time -------------------------------------------------------------------------
 
     def _timestamp(self, delta: timedelta = timedelta(0)) -> str:
-        now = self._now()
-        if now.tzinfo is None:
-            raise ValueError("now() must return an aware datetime")
-        return (now.astimezone(UTC) - delta).isoformat(timespec="microseconds")
+        return utc_text(self._now(), delta)
 
     # -- running calls ----------------------------------------------------------------
 
@@ -322,24 +320,20 @@ class SqliteStore:
         self, agent_type: AgentType, project_id: str | None, owner: str | None = None
     ) -> SessionRecord:
         """Store a new session with a fresh id of 128 random bits, belonging to ``owner``."""
-        check_agent_type(agent_type)
-        stamp = self._timestamp()
-        record = SessionRecord(
-            session_id=secrets.token_hex(16),
-            agent_type=agent_type,
-            project_id=project_id,
-            created_at=stamp,
-            updated_at=stamp,
-            last_seq=0,
-            message_count=0,
-            owner=owner,
-        )
+        record = new_session(agent_type, project_id, owner, self._timestamp())
 
         def insert(conn: sqlite3.Connection) -> SessionRecord:
             conn.execute(
                 "INSERT INTO sessions (id, agent_type, project_id, created_at, updated_at, "
                 "user_id) VALUES (?, ?, ?, ?, ?, ?)",
-                (record.session_id, agent_type, project_id, stamp, stamp, owner),
+                (
+                    record.session_id,
+                    agent_type,
+                    project_id,
+                    record.created_at,
+                    record.created_at,
+                    owner,
+                ),
             )
             return record
 

@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import logging
 import math
-import secrets
 import select
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -99,7 +98,9 @@ from archon_chat.store_rows import (
     SESSION_COLUMNS,
     check_agent_type,
     message_from_row,
+    new_session,
     session_from_row,
+    utc_text,
 )
 
 __all__ = ["MIGRATIONS", "PostgresStore", "open_postgres_store"]
@@ -426,10 +427,7 @@ class PostgresStore:
         return self._ttl.total_seconds()
 
     def _timestamp(self, delta: timedelta = timedelta(0)) -> str:
-        now = self._now()
-        if now.tzinfo is None:
-            raise ValueError("now() must return an aware datetime")
-        return (now.astimezone(UTC) - delta).isoformat(timespec="microseconds")
+        return utc_text(self._now(), delta)
 
     # -- running calls ----------------------------------------------------------------
 
@@ -473,23 +471,12 @@ class PostgresStore:
         self, agent_type: AgentType, project_id: str | None, owner: str | None = None
     ) -> SessionRecord:
         """Store a new session with a fresh id of 128 random bits, belonging to ``owner``."""
-        check_agent_type(agent_type)
-        stamp = self._timestamp()
-        record = SessionRecord(
-            session_id=secrets.token_hex(16),
-            agent_type=agent_type,
-            project_id=project_id,
-            created_at=stamp,
-            updated_at=stamp,
-            last_seq=0,
-            message_count=0,
-            owner=owner,
-        )
+        record = new_session(agent_type, project_id, owner, self._timestamp())
         params = {
             "sid": record.session_id,
             "agent_type": agent_type,
             "project_id": project_id,
-            "stamp": stamp,
+            "stamp": record.created_at,
             "owner": owner,
         }
         return cast(

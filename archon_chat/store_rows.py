@@ -4,7 +4,9 @@ their columns in the orders below."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, cast
 
 from actors.chat.messages import (
@@ -22,7 +24,9 @@ __all__ = [
     "SESSION_COLUMNS",
     "check_agent_type",
     "message_from_row",
+    "new_session",
     "session_from_row",
+    "utc_text",
 ]
 
 INTERRUPTED_TEXT: Final = "Interrupted by a server restart"
@@ -71,3 +75,30 @@ def check_agent_type(agent_type: str) -> None:
     """Raise ``ValueError`` unless ``agent_type`` is one the actors know."""
     if agent_type not in AGENT_TYPES:
         raise ValueError(f"agent_type must be one of {', '.join(AGENT_TYPES)}, not {agent_type!r}")
+
+
+def utc_text(now: datetime, delta: timedelta = timedelta(0)) -> str:
+    """``now - delta`` as the stores write times: ISO 8601 UTC with microseconds and
+    offset (fixed width, so text order is time order). Raises ``ValueError`` for a naive
+    ``now``."""
+    if now.tzinfo is None:
+        raise ValueError("now() must return an aware datetime")
+    return (now.astimezone(UTC) - delta).isoformat(timespec="microseconds")
+
+
+def new_session(
+    agent_type: AgentType, project_id: str | None, owner: str | None, created_at: str
+) -> SessionRecord:
+    """A new session with a fresh id of 128 random bits. Raises ``ValueError`` for an
+    agent type the actors do not know."""
+    check_agent_type(agent_type)
+    return SessionRecord(
+        session_id=secrets.token_hex(16),
+        agent_type=agent_type,
+        project_id=project_id,
+        created_at=created_at,
+        updated_at=created_at,
+        last_seq=0,
+        message_count=0,
+        owner=owner,
+    )
