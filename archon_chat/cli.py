@@ -22,6 +22,7 @@ SERVE_FLAGS = (
     "kb_dir",
     "cors_origins",
     "log_level",
+    "workers",
 )
 AGENTS_FLAGS = ("agents_host", "agents_port", "kb_dir", "log_level")
 

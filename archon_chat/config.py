@@ -129,6 +129,30 @@ def _database_url(raw: str) -> str:
     return raw
 
 
+def _redis_url(raw: str) -> str:
+    raw = raw.strip()
+    if not raw:
+        return ""
+    parts = urlsplit(raw)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("must be a redis://host:port/db URL (or empty: one process, no Redis)")
+    if parts.scheme != "unix":
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError("has an invalid port") from None
+        if not parts.hostname or (port is not None and not 0 < port <= 65535):
+            raise ValueError("must name a host, e.g. redis://127.0.0.1:6379/0")
+    return raw
+
+
+def _key_prefix(raw: str) -> str:
+    value = raw.strip()
+    if not value or len(value) > 64 or any(c.isspace() or c in "{}" for c in value):
+        raise ValueError("must be 1-64 characters without spaces or braces")
+    return value
+
+
 def _text(raw: str) -> str:
     return raw.strip()
 
@@ -368,6 +392,67 @@ class Settings:
     )
     log_level: str = _setting(
         "ARCHON_CHAT_LOG_LEVEL", "INFO", _log_level, "log level", "--log-level"
+    )
+
+    # cluster (design.md section 8): unset ARCHON_CHAT_REDIS_URL means one process
+    redis_url: str = _setting(
+        "ARCHON_CHAT_REDIS_URL",
+        "",
+        _redis_url,
+        "redis://host:port/db: run as one node of a cluster sharing this Redis and the store "
+        "(empty: one process, nothing shared)",
+    )
+    redis_prefix: str = _setting(
+        "ARCHON_CHAT_REDIS_PREFIX",
+        "archon:",
+        _key_prefix,
+        "prefix of every Redis key and channel of this cluster (several clusters, one Redis)",
+    )
+    redis_timeout_s: float = _setting(
+        "ARCHON_CHAT_REDIS_TIMEOUT_S",
+        2.0,
+        _positive_float,
+        "a Redis command that takes longer fails (the link reconnects with backoff)",
+    )
+    lease_s: float = _setting(
+        "ARCHON_CHAT_LEASE_S",
+        6.0,
+        _positive_float,
+        "a session's owner holds it this long without renewing; a dead owner's turn is "
+        "failed (owner_lost) within it",
+    )
+    node_id: str = _setting(
+        "ARCHON_CHAT_NODE_ID",
+        "",
+        _text,
+        "this node's name in the cluster (empty: host name, process id and a random part)",
+    )
+    cluster_rpc_timeout_s: float = _setting(
+        "ARCHON_CHAT_CLUSTER_RPC_TIMEOUT_S",
+        5.0,
+        _positive_float,
+        "how long a command routed to another node waits for its answer",
+    )
+    cluster_queue: int = _setting(
+        "ARCHON_CHAT_CLUSTER_QUEUE",
+        65_536,
+        _positive_int,
+        "events waiting to be published to other nodes; past it they are dropped (counted) "
+        "and the nodes' clients resume with last_seq",
+    )
+    cluster_batch_bytes: int = _setting(
+        "ARCHON_CHAT_CLUSTER_BATCH_BYTES",
+        262_144,
+        _positive_int,
+        "most bytes of events one Redis message to another node carries",
+    )
+    workers: int = _setting(
+        "ARCHON_CHAT_WORKERS",
+        1,
+        _positive_int,
+        "gateway processes on this machine sharing the port (more than 1 needs "
+        "ARCHON_CHAT_REDIS_URL)",
+        "--workers",
     )
 
     # storage
@@ -788,6 +873,11 @@ def _check(s: Settings) -> None:
             "ARCHON_CHAT_MAX_MESSAGE_CHARS is too large for ARCHON_CHAT_MAX_HTTP_BUFFER_SIZE: "
             "a message of that many characters (4 bytes each in UTF-8, plus its envelope) "
             "must fit in one Engine.IO packet"
+        )
+    if s.workers > 1 and not s.redis_url:
+        raise ConfigError(
+            "--workers/ARCHON_CHAT_WORKERS above 1 needs ARCHON_CHAT_REDIS_URL: the workers "
+            "form a cluster through Redis"
         )
     if s.llm_base_url and not s.llm_model:
         raise ConfigError("ARCHON_CHAT_LLM_MODEL must be set when ARCHON_CHAT_LLM_BASE_URL is")
