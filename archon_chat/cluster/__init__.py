@@ -1,0 +1,1 @@
+"""Cluster mode: gateway processes sharing Redis and a store (design.md section 8)."""
