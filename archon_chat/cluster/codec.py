@@ -38,6 +38,7 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from json.encoder import encode_basestring
 from typing import Any, TypeVar
 
@@ -181,10 +182,11 @@ def _dict(value: Any, what: str, keys: frozenset[str] | None = None) -> dict[str
     if type(value) is not dict:
         raise CodecError(f"{what} must be an object, not {_show(value)}")
     if keys is not None and value.keys() != keys:
-        missing = sorted(keys - value.keys())
-        extra = [_show(k) for k in value if k not in keys][:5]
+        missing = ", ".join(sorted(keys - value.keys())) or "none"
+        extra = ", ".join(islice((_show(k) for k in value if k not in keys), 5)) or "none"
         raise CodecError(
-            f"{what} must have the keys {sorted(keys)} (missing {missing}, extra {extra})"
+            f"{what} must have the keys {', '.join(sorted(keys))} "
+            f"(missing: {missing}; extra: {extra})"
         )
     return value
 
