@@ -191,15 +191,14 @@ def _dict(value: Any, what: str, keys: frozenset[str] | None = None) -> dict[str
     return value
 
 
-E = TypeVar("E")
-
-
 _STATUSES = {m.value: m for m in MessageStatus}
 _CODES = {m.value: m for m in ErrorCode}
 _OUTCOMES = {m.value: m for m in SubmitOutcome}
 _REASONS = {m.value: m for m in CancelReason}
 _SENDERS: dict[str, Sender] = {"user": "user", "agent": "agent"}
 _AGENT_TYPES: dict[str, AgentType] = {a: a for a in AGENT_TYPES}
+
+E = TypeVar("E")
 
 
 def _member(table: dict[str, E], value: Any, what: str) -> E:
@@ -465,9 +464,8 @@ class BatchWriter:
 
     def finish(self) -> bytes:
         """The batch's bytes; the writer is empty again afterwards."""
-        data = b"".join(
-            (b"B[[", b",".join(self._owner_parts), b"]", *(b"," + i for i in self._items), b"]")
-        )
+        items = b"," + b",".join(self._items) if self._items else b""
+        data = b"".join((b"B[[", b",".join(self._owner_parts), b"]", items, b"]"))
         self._owners = {}
         self._owner_parts = []
         self._items = []
