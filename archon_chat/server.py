@@ -32,6 +32,7 @@ from actors.chat.hub import open_session_hub
 from actors.chat.messages import SessionEvent
 from actors.chat.settings import AgentsClientSettings, HubSettings
 from archon_chat.agents import serve_agents
+from archon_chat.cluster.serve import new_node, open_redis
 from archon_chat.config import Settings, derive
 from archon_chat.gateway import sockets
 from archon_chat.gateway.core import Gateway
@@ -138,9 +139,19 @@ async def _serve_gateway(
         sio = SocketIOServer(derive(ServerOptions, settings), settings.origin_policy())
         async with (
             open_session_hub(store, agents, events_send, derive(HubSettings, settings)) as hub,
+            open_redis(settings) as redis,  # None: one process, no cluster
             trio.open_nursery() as nursery,
         ):
-            gateway = Gateway(settings, store, hub, LocalEmitter(sio), metrics)
+            node = None
+            if redis is not None:
+                node = new_node(settings, redis, hub, metrics)
+                gateway = Gateway(
+                    settings, store, node.routing_hub, LocalEmitter(sio), metrics, cluster=node
+                )
+                node.attach(gateway)
+                await nursery.start(node.run)
+            else:
+                gateway = Gateway(settings, store, hub, LocalEmitter(sio), metrics)
             sio.set_outbox_merger(gateway.merge)
 
             def sent(item: Outgoing) -> None:
@@ -209,6 +220,8 @@ async def _serve_gateway(
                 await hub.shutdown()
                 # Let the sockets' writers send the turns' end events.
                 await trio.sleep(min(0.2, settings.shutdown_grace_s / 4))
+                if node is not None:
+                    await node.leave()
             http_closed.set()
             nursery.cancel_scope.cancel()
         # The hub has stopped every actor: no more events.

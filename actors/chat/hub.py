@@ -23,7 +23,7 @@ Exceptions::
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -81,6 +81,12 @@ class SessionHub:
         self._settings = settings
         self._actors: dict[str, SessionActor] = {}
         self._closed = False
+        self._exit_listener: Callable[[str], None] | None = None
+
+    def on_actor_exit(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(session_id)`` whenever a session's actor ends for good
+        (passivated, stopped, or given up). Not a checkpoint; it must not raise."""
+        self._exit_listener = listener
 
     def live_sessions(self) -> int:
         """How many sessions have a running actor. Not a checkpoint."""
@@ -137,6 +143,15 @@ class SessionHub:
             return False
         return True
 
+    def stop_nowait(self, session_id: str) -> bool:
+        """Stop the session's actor, if live (another process owns the session now): its
+        turn is cancelled, queued ones dropped, the actor ends. Not a checkpoint."""
+        actor = self._actors.get(session_id)
+        if actor is None:
+            return False
+        actor.request_stop()
+        return True
+
     async def _activate(self, session_id: str) -> SessionActor:
         if await self._store.get_session(session_id) is None:
             raise SessionNotFound(session_id)
@@ -176,6 +191,8 @@ class SessionHub:
     def _drop(self, actor: SessionActor) -> None:
         if self._actors.get(actor.session_id) is actor:
             del self._actors[actor.session_id]
+            if self._exit_listener is not None:
+                self._exit_listener(actor.session_id)
         actor.mailbox.close()
         leftover = actor.mailbox.drain_nowait()
         if leftover:

@@ -60,7 +60,7 @@ from typing import Any
 
 import trio
 
-from actors.chat.hub import HubClosed, SessionBusy, SessionHub, SessionNotFound
+from actors.chat.hub import HubClosed, HubError, SessionBusy, SessionNotFound
 from actors.chat.messages import (
     CancelReason,
     CancelTurn,
@@ -87,6 +87,7 @@ from . import validation, wire
 from .emitter import RoomEmitter
 from .errors import GatewayError, invalid
 from .metrics import Metrics
+from .ports import ClusterPort, HubPort
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +108,14 @@ class Gateway:
         self,
         settings: Settings,
         store: GatewayStore,
-        hub: SessionHub,
+        hub: HubPort,
         emitter: RoomEmitter,
         metrics: Metrics,
+        cluster: ClusterPort | None = None,
     ) -> None:
         self.settings = settings
+        #: the cluster this process is a node of; ``None``: one process, nothing shared
+        self.cluster = cluster
         self.store = store
         self.hub = hub
         self.emitter = emitter
@@ -262,7 +266,11 @@ class Gateway:
         join = joins[sid] = _Join(parked=[])
         self.emitter.enter_room(sid, room)
         try:
-            if self.hub.is_live(session_id):
+            owned = self.hub.is_live(session_id)
+            if self.cluster is not None and not owned:
+                # Registered before the state is read: every event after it reaches us.
+                owned = await self.cluster.watch(session_id)
+            if owned:
                 state = await self._turn_state(session_id, last_seq)
             else:
                 # A passivated session has no turn in progress, and its actor saved its
@@ -289,13 +297,13 @@ class Gateway:
         except BaseException:
             self._end_join(session_id, sid)
             if not member:
-                self.emitter.leave_room(sid, room)
+                self._undo_enter(sid, session_id)
             raise
         # From here to the end: no checkpoint, so nothing interleaves with the replay.
         self._end_join(session_id, sid)
         if join.overflow:
             if not member:
-                self.emitter.leave_room(sid, room)
+                self._undo_enter(sid, session_id)
             raise GatewayError(ErrorCode.SESSION_BUSY, "Too many events while joining; retry")
         replay: dict[int, SessionEvent] = {}
         for message in finished:
@@ -317,6 +325,12 @@ class Gateway:
                 self._emit(event, to=sid)
         return {"status": "joined", "session_id": session_id, "last_seq": state.last_seq}
 
+    def _undo_enter(self, sid: str, session_id: str) -> None:
+        room = wire.room_of(session_id)
+        self.emitter.leave_room(sid, room)
+        if self.cluster is not None and not self.emitter.has_members(room):
+            self.cluster.vacated(session_id)
+
     def _end_join(self, session_id: str, sid: str) -> None:
         joins = self._joining.get(session_id)
         if joins is not None:
@@ -336,8 +350,14 @@ class Gateway:
     async def on_leave_chat(self, sid: str, data: Any) -> dict[str, Any]:
         session_id = validation.session_id_of(data)
         cancelled = False
-        if self.emitter.leave_room(sid, wire.room_of(session_id)):
-            cancelled = await self._cancel(session_id, CancelReason.LEFT, "leave")
+        room = wire.room_of(session_id)
+        if self.emitter.leave_room(sid, room):
+            # No connected member is left here; in a cluster, maybe on other nodes.
+            nobody = self.cluster is None or await self.cluster.left(
+                session_id, members_remain=self.emitter.has_members(room)
+            )
+            if nobody:
+                cancelled = await self._cancel(session_id, CancelReason.LEFT, "leave")
         return {"status": "left", "session_id": session_id, "cancelled": cancelled}
 
     async def on_stop_response(self, sid: str, data: Any) -> dict[str, Any]:
@@ -345,7 +365,9 @@ class Gateway:
         await self.check_owner(session_id, self.user_of(sid))
         # A stop goes straight to a live actor; only one with no actor (so nothing to
         # stop) costs a store read, to tell an unknown session apart.
-        if not self.hub.is_live(session_id):
+        if not self.hub.is_live(session_id) and (
+            self.cluster is None or not await self.cluster.owned_anywhere(session_id)
+        ):
             if await self.store.get_session(session_id) is None:
                 raise GatewayError(ErrorCode.SESSION_NOT_FOUND)
             return {"status": "stopped", "session_id": session_id, "cancelled": False}
@@ -474,6 +496,8 @@ class Gateway:
             raise GatewayError(
                 ErrorCode.INTERNAL_ERROR, "The server is shutting down; retry shortly"
             ) from None
+        except HubError as exc:  # the cluster could not route it (its message says why)
+            raise GatewayError(ErrorCode.INTERNAL_ERROR, str(exc)) from None
         with trio.move_on_after(self.settings.actor_reply_timeout_s):
             async with receive:
                 try:
@@ -489,7 +513,7 @@ class Gateway:
 
     async def _cancel(self, session_id: str, reason: CancelReason, why: str) -> bool:
         """Cancel the session's turn in flight; whether one was cancelled."""
-        if not self.hub.is_live(session_id):
+        if self.cluster is None and not self.hub.is_live(session_id):
             return False
         send, receive = trio.open_memory_channel[bool](1)
         self._cancel_requested.setdefault(session_id, time.perf_counter())
@@ -503,11 +527,27 @@ class Gateway:
     def _room_vacated(self, room: str) -> None:
         """The room's last member is gone for good (grace over): cancel its turn."""
         session_id = wire.session_of(room)
-        if session_id is None or session_id not in self._turns_in_flight:
+        if session_id is None:
+            return
+        if self.cluster is not None:
+            self.cluster.vacated(session_id)  # other nodes' members count too
+            return
+        if session_id not in self._turns_in_flight:
             return
         if self.hub.cancel_nowait(session_id, CancelReason.LEFT):
             self._cancel_requested.setdefault(session_id, time.perf_counter())
             self.metrics.cancels.labels(reason="grace_over").inc()
+
+    def stop_here(self, session_id: str) -> None:
+        """A stop routed here from another node: nothing of the turn but its end reaches
+        this node's members either."""
+        if session_id in self._turns_in_flight:
+            self._stopped.add(session_id)
+        self._drop_chunks(session_id)
+
+    async def cancel_left(self, session_id: str) -> None:
+        """No node has a member of the session's room any more (cluster mode)."""
+        await self._cancel(session_id, CancelReason.LEFT, "grace_over")
 
     def _drop_chunks(self, session_id: str) -> None:
         def unwanted(data: Any) -> bool:
@@ -571,12 +611,34 @@ class Gateway:
         rose from ~5 to ~25-30 ms with slices of 64 or 16. Cancelling at once comes first.
         """
         task_status.started()
-        relay = self._relay
+        relay = self._relay if self.cluster is None else self._relay_owned
         async with events:
             async for event in events:
                 relay(event)
 
-    def _relay(self, event: SessionEvent) -> None:
+    def _relay_owned(self, event: SessionEvent) -> None:
+        """An event of this node's actor (cluster mode): to the room here and to the other
+        nodes watching; nowhere once another node owns the session."""
+        cluster = self.cluster
+        assert cluster is not None
+        if type(event) is ChunkStreamed and event.session_id in self._stopped:
+            self.metrics.chunks_dropped.inc()
+            return
+        if not cluster.may_emit(event.session_id):
+            if type(event) is TurnEnded:
+                assert isinstance(event, TurnEnded)
+                self._turn_ended(event)
+            else:
+                self.metrics.chunks_dropped.inc()
+            return
+        self._relay(event)
+        cluster.publish(event)
+
+    def relay_remote(self, event: SessionEvent) -> None:
+        """An event of a session owned by another node, for this node's members."""
+        self._relay(event, remote=True)
+
+    def _relay(self, event: SessionEvent, remote: bool = False) -> None:
         kind = type(event)
         if kind is TurnStarted:
             self._turns_in_flight.add(event.session_id)
@@ -586,7 +648,7 @@ class Gateway:
             return
         if kind is TurnEnded:
             assert isinstance(event, TurnEnded)
-            self._turn_ended(event)
+            self._turn_ended(event, remote)
             return
         session_id = event.session_id
         metrics = self.metrics
@@ -608,7 +670,7 @@ class Gateway:
         else:
             metrics.events_relayed.labels(event=wire.event_name(event) or "").inc()
 
-    def _turn_ended(self, event: TurnEnded) -> None:
+    def _turn_ended(self, event: TurnEnded, remote: bool = False) -> None:
         self._turns_in_flight.discard(event.session_id)
         owner = self._owners.get(event.session_id)
         replying = self._user_turns.get(owner) if owner is not None else None
@@ -617,15 +679,17 @@ class Gateway:
             if not replying:
                 del self._user_turns[owner]
         self._stopped.discard(event.session_id)
+        requested = self._cancel_requested.pop(event.session_id, None)
+        if requested is not None:
+            self.metrics.cancel_to_quiet_seconds.observe(time.perf_counter() - requested)
+        if remote:
+            return  # the owner counts the turn
         code = event.code.value if event.code is not None else ""
         self.metrics.turns.labels(status=event.status.value, code=code).inc()
         if code.startswith("agent_"):
             self.metrics.upstream_errors.labels(code=code).inc()
         if event.first_chunk_latency_s is not None:
             self.metrics.first_chunk_seconds.observe(event.first_chunk_latency_s)
-        requested = self._cancel_requested.pop(event.session_id, None)
-        if requested is not None:
-            self.metrics.cancel_to_quiet_seconds.observe(time.perf_counter() - requested)
 
     async def expire_tokens(
         self,

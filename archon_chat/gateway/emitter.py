@@ -46,6 +46,10 @@ class RoomEmitter(Protocol):
 
     def in_room(self, sid: str, room: str) -> bool: ...
 
+    def has_members(self, room: str) -> bool:
+        """Whether the room has members here, connected or in their grace period."""
+        ...
+
     def room_count(self, sid: str) -> int:
         """How many rooms the socket has entered."""
         ...
@@ -89,6 +93,9 @@ class LocalEmitter:
 
     def in_room(self, sid: str, room: str) -> bool:
         return room in self._sio.rooms(sid)
+
+    def has_members(self, room: str) -> bool:
+        return bool(self._sio.room_members(room))
 
     def room_count(self, sid: str) -> int:
         return self._sio.room_count(sid)
