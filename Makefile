@@ -9,12 +9,12 @@ PIP_STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 NPM_STAMP := node_modules/.installed-$(shell cksum package-lock.json 2>/dev/null | cut -d' ' -f1)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint typecheck pytest setup bench bench-full chromium postgresql screenshot clean
+.PHONY: run test lint typecheck pytest setup bench bench-full chromium postgresql redis screenshot clean
 
 run: setup
 	$(VENV)/bin/archon-chat serve
 
-test: setup chromium postgresql lint typecheck pytest
+test: setup chromium postgresql redis lint typecheck pytest
 
 setup: $(PIP_STAMP) $(NPM_STAMP)
 
@@ -40,6 +40,12 @@ chromium:
 postgresql:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql; }
+
+# The cluster tests use the Redis at 127.0.0.1:6379 when one answers, else they start
+# private ones with Debian's redis-server (the package may start a service: harmless).
+redis:
+	@[ -x /usr/bin/redis-server ] || { \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server; }
 
 lint: setup
 	$(VENV)/bin/ruff check archon_chat actors tests bench
