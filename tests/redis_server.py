@@ -170,7 +170,8 @@ def _redis_server_binary() -> str:
 class PrivateRedis:
     """A ``redis-server`` of our own on 127.0.0.1, persisting nothing.
 
-    ``stop()`` and ``kill()`` end it; ``start()`` brings it back on the same port, empty.
+    ``stop()`` and ``kill()`` end it; ``start()`` brings it back on the same port, empty;
+    ``pause()`` and ``resume()`` hang it and let it go on.
     Each call blocks until the server is ready or gone (tens of milliseconds).
     """
 
@@ -240,12 +241,23 @@ class PrivateRedis:
         """SIGKILL, and reap the process."""
         self._end(signal.SIGKILL)
 
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open but nothing answers (a hung server, not a dead one)."""
+        assert self._process is not None and self.running, "not running"
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT: carry on where ``pause()`` stopped it, keys and connections intact."""
+        assert self._process is not None and self.running, "not running"
+        self._process.send_signal(signal.SIGCONT)
+
     def _end(self, sig: signal.Signals) -> None:
         process = self._process
         if process is None:
             return
         if process.poll() is None:
             process.send_signal(sig)
+            process.send_signal(signal.SIGCONT)  # a paused server would keep SIGTERM pending
             try:
                 process.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:

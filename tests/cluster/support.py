@@ -12,8 +12,8 @@ Nodes can be killed (SIGKILL), paused (SIGSTOP) and resumed (SIGCONT), terminate
 port). At the end every node still alive is terminated.
 
 The clients (``tests/e2e/support.py``: ``Client``, ``create_session``, ``joined_client``)
-and the scripted agents service (``tests/e2e/agents_fake.py``) are the end-to-end tests'
-own.
+and the scripted agents service (``tests/e2e/agents_fake.py``, served by
+``running_agents``) are the end-to-end tests' own.
 """
 
 from __future__ import annotations
@@ -28,12 +28,14 @@ from typing import BinaryIO
 
 import trio
 
+from tests.e2e.agents_fake import AgentsFake
 from tests.redis_server import RedisTarget
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 30.0
 TERMINATE_TIMEOUT_S = 10.0
 LOG_TAIL_LINES = 40
+LOG_POLL_S = 0.05
 
 #: sub-second timings so that failures and shutdowns show quickly (``env`` overrides them)
 QUICK_ENV: dict[str, str] = {
@@ -183,7 +185,8 @@ class Node:
 
     async def restart(self) -> None:
         """End the process if it still runs (``terminate()``), then start it again with
-        the same environment; ``url`` and ``port`` are the new process's."""
+        the same environment (``env``: a test may change it first); ``url`` and ``port``
+        are the new process's."""
         if self.alive:
             await self.terminate()
         await self.start()
@@ -198,6 +201,17 @@ class Node:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    async def wait_for_log(self, text: str, timeout_s: float = 10.0) -> None:
+        """Return once ``text`` is in its stderr (any start); AssertionError past
+        ``timeout_s``, with the log's tail."""
+        with trio.move_on_after(timeout_s):
+            while text not in self.log_text():
+                await trio.sleep(LOG_POLL_S)
+            return
+        raise AssertionError(
+            f"{self.node_id} did not log {text!r} in {timeout_s} s:\n{self.log_tail()}"
+        )
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
@@ -238,6 +252,16 @@ def node_env(
         base["ARCHON_CHAT_REDIS_PREFIX"] = redis.prefix
     base.update(env)
     return base
+
+
+@asynccontextmanager
+async def running_agents(delay_s: float = 0.05) -> AsyncIterator[AgentsFake]:
+    """The scripted agents service, served until the block ends."""
+    agents = AgentsFake(delay_s=delay_s)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(agents.serve)
+        yield agents
+        nursery.cancel_scope.cancel()
 
 
 @asynccontextmanager

@@ -15,7 +15,6 @@ import httpx
 import pytest
 import trio
 
-from tests.e2e.agents_fake import AgentsFake
 from tests.e2e.support import agent_said, create_session, get_session, joined_client
 from tests.redis_server import (
     PrivateRedis,
@@ -29,7 +28,7 @@ from tests.redis_server import (
     prefixed,
 )
 
-from .support import Node, NodeStartError, cluster_nodes
+from .support import Node, NodeStartError, cluster_nodes, running_agents
 
 pytestmark = pytest.mark.slow
 
@@ -50,22 +49,22 @@ async def healthz(node: Node, timeout_s: float) -> int:
     return response.status_code
 
 
-async def test_two_nodes_share_the_store_and_each_serves_sockets(
+async def test_nodes_share_the_store_and_each_serves_sockets(
     tmp_path: Path, redis_url: RedisTarget
 ) -> None:
     with trio.fail_after(CEILING_S):
-        agents = AgentsFake(delay_s=0.01)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(agents.serve)
-            async with cluster_nodes(tmp_path, 2, redis=redis_url, agents_url=agents.url) as nodes:
-                n0, n1 = nodes
-                assert (n0.node_id, n1.node_id) == ("n0", "n1")
-                assert n0.port != n1.port and n0.pid != n1.pid
+        async with running_agents(delay_s=0.01) as agents:
+            async with cluster_nodes(tmp_path, 3, redis=redis_url, agents_url=agents.url) as nodes:
+                n0, n1, n2 = nodes
+                assert [n.node_id for n in nodes] == ["n0", "n1", "n2"]
+                assert len({n.port for n in nodes}) == 3 and len({n.pid for n in nodes}) == 3
                 assert n0.env["ARCHON_CHAT_REDIS_URL"] == redis_url.url
                 assert n1.env["ARCHON_CHAT_REDIS_PREFIX"] == redis_url.prefix
+                assert n2.env["ARCHON_CHAT_NODE_ID"] == "n2"
 
                 session_id = await create_session(n0.url)
-                assert (await get_session(n1.url, session_id))["session_id"] == session_id
+                for node in (n1, n2):
+                    assert (await get_session(node.url, session_id))["session_id"] == session_id
 
                 client = await joined_client(n1.url, session_id)
                 try:
@@ -79,16 +78,12 @@ async def test_two_nodes_share_the_store_and_each_serves_sockets(
                 # The turn went to the shared store: node 0 reads it back.
                 stored = await get_session(n0.url, session_id)
                 assert [m["content"] for m in stored["messages"]] == ["hello", "Echo: hello"]
-            assert not n0.alive and not n1.alive
-            assert n0.returncode == 0 and n1.returncode == 0  # a graceful SIGTERM
-            nursery.cancel_scope.cancel()
+            assert [n.returncode for n in nodes] == [0, 0, 0]  # each a graceful SIGTERM
 
 
 async def test_kill_pause_resume_restart(tmp_path: Path) -> None:
     with trio.fail_after(CEILING_S):
-        agents = AgentsFake()
-        async with trio.open_nursery() as nursery:
-            await nursery.start(agents.serve)
+        async with running_agents() as agents:
             async with cluster_nodes(tmp_path, 2, redis=None, agents_url=agents.url) as nodes:
                 n0, n1 = nodes
                 assert n0.env["ARCHON_CHAT_REDIS_URL"] == ""
@@ -115,7 +110,9 @@ async def test_kill_pause_resume_restart(tmp_path: Path) -> None:
                 # A paused node still ends on terminate() (SIGTERM, then SIGCONT).
                 n1.pause()
                 assert await n1.terminate() == 0
-            nursery.cancel_scope.cancel()
+                await n1.wait_for_log("shutting down", timeout_s=1.0)
+                with pytest.raises(AssertionError, match="did not log 'never said'"):
+                    await n1.wait_for_log("never said", timeout_s=0.2)
 
 
 async def test_a_node_that_cannot_start_says_why(tmp_path: Path) -> None:
@@ -185,3 +182,12 @@ def test_private_redis_stops_and_starts_empty_on_the_same_port(
     assert ping(url)
     with RespConnection.to_url(url) as conn:
         assert conn.command("DBSIZE") == 0
+        conn.command("SET", "k", "kept")
+    private_redis.pause()
+    assert not ping(url, timeout_s=0.5)
+    private_redis.resume()
+    with RespConnection.to_url(url) as conn:
+        assert conn.command("GET", "k") == b"kept"
+    private_redis.pause()
+    private_redis.stop()  # ends a paused server too
+    assert not private_redis.running
