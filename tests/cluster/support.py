@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -36,6 +37,7 @@ START_TIMEOUT_S = 30.0
 TERMINATE_TIMEOUT_S = 10.0
 LOG_TAIL_LINES = 40
 LOG_POLL_S = 0.05
+MAX_STARTUP_OUTPUT = 65_536  # stdout read while looking for the "serving on" line
 
 #: sub-second timings so that failures and shutdowns show quickly (``env`` overrides them)
 QUICK_ENV: dict[str, str] = {
@@ -101,8 +103,8 @@ class Node:
                 [sys.executable, "-m", "archon_chat.cli", "serve"],
                 env=self.env,
                 cwd=self._workdir,
-                stdin=-3,  # subprocess.DEVNULL
-                stdout=-1,  # subprocess.PIPE
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
                 stderr=log,
             )
         self._process = process
@@ -120,6 +122,9 @@ class Node:
                         + self.log_tail()
                     )
                 buffer += chunk
+                if len(buffer) > MAX_STARTUP_OUTPUT:
+                    await self.kill()
+                    raise NodeStartError(f"{self.node_id} printed no address: {buffer[:400]!r}")
         if waited.cancelled_caught:
             await self.kill()
             raise NodeStartError(
