@@ -159,7 +159,8 @@ class ClusterNode:
         self._calls: dict[int, _Call] = {}
         self._call_ids = itertools.count(1)
         self._serving = 0
-        self._vacated: dict[str, None] = {}
+        #: session -> whether to cancel its turn if no node has members left
+        self._vacated: dict[str, bool] = {}
         self._vacated_wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._announced = False
@@ -439,7 +440,18 @@ class ClusterNode:
         return int(result[0]) == 1
 
     def vacated(self, session_id: str) -> None:
-        self._vacated[session_id] = None
+        self._vacated[session_id] = True
+        self._vacated_wake.set()
+
+    def rooms_moved(self, namespace: str, rooms: list[str]) -> None:
+        """Sockets handed over to another node took these rooms' last members here: this
+        node stops watching them (the turn goes on: its members moved, they did not go)."""
+        if namespace != "/":
+            return
+        for room in rooms:
+            session_id = wire.session_of(room)
+            if session_id is not None and session_id not in self._vacated:
+                self._vacated[session_id] = False
         self._vacated_wake.set()
 
     async def _check_vacated(self) -> None:
@@ -449,10 +461,10 @@ class ClusterNode:
             self._vacated_wake = trio.Event()
             while self._vacated:
                 session_id = next(iter(self._vacated))
-                del self._vacated[session_id]
+                cancel = self._vacated.pop(session_id)
                 if gateway.emitter.has_members(wire.room_of(session_id)):
                     continue  # somebody joined again meanwhile
-                if await self.left(session_id, members_remain=False):
+                if await self.left(session_id, members_remain=False) and cancel:
                     try:
                         await gateway.cancel_left(session_id)
                     except Exception as exc:

@@ -54,7 +54,7 @@ import logging
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +129,9 @@ class Gateway:
         self._cancel_requested: dict[str, float] = {}
         #: sessions whose turn was stopped and has not ended: its chunks are dropped
         self._stopped: set[str] = set()
+        #: cluster mode: session -> seq of the newest event relayed to its room here
+        #: (sessions with members or a turn in flight)
+        self._last_seq: dict[str, int] = {}
         emitter.on_vacated(self._room_vacated)
         # user mode
         self.auth = TokenVerifier(settings)
@@ -145,9 +148,12 @@ class Gateway:
 
     # ------------------------------------------------------------------ socket events
 
-    async def on_connect(self, sid: str, recovered: bool, auth: Any) -> None:
+    async def on_connect(
+        self, sid: str, recovered: bool, auth: Any, handed: Mapping[str, Any] | None = None
+    ) -> None:
         """Authorise a connection. Raises :class:`GatewayError` (``unauthorized`` or
-        ``token_expired``) to refuse it."""
+        ``token_expired``) to refuse it. ``handed``: what another node exported for this
+        socket when it handed it over (cluster recovery, :meth:`export_socket`)."""
         token = auth.get("token") if isinstance(auth, dict) else None
         if not self.auth.enabled:
             if self.settings.api_key and (
@@ -155,12 +161,16 @@ class Gateway:
                 or not hmac.compare_digest(token.encode(), self.settings.api_key.encode())
             ):
                 raise GatewayError(ErrorCode.UNAUTHORIZED)
+            if handed is not None:
+                await self._catch_up(sid, handed)
             return
         identity = await self.verify(token)
         if recovered:
             # A recovered socket gets its rooms back: only for the user who had them.
             before = self._identities.get(sid)
             previous = before.user if before is not None else self._departed.pop(sid, None)
+            if handed is not None:
+                previous = handed.get("user")
             if previous != identity.user:
                 raise GatewayError(ErrorCode.UNAUTHORIZED, "Not the user of that connection")
         sockets = self._user_sockets.setdefault(identity.user, set())
@@ -173,6 +183,35 @@ class Gateway:
             )
         sockets.add(sid)
         self._set_identity(sid, identity)
+        if handed is not None:
+            await self._catch_up(sid, handed)
+
+    def export_socket(self, sid: str) -> dict[str, Any]:
+        """What another node needs to adopt this socket (cluster recovery): its user, and
+        for each session it watches the newest seq relayed here (its missed events, handed
+        over with it, end there)."""
+        identity = self._identities.get(sid)
+        user = identity.user if identity is not None else self._departed.get(sid)
+        seqs = {}
+        for room in self.emitter.rooms_of(sid):
+            session_id = wire.session_of(room)
+            if session_id is not None:
+                seqs[session_id] = self._last_seq.get(session_id, 0)
+        return {"user": user, "seqs": seqs}
+
+    async def _catch_up(self, sid: str, handed: Mapping[str, Any]) -> None:
+        """An adopted socket: what its sessions emitted after the node it came from
+        stopped relaying for it, as a rejoin with ``last_seq`` gets it."""
+        seqs = handed.get("seqs")
+        if not isinstance(seqs, dict):
+            return
+        for session_id, last_seq in list(seqs.items())[: self.settings.max_sessions_per_socket]:
+            if not isinstance(last_seq, int) or isinstance(last_seq, bool):
+                continue
+            try:
+                await self.on_join_chat(sid, {"session_id": session_id, "last_seq": last_seq})
+            except GatewayError as exc:
+                log.info("sid %s: catching up on %s failed: %s", sid, session_id, exc.detail)
 
     async def verify(self, token: object) -> Identity:
         """The identity a token proves (user mode). Raises :class:`GatewayError`."""
@@ -323,6 +362,8 @@ class Gateway:
         for event in join.parked:
             if event.seq > state.last_seq:
                 self._emit(event, to=sid)
+        if self.cluster is not None and self._last_seq.get(session_id, -1) < state.last_seq:
+            self._last_seq[session_id] = state.last_seq
         return {"status": "joined", "session_id": session_id, "last_seq": state.last_seq}
 
     def _undo_enter(self, sid: str, session_id: str) -> None:
@@ -530,6 +571,8 @@ class Gateway:
         if session_id is None:
             return
         if self.cluster is not None:
+            if session_id not in self._turns_in_flight:
+                self._last_seq.pop(session_id, None)
             self.cluster.vacated(session_id)  # other nodes' members count too
             return
         if session_id not in self._turns_in_flight:
@@ -652,6 +695,8 @@ class Gateway:
             return
         session_id = event.session_id
         metrics = self.metrics
+        if self.cluster is not None:
+            self._last_seq[session_id] = event.seq
         if kind is ChunkStreamed and session_id in self._stopped:
             metrics.chunks_dropped.inc()
             return
@@ -672,6 +717,10 @@ class Gateway:
 
     def _turn_ended(self, event: TurnEnded, remote: bool = False) -> None:
         self._turns_in_flight.discard(event.session_id)
+        if self.cluster is not None:
+            self._last_seq[event.session_id] = event.seq
+            if not self.emitter.has_members(wire.room_of(event.session_id)):
+                del self._last_seq[event.session_id]
         owner = self._owners.get(event.session_id)
         replying = self._user_turns.get(owner) if owner is not None else None
         if owner is not None and replying is not None:

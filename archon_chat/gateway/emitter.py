@@ -54,6 +54,10 @@ class RoomEmitter(Protocol):
         """How many rooms the socket has entered."""
         ...
 
+    def rooms_of(self, sid: str) -> list[str]:
+        """The rooms the socket has entered."""
+        ...
+
     def on_vacated(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(room)`` when a room's last member is gone for good (its grace
         period over, or removed by the server); never for :meth:`leave_room`, which
@@ -99,6 +103,9 @@ class LocalEmitter:
 
     def room_count(self, sid: str) -> int:
         return self._sio.room_count(sid)
+
+    def rooms_of(self, sid: str) -> list[str]:
+        return sorted(self._sio.rooms(sid))
 
     def on_vacated(self, listener: Callable[[str], None]) -> None:
         def vacated(namespace: str, room: str) -> None:

@@ -1,0 +1,179 @@
+"""Two gateway nodes in one process sharing Redis and the SQLite file: ownership, routed
+commands, routed delivery, cluster-wide membership and resume across nodes, with real
+python-socketio clients connected to different nodes."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from archon_chat.server import Running
+from tests.e2e.agents_fake import AgentsFake
+from tests.e2e.support import (
+    Client,
+    agent_said,
+    chunks_at_least,
+    create_session,
+    gateway_settings,
+    joined_client,
+    running_gateway,
+    turn_done,
+)
+from tests.redis_server import RedisTarget
+
+pytestmark = pytest.mark.slow
+
+
+@asynccontextmanager
+async def two_nodes(
+    tmp_path: Path, redis: RedisTarget, delay_s: float = 0.05, **overrides: Any
+) -> AsyncIterator[tuple[AgentsFake, Running, Running]]:
+    agents = AgentsFake(delay_s=delay_s)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(agents.serve)
+        common = {"redis_url": redis.url, "redis_prefix": redis.prefix, "lease_s": 3.0}
+        common.update(overrides)
+        s0 = gateway_settings(tmp_path, agents.url, node_id="n0", **common)
+        s1 = gateway_settings(tmp_path, agents.url, node_id="n1", **common)
+        async with running_gateway(s0) as n0, running_gateway(s1) as n1:
+            yield agents, n0, n1
+        nursery.cancel_scope.cancel()
+
+
+def chunk_text(events: list[tuple[str, Any]]) -> str:
+    return "".join(d["content"] for n, d in events if n == "stream_chunk")
+
+
+def seqs(events: list[tuple[str, Any]]) -> list[int]:
+    return [d["seq"] for n, d in events if isinstance(d, dict) and "seq" in d and n != "typing"]
+
+
+async def metric(url: str, name: str) -> float:
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"{url}/metrics")).text
+    total = 0.0
+    for line in text.splitlines():
+        if re.match(rf"^{name}(_total)?(\{{.*\}})? ", line):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_a_turn_is_watched_from_both_nodes(tmp_path: Path, redis_url: RedisTarget) -> None:
+    async with two_nodes(tmp_path, redis_url) as (_, n0, n1):
+        session_id = await create_session(n0.url)
+        a = await joined_client(n0.url, session_id)
+        b = await joined_client(n1.url, session_id)
+        ack = await b.call("chat_message", {"session_id": session_id, "message": "slow hi"})
+        assert ack["status"] == "sent"
+        for client in (a, b):
+            await client.wait_for(turn_done)
+            await client.wait_for(agent_said("w0 w1 w2 w3 w4 w5 w6 w7 w8 w9 "))
+        assert (
+            chunk_text(a.snapshot()) == chunk_text(b.snapshot()) == "w0 w1 w2 w3 w4 w5 w6 w7 w8 w9 "
+        )
+        for client in (a, b):
+            got = seqs(client.snapshot())
+            assert got == sorted(got) and len(set(got)) == len(got)
+        # One node owns the session and routed the other's events to it: never a broadcast.
+        published = await metric(n0.url, "archon_chat_cluster_events_published") + await metric(
+            n1.url, "archon_chat_cluster_events_published"
+        )
+        assert published > 0
+        assert await metric(n0.url, "archon_chat_redis_commands") > 0
+        for client in (a, b):
+            await client.disconnect()
+
+
+async def test_stop_from_a_node_that_does_not_own_the_turn(
+    tmp_path: Path, redis_url: RedisTarget
+) -> None:
+    async with two_nodes(tmp_path, redis_url) as (agents, n0, n1):
+        session_id = await create_session(n0.url)
+        a = await joined_client(n0.url, session_id)
+        b = await joined_client(n1.url, session_id)
+        await a.call("chat_message", {"session_id": session_id, "message": "endless"})
+        await b.wait_for(chunks_at_least(2))
+        ack = await b.call("stop_response", {"session_id": session_id})
+        assert ack["cancelled"] is True
+        after_ack = len(b.snapshot())
+        events = await b.wait_for(turn_done)
+        tail = [n for n, _ in b.snapshot()[after_ack:]]
+        assert "stream_chunk" not in tail, tail
+        assert any(n == "message" and d["data"]["status"] == "cancelled" for n, d in events)
+        with trio.fail_after(5):
+            while session_id not in agents.disconnects:
+                await trio.sleep(0.02)
+        await a.disconnect()
+        await b.disconnect()
+
+
+async def test_the_last_leave_on_any_node_cancels(tmp_path: Path, redis_url: RedisTarget) -> None:
+    async with two_nodes(tmp_path, redis_url) as (agents, n0, n1):
+        session_id = await create_session(n0.url)
+        a = await joined_client(n0.url, session_id)
+        b = await joined_client(n1.url, session_id)
+        await a.call("chat_message", {"session_id": session_id, "message": "endless"})
+        await b.wait_for(chunks_at_least(2))
+        left = await a.call("leave_chat", {"session_id": session_id})
+        assert left["cancelled"] is False  # b still watches, on the other node
+        seen = len(b.snapshot())
+        await b.wait_for(lambda evs: len([e for e in evs if e[0] == "stream_chunk"]) > seen)
+        left = await b.call("leave_chat", {"session_id": session_id})
+        assert left["cancelled"] is True
+        with trio.fail_after(5):
+            while session_id not in agents.disconnects:
+                await trio.sleep(0.02)
+        await a.disconnect()
+        await b.disconnect()
+
+
+async def test_a_client_resumes_on_the_other_node_without_gaps(
+    tmp_path: Path, redis_url: RedisTarget
+) -> None:
+    async with two_nodes(tmp_path, redis_url, delay_s=0.03) as (_, n0, n1):
+        session_id = await create_session(n0.url)
+        a = await joined_client(n0.url, session_id)
+        await a.call("chat_message", {"session_id": session_id, "message": "first"})
+        await a.wait_for(turn_done)
+        first_turn = len(a.snapshot())
+        await a.call("chat_message", {"session_id": session_id, "message": "slow go"})
+        await a.wait_for(chunks_at_least(6))
+        await a.disconnect()
+        before = a.snapshot()[first_turn:]
+        last_seq = max(seqs(a.snapshot()))
+        b = Client(n1.url, transports=["websocket"])
+        await b.connect()
+        ack = await b.call("join_chat", {"session_id": session_id, "last_seq": last_seq})
+        assert ack["status"] == "joined"
+        await b.wait_for(agent_said("w0 w1 w2 w3 w4 w5 w6 w7 w8 w9 "))
+        text = chunk_text(before) + chunk_text(b.snapshot())
+        assert text == "w0 w1 w2 w3 w4 w5 w6 w7 w8 w9 "
+        after = seqs(b.snapshot())
+        assert all(s > last_seq for s in after) and after == sorted(after)
+        await b.disconnect()
+
+
+async def test_a_message_sent_on_the_other_node_is_answered_by_the_owner(
+    tmp_path: Path, redis_url: RedisTarget
+) -> None:
+    async with two_nodes(tmp_path, redis_url) as (_, n0, n1):
+        session_id = await create_session(n0.url)
+        a = await joined_client(n0.url, session_id)
+        await a.call("chat_message", {"session_id": session_id, "message": "one"})
+        await a.wait_for(agent_said("Echo: one"))
+        # n0 owns the session now; a client of n1 sends the next message.
+        b = await joined_client(n1.url, session_id)
+        ack = await b.call("chat_message", {"session_id": session_id, "message": "two"})
+        assert ack["status"] == "sent"
+        await b.wait_for(agent_said("Echo: two"))
+        await a.wait_for(agent_said("Echo: two"))
+        assert await metric(n1.url, "archon_chat_cluster_requests") >= 1
+        await a.disconnect()
+        await b.disconnect()
