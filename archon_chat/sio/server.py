@@ -659,13 +659,13 @@ class SocketIOServer:
             try:
                 handed = await source(pid, offset, namespace)
             except Exception:
-                log.exception("recovery source failed for pid %s", pid[:_MAX_PID])
+                log.exception("recovery source failed")
                 return None
             if handed is not None and not isinstance(handed, HandOver):
                 log.error("recovery source returned %r, not a HandOver", type(handed))
                 return None
             return handed
-        log.warning("recovery source: no answer for pid %s in time", pid[:_MAX_PID])
+        log.warning("recovery source: no answer in %s s", self._fetch_timeout_s)
         return None
 
     def _adopt(self, sock: Socket, handed: HandOver, client_offset: str | None) -> bool:

@@ -312,11 +312,27 @@ async def test_stale_offset_is_a_miss_and_lets_the_ghost_go(nursery: trio.Nurser
         await client.call("join", "chat")
         await client.cut()
         await a.gone.wait()
+        assert a.sio.hand_over(first["pid"], None, "/admin") is None  # not that namespace
+        assert a.sio.stats()["ghosts"] == 1
         await new_socket_instead(nursery, b, first["pid"], "1")  # older than anything kept
         assert a.sio.stats()["ghosts"] == 0
         assert a.vacated == [("/", "chat")]  # abandoned, as after a local miss
         assert a.moved == []
         assert b.sio.stats()["recovery_misses"] == 1
+
+
+async def test_state_over_its_bound_keeps_the_socket_where_it_is(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        a, b = await node(nursery), await node(nursery)
+        a.sio.set_hand_over_hooks(lambda sid: {"blob": "x" * 100}, max_app_bytes=64)
+        b.sio.set_recovery_source(from_node(a), timeout_s=2)
+        client = await Client.open(nursery, a.port)
+        first = await client.connect({**RECOVER, "user": "ann"})
+        await client.cut()
+        await a.gone.wait()
+        await new_socket_instead(nursery, b, first["pid"], None)
+        assert a.sio.stats()["ghosts"] == 1  # it waits for its grace to end, as before
+        assert a.sio.stats()["hand_overs"] == 0
 
 
 async def test_sid_collision_refuses_the_hand_over(nursery: trio.Nursery) -> None:
