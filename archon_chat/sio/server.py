@@ -627,7 +627,11 @@ class SocketIOServer:
                         self._resume(old, conn, handler_auth, resume_from)
                         return
                     self.remove_socket(old, old.lost_reason or CloseReason.TRANSPORT_CLOSE)
-                elif old is None and self._recovery_source is not None:
+                elif (
+                    old is None
+                    and self._recovery_source is not None
+                    and recovery is not Recovery.OFF
+                ):
                     adopt = _adoptable(pid, auth.get("offset"))
                 if adopt is None:
                     self.counters["recovery_misses"] += 1
