@@ -7,8 +7,9 @@ as JSON, and the receiving process adopts it (:meth:`SocketIOServer.set_recovery
 same ``sid`` and ``pid``, same rooms, the missed events replayed.
 
 Events travel already encoded, without their recovery offset: offsets are each process's
-own emit counter, so the adopting process stamps its own on them. Nothing of the
-application's objects travels but the JSON-able ``app`` dict its hooks exchange.
+own emit counter, so the adopting process stamps its own on them. Of the application's
+state only the JSON-able ``app`` dict travels: what its export hook made of the socket in
+the process it leaves, handed to its connect handler (``info.app``) in the one it reaches.
 """
 
 from __future__ import annotations
@@ -22,12 +23,10 @@ from typing import Any, Final
 
 from archon_chat.protocol.codecs import Frame
 
-__all__ = ["Adopt", "Export", "HandOver", "RecoverySource", "RoomsMoved", "app_state"]
+__all__ = ["Export", "HandOver", "RecoverySource", "RoomsMoved", "app_state"]
 
 #: ``export(sid)``: the application's state of a socket leaving this process (JSON-able)
 Export = Callable[[str], dict[str, Any]]
-#: ``adopt(sid, app)``: install the state of a socket arriving; raising refuses it
-Adopt = Callable[[str, dict[str, Any]], None]
 #: ``listener(namespace, rooms)``: rooms this process no longer has a member in, because
 #: their last member moved to another process
 RoomsMoved = Callable[[str, list[str]], None]
@@ -44,7 +43,7 @@ class HandOver:
     ``packets``: the events the client missed, oldest first, each as the frames the writer
     sends (a text frame, then its binary attachments), without the recovery offset.
     ``offset``: the offset (hex) the last of them carried where they were emitted, or the
-    client's own offset when there are none. ``rooms``: the rooms it had entered, its own
+    one the client resumed from when there are none. ``rooms``: the rooms it had entered, its own
     room (named after its sid) not included. ``app``: what the application exported.
     """
 

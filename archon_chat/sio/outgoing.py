@@ -69,7 +69,8 @@ class Outgoing:
     @classmethod
     def encoded(cls, frames: tuple[Frame, ...], namespace: str, offset: int) -> Outgoing:
         """An event that arrives already encoded (handed over by another process): it is
-        sent and replayed as it is, never merged, and not reported to ``on_sent`` again."""
+        sent and replayed as it is, never merged, and not reported to ``on_sent`` again. Its
+        ``data`` is ``None``: the application object stayed where it was emitted."""
         item = cls("", None, namespace, offset=offset, render=_as_encoded)
         item._frames = frames
         item.handed = True
