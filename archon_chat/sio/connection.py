@@ -103,6 +103,10 @@ class SocketHost(Protocol):
 class ConnectJob:
     auth: Any
     resume_from: int | None  # offset the client has, when this CONNECT recovers a socket
+    # (pid, offset) of a socket another process may hand over; the socket is registered
+    # only once that is settled
+    adopt: tuple[str, str | None] | None = None
+    opted_in: bool = False  # whether a socket that is not adopted gets recovery
 
 
 @dataclass(slots=True)
@@ -140,6 +144,7 @@ class Socket:
         "connected_once",
         "dispatching",
         "floor",
+        "foreign_offset",
         "ghost_deadline",
         "held",
         "inbox",
@@ -187,6 +192,9 @@ class Socket:
         self.floor = offset  # events up to this offset may be missing from the log
         self.sent_offset = offset  # offset of the newest logged event
         self.ping_mark = offset
+        # The offset the client held when this process adopted the socket from another:
+        # until it gets one of ours, it resumes from there with that one.
+        self.foreign_offset: str | None = None
 
     @property
     def recoverable(self) -> bool:
@@ -258,7 +266,7 @@ class Socket:
         """The offset a recovery may resume from, or ``None`` if it cannot be honoured."""
         if self.state not in (SocketState.CONNECTED, SocketState.GHOST):
             return None
-        if raw is None:
+        if raw is None or raw == self.foreign_offset:
             offset = self.initial_offset
         elif isinstance(raw, str) and 0 < len(raw) <= 16:
             try:

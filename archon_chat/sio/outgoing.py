@@ -66,6 +66,16 @@ class Outgoing:
         self._frames: tuple[Frame, ...] | None = None
         self._offset_frames: tuple[Frame, ...] | None = None
 
+    @classmethod
+    def encoded(cls, frames: tuple[Frame, ...], namespace: str, offset: int) -> Outgoing:
+        """An event that arrives already encoded (handed over by another process): it is
+        sent and replayed as it is, never merged, and not reported to ``on_sent`` again. Its
+        ``data`` is ``None``: the application object stayed where it was emitted."""
+        item = cls("", None, namespace, offset=offset, render=_as_encoded)
+        item._frames = frames
+        item.handed = True
+        return item
+
     def __repr__(self) -> str:
         return f"Outgoing({self.event!r}, {self.data!r}, {self.namespace!r})"
 
@@ -81,6 +91,12 @@ class Outgoing:
         if self._offset_frames is None:
             self._offset_frames = with_offset(self.frames(), format(self.offset, "x"))
         return self._offset_frames
+
+
+def _as_encoded(data: Any) -> Any:
+    # The renderer of encoded events: never called (their frames are set), and no
+    # application's renderer, so a merger is never asked to combine them.
+    raise AssertionError("an encoded event is not rendered")
 
 
 class Packet:

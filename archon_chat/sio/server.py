@@ -16,6 +16,12 @@ Socket.IO recovers from keeps its events; if its client comes back in time, the 
 handler runs again for the same sid with ``info.recovered`` set (and its rooms are as they
 were). Other ghosts keep only their memberships. When a ghost's grace ends it leaves its
 rooms silently, and the room listener hears of each room left empty.
+
+A client may also come back to another process of a cluster: that process asks its recovery
+source (:meth:`SocketIOServer.set_recovery_source`) for the socket, which the process holding
+it gives up with :meth:`SocketIOServer.hand_over` (see :mod:`archon_chat.sio.handover`).
+Offsets start at a random point in each process, so one process's offsets are not
+mistaken for another's.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import trio
 from archon_chat.config import derive
 from archon_chat.limits import RateLimiter, client_address
 from archon_chat.origins import OriginPolicy, OriginRequest, Verdict
+from archon_chat.protocol.codecs import Frame
 from archon_chat.protocol.engineio import CloseReason, EngineConfig, EngineSession, Transport
 from archon_chat.protocol.errors import TooManyRequests, UnknownSid
 from archon_chat.protocol.socketio import (
@@ -56,6 +63,7 @@ from .connection import (
     SocketState,
 )
 from .errors import CallTimeout, ConnectRefused, NotConnected
+from .handover import Export, HandOver, RecoverySource, RoomsMoved, app_state
 from .options import Recovery, ServerOptions
 from .outgoing import Outgoing, Packet, Render, event_args
 from .rooms import Rooms
@@ -101,6 +109,9 @@ class ConnectInfo:
     query: Mapping[str, str]
     recovered: bool = False
     namespace: str = "/"
+    #: what the application exported for this socket in the process it was handed over
+    #: from (``None`` unless adopted that way)
+    app: Mapping[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -129,6 +140,23 @@ def _new_id() -> str:
     return secrets.token_urlsafe(16)
 
 
+# Where a process's offsets start: random, so the offsets of two processes do not overlap
+# in practice, within the 16 hex digits a client's offset may have.
+_OFFSET_BASE_BITS: Final = 52
+
+
+_MAX_PID: Final = 64  # a longer pid is none of ours: not worth asking other processes
+
+
+def _adoptable(pid: Any, offset: Any) -> tuple[str, str | None] | None:
+    """``(pid, offset)`` of a CONNECT worth asking other processes about, or ``None``."""
+    if not isinstance(pid, str) or not 0 < len(pid) <= _MAX_PID:
+        return None
+    if offset is not None and not isinstance(offset, str):
+        return None
+    return pid, offset
+
+
 class SocketIOServer:
     """Engine.IO v4 / Socket.IO v5 server; see the module docstring."""
 
@@ -147,9 +175,14 @@ class SocketIOServer:
         self._nursery: trio.Nursery | None = None
         self._merger: OutboxMerger | None = None
         self._room_listener: RoomListener | None = None
+        self._rooms_moved: RoomsMoved | None = None
+        self._recovery_source: RecoverySource | None = None
+        self._fetch_timeout_s = 1.0
+        self._export: Export | None = None
+        self._max_app_bytes = 4096
         #: called once per event when it is first handed to a transport (metrics)
         self.on_sent: Callable[[Outgoing], None] | None = None
-        self._offset = 0
+        self._offset = secrets.randbits(_OFFSET_BASE_BITS)
         self.counters: Counter[str] = Counter()
         # Engine.IO sessions awaiting their first CONNECT, per client address and in all.
         self._unconnected: Counter[str] = Counter()
@@ -209,6 +242,38 @@ class SocketIOServer:
         disconnect the server decided, or the grace period of a socket that dropped
         without leaving ran out. :meth:`leave_room` reports its own case by its result."""
         self._room_listener = listener
+
+    def set_recovery_source(self, fetch: RecoverySource | None, *, timeout_s: float = 1.0) -> None:
+        """Install ``fetch(pid, offset, namespace) -> HandOver | None``, asked (in the
+        socket's connect job, before the connect handler) for a socket a CONNECT wants to
+        recover that this process does not hold. A :class:`HandOver` is adopted: the new
+        socket takes its sid and pid, enters its rooms, and gets its events replayed; the
+        connect handler sees ``info.recovered`` and ``info.app``. ``None``, an exception,
+        ``timeout_s`` seconds without an answer, or a hand-over this process cannot take
+        (its sid or pid exist here, it holds too many events) make it a new socket.
+        """
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
+        self._recovery_source = fetch
+        self._fetch_timeout_s = timeout_s
+
+    def set_hand_over_hooks(
+        self,
+        export: Export | None,
+        rooms_moved: RoomsMoved | None = None,
+        *,
+        max_app_bytes: int = 4096,
+    ) -> None:
+        """Install the hooks of :meth:`hand_over`: ``export(sid) -> dict``, the application's
+        state of a socket leaving (JSON-able, at most ``max_app_bytes`` encoded; it reaches
+        the adopting process's connect handler as ``info.app``), and
+        ``rooms_moved(namespace, rooms)``, the rooms that lost their last member here
+        because it moved away (the room listener is not told of those)."""
+        if max_app_bytes < 2:
+            raise ValueError("max_app_bytes must leave room for {}")
+        self._export = export
+        self._rooms_moved = rooms_moved
+        self._max_app_bytes = max_app_bytes
 
     @property
     def asgi(self) -> EngineIOApp:
@@ -414,8 +479,9 @@ class SocketIOServer:
         """Counters for metrics: ``connected`` sockets, ``ghosts`` (waiting for recovery),
         ``engine_connections`` (``unconnected``: of them, those with no namespace accepted
         yet; ``connect_timeouts``: closed for that), outbox ``merges``,
-        ``slow_disconnects``, ``recoveries`` served and ``recovery_misses``, Socket.IO
-        ``packets_in``/``packets_out``, ``handler_errors``."""
+        ``slow_disconnects``, ``recoveries`` served (``adoptions``: of them, sockets handed
+        over by another process) and ``recovery_misses``, ``hand_overs`` to other
+        processes, Socket.IO ``packets_in``/``packets_out``, ``handler_errors``."""
         states = Counter(sock.state for sock in self._sockets.values())
         counters = self.counters
         return {
@@ -428,10 +494,73 @@ class SocketIOServer:
             "slow_disconnects": counters["slow_disconnects"],
             "recoveries": counters["recoveries"],
             "recovery_misses": counters["recovery_misses"],
+            "adoptions": counters["adoptions"],
+            "hand_overs": counters["hand_overs"],
             "packets_in": counters["packets_in"],
             "packets_out": counters["packets_out"],
             "handler_errors": counters["handler_errors"],
         }
+
+    def hand_over(self, pid: str, offset: str | None, namespace: str) -> HandOver | None:
+        """Give up the recoverable socket ``pid`` of ``namespace`` to another process, whose
+        client resumes from ``offset``. Not a checkpoint.
+
+        ``None`` when this process cannot hand it over: no such socket, or ``offset``
+        cannot be honoured (the socket is then let go, as a local recovery miss does), or
+        the export hook failed (the socket stays). Otherwise the socket leaves this process:
+        its disconnect is reported to the application if it was not yet (a client back
+        before its old transport was noticed dead), its rooms are left without telling the
+        room listener (the rooms-moved hook hears of those left empty), and its missed
+        events are encoded as the writer would, for the :class:`HandOver`.
+        """
+        sock = self._by_pid.get(pid)
+        if sock is None or sock.namespace != namespace:
+            return None
+        resume = sock.resume_offset(offset)
+        if resume is None:
+            self.remove_socket(sock, sock.lost_reason or CloseReason.TRANSPORT_CLOSE)
+            return None
+        assert sock.log is not None
+        missed = [item for item in sock.log if item.offset > resume]
+        missed += [item for item in sock.outbox if isinstance(item, Outgoing)]
+        packets: list[tuple[Frame, ...]] = []
+        last = resume
+        for item in missed:
+            try:
+                packets.append(item.frames())
+            except (TypeError, ValueError):
+                log.exception("cannot encode %r for sid %s; dropped", item, sock.sid)
+                continue
+            last = item.offset
+        app: dict[str, Any] = {}
+        if self._export is not None:
+            try:
+                app = app_state(self._export(sock.sid), self._max_app_bytes)
+            except Exception:
+                log.exception("cannot export sid %s; it stays here", sock.sid)
+                return None
+        handed = HandOver(
+            sid=sock.sid,
+            pid=pid,
+            namespace=namespace,
+            rooms=tuple(sorted(r for r in self._rooms.rooms_of(sock.sid) if r != sock.sid)),
+            packets=tuple(packets),
+            offset=format(last, "x"),
+            app=app,
+        )
+        conn = sock.conn
+        emptied = self._forget(sock, sock.lost_reason or CloseReason.TRANSPORT_CLOSE)
+        if conn is not None and not conn.sockets:
+            # The client is back elsewhere before its old transport was noticed dead.
+            conn.cut(CloseReason.TRANSPORT_CLOSE)
+        self.counters["hand_overs"] += 1
+        moved = self._rooms_moved
+        if moved is not None and emptied:
+            try:
+                moved(namespace, emptied)
+            except Exception:
+                log.exception("rooms-moved hook failed for %r", emptied)
+        return handed
 
     # -- what the transports call ----------------------------------------------------------
 
@@ -485,6 +614,7 @@ class SocketIOServer:
         handler_auth = auth
         recovery = Recovery(self.options.recovery)
         opted_in = recovery is Recovery.ALL
+        adopt: tuple[str, str | None] | None = None
         if isinstance(auth, dict):
             opted_in |= recovery is Recovery.OPT_IN and auth.get("recover") is True
             if "pid" in auth or "offset" in auth:
@@ -497,16 +627,85 @@ class SocketIOServer:
                         self._resume(old, conn, handler_auth, resume_from)
                         return
                     self.remove_socket(old, old.lost_reason or CloseReason.TRANSPORT_CLOSE)
-                self.counters["recovery_misses"] += 1
+                elif (
+                    old is None
+                    and self._recovery_source is not None
+                    and recovery is not Recovery.OFF
+                ):
+                    adopt = _adoptable(pid, auth.get("offset"))
+                if adopt is None:
+                    self.counters["recovery_misses"] += 1
         sock = Socket(self, _new_id(), namespace, conn, self._offset)
+        conn.sockets[namespace] = sock
+        if adopt is not None:
+            # Registered once the other processes have answered (see _run_connect).
+            sock.enqueue(ConnectJob(handler_auth, None, adopt, opted_in))
+            return
+        self._register(sock, opted_in)
+        sock.enqueue(ConnectJob(handler_auth, None))
+
+    def _register(self, sock: Socket, opted_in: bool) -> None:
+        sock.initial_offset = sock.floor = sock.sent_offset = sock.ping_mark = self._offset
         if opted_in:
             sock.pid = _new_id()
             sock.log = deque()
             self._by_pid[sock.pid] = sock
         self._sockets[sock.sid] = sock
-        self._rooms.add_socket(namespace, sock.sid)
-        conn.sockets[namespace] = sock
-        sock.enqueue(ConnectJob(handler_auth, None))
+        self._rooms.add_socket(sock.namespace, sock.sid)
+
+    async def _fetch(self, pid: str, offset: str | None, namespace: str) -> HandOver | None:
+        """What the recovery source answers for ``pid``, within the deadline; ``None`` if
+        it fails or is late (a recovery miss, not an error of this connect)."""
+        source = self._recovery_source
+        if source is None:
+            return None
+        with trio.move_on_after(self._fetch_timeout_s):
+            try:
+                handed = await source(pid, offset, namespace)
+            except Exception:
+                log.exception("recovery source failed")
+                return None
+            if handed is not None and not isinstance(handed, HandOver):
+                log.error("recovery source returned %r, not a HandOver", type(handed))
+                return None
+            return handed
+        log.warning("recovery source: no answer in %s s", self._fetch_timeout_s)
+        return None
+
+    def _adopt(self, sock: Socket, handed: HandOver, client_offset: str | None) -> bool:
+        """Make the unregistered ``sock`` the socket ``handed`` describes, its missed events
+        logged as sent, so that resuming from its first offset replays them; whether it
+        could (a sid or pid already here, too many events or too much state: no)."""
+        limit = 2 * self.options.recovery_buffer  # its log and what it gathered while away
+        if (
+            handed.namespace != sock.namespace
+            or handed.sid in self._sockets
+            or handed.pid in self._by_pid
+            or len(handed.packets) > limit
+        ):
+            log.warning("refusing the hand-over of sid %s", handed.sid)
+            return False
+        try:
+            app_state(dict(handed.app), self._max_app_bytes)
+        except (TypeError, ValueError):
+            log.warning("refusing the hand-over of sid %s: its app state", handed.sid)
+            return False
+        sock.sid = handed.sid
+        self._register(sock, opted_in=False)
+        sock.pid = handed.pid
+        self._by_pid[handed.pid] = sock
+        sock.foreign_offset = client_offset
+        sock.log = deque()
+        for frames in handed.packets:
+            self._offset += 1
+            sock.log.append(Outgoing.encoded(frames, sock.namespace, self._offset))
+        sock.sent_offset = self._offset
+        for room in handed.rooms:
+            self._rooms.join(sock.namespace, room, sock.sid)
+        # A client lost during its connect job waits for recovery here now.
+        sock.connected_once = True
+        self.counters["adoptions"] += 1
+        return True
 
     def _resume(self, sock: Socket, conn: Connection, auth: Any, offset: int) -> None:
         old_conn = sock.conn
@@ -535,6 +734,21 @@ class SocketIOServer:
             await self._run_disconnect(sock, job.reason)
 
     async def _run_connect(self, sock: Socket, job: ConnectJob) -> None:
+        resume_from = job.resume_from
+        app: Mapping[str, Any] | None = None
+        if job.adopt is not None:
+            pid, client_offset = job.adopt
+            handed = await self._fetch(pid, client_offset, sock.namespace)
+            if sock.conn is None or sock.state is not SocketState.CONNECTING:
+                if handed is not None:
+                    log.info("sid %s was handed over to a client gone meanwhile", handed.sid)
+                return
+            if handed is not None and self._adopt(sock, handed, client_offset):
+                resume_from = sock.initial_offset
+                app = handed.app
+            else:
+                self.counters["recovery_misses"] += 1
+                self._register(sock, job.opted_in)
         conn = sock.conn
         if conn is None or sock.state is not SocketState.CONNECTING:
             return
@@ -546,8 +760,9 @@ class SocketIOServer:
                 headers=conn.info.headers,
                 remote_addr=conn.info.remote_addr,
                 query=conn.info.query,
-                recovered=job.resume_from is not None,
+                recovered=resume_from is not None,
                 namespace=sock.namespace,
+                app=app,
             )
             args: tuple[Any, ...] = (sock.sid, info, job.auth)[: int(min(3, registered.max_args))]
             try:
@@ -573,7 +788,7 @@ class SocketIOServer:
         reply: dict[str, Any] = {"sid": sock.sid}
         replay: list[Outgoing] = []
         if sock.pid is not None:
-            resume = job.resume_from
+            resume = resume_from
             reply["pid"] = sock.pid
             reply["offset"] = format(sock.initial_offset if resume is None else resume, "x")
             if resume is not None:
@@ -680,8 +895,19 @@ class SocketIOServer:
             sock.enqueue(DisconnectJob(reason))
 
     def remove_socket(self, sock: Socket, reason: CloseReason) -> None:
+        emptied = self._forget(sock, reason)
+        listener = self._room_listener
+        if listener is not None:
+            for room in emptied:
+                try:
+                    listener(sock.namespace, room)
+                except Exception:
+                    log.exception("room listener failed for %r", room)
+
+    def _forget(self, sock: Socket, reason: CloseReason) -> list[str]:
+        """Take ``sock`` out of this server; the rooms it left empty."""
         if sock.state is SocketState.GONE:
-            return
+            return []
         sock.state = SocketState.GONE
         sock.lost_reason = reason
         emptied = self._rooms.remove_socket(sock.namespace, sock.sid)
@@ -698,13 +924,7 @@ class SocketIOServer:
         sock.log = None
         sock.fail_calls()
         self._report_disconnect(sock, reason)
-        listener = self._room_listener
-        if listener is not None:
-            for room in emptied:
-                try:
-                    listener(sock.namespace, room)
-                except Exception:
-                    log.exception("room listener failed for %r", room)
+        return emptied
 
     def merge(self, prev: Outgoing, new: Outgoing) -> Outgoing | None:
         """``prev`` and ``new`` as one event, if the merger combines their data."""
