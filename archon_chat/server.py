@@ -32,7 +32,7 @@ from actors.chat.hub import open_session_hub
 from actors.chat.messages import SessionEvent
 from actors.chat.settings import AgentsClientSettings, HubSettings
 from archon_chat.agents import serve_agents
-from archon_chat.cluster.serve import new_node, open_redis
+from archon_chat.cluster.serve import attach_recovery, new_node, open_redis
 from archon_chat.config import Settings, derive
 from archon_chat.gateway import sockets
 from archon_chat.gateway.core import Gateway
@@ -149,6 +149,7 @@ async def _serve_gateway(
                     settings, store, node.routing_hub, LocalEmitter(sio), metrics, cluster=node
                 )
                 node.attach(gateway)
+                attach_recovery(node, sio, gateway, settings)
                 await nursery.start(node.run)
             else:
                 gateway = Gateway(settings, store, hub, LocalEmitter(sio), metrics)

@@ -139,8 +139,12 @@ class ClusterNode:
         self._inbox = self._key("node", self.id)
         #: sessions this node owns -> its epoch
         self._leases: dict[str, int] = {}
+        #: owned session -> until when its take alone (before any renewal) holds it
+        self._taken_until: dict[str, float] = {}
         #: monotonic time until which the leases are known to be ours
         self._valid_until = -math.inf
+        #: when renewals began to fail (``None``: the last one worked)
+        self._redis_down_since: float | None = None
         #: owned session -> the other nodes watching it
         self._dest: dict[str, set[str]] = {}
         #: session -> newest owner epoch seen (events of older owners are dropped)
@@ -231,11 +235,24 @@ class ClusterNode:
             except Exception as exc:
                 log.warning("leaving the cluster: %s", exc)
         self._leases.clear()
+        self._taken_until.clear()
 
     # ------------------------------------------------------------------ ownership
 
     def owns(self, session_id: str) -> bool:
-        return session_id in self._leases and trio.current_time() < self._valid_until
+        if session_id not in self._leases:
+            return False
+        return self._leases_valid() or trio.current_time() < self._taken_until[session_id]
+
+    def _leases_valid(self) -> bool:
+        """Our leases still hold: renewed less than ``lease_s`` ago, or Redis became
+        unreachable while they held (then nobody can have taken them through it; the
+        store's fencing still guards the writes). A node that was paused past its lease
+        wakes up with neither: it emits nothing until a renewal says what it still owns."""
+        if trio.current_time() < self._valid_until:
+            return True
+        down = self._redis_down_since
+        return down is not None and down < self._valid_until
 
     def may_emit(self, session_id: str) -> bool:
         return self.owns(session_id)
@@ -289,9 +306,8 @@ class ClusterNode:
 
     def _own(self, session_id: str, epoch: int, watchers: set[str]) -> None:
         self._leases[session_id] = epoch
-        if trio.current_time() >= self._valid_until:
-            # The lease was set just now: it holds for lease_s from here.
-            self._valid_until = trio.current_time() + self.settings.lease_s
+        # Set just now: it holds for lease_s from here, whatever the last renewal said.
+        self._taken_until[session_id] = trio.current_time() + self.settings.lease_s
         watchers.discard(self.id)
         self._dest[session_id] = watchers
         self._saw_epoch(session_id, epoch)
@@ -314,6 +330,7 @@ class ClusterNode:
     def _actor_exited(self, session_id: str) -> None:
         """The local actor ended (passivated, stopped, given up): release its lease."""
         epoch = self._leases.pop(session_id, None)
+        self._taken_until.pop(session_id, None)
         self._dest.pop(session_id, None)
         if session_id in self._turns:
             self._turns.discard(session_id)
@@ -326,6 +343,7 @@ class ClusterNode:
         """Someone else holds the session's lease now: stop our actor, emit nothing more."""
         log.warning("session %s: lease lost to another node; its actor here stops", session_id)
         self._leases.pop(session_id, None)
+        self._taken_until.pop(session_id, None)
         self._dest.pop(session_id, None)
         self._turns.discard(session_id)
         self.metrics.leases_lost.inc()
@@ -348,8 +366,11 @@ class ClusterNode:
             self.metrics.redis_commands.inc()
         except (coredis.exceptions.RedisError, trio.TooSlowError, OSError) as exc:
             self.metrics.redis_errors.inc()
+            if self._redis_down_since is None:
+                self._redis_down_since = started
             log.warning("cluster: lease renewal failed (%s)", exc)
             return
+        self._redis_down_since = None
         self._valid_until = started + self.settings.lease_s
         for index in result[1:]:
             session_id = sessions[int(index) - 1]

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import coredis
 from coredis.retry import NoRetryPolicy
 
 from actors.chat.hub import SessionHub
 from archon_chat.config import Settings
+from archon_chat.gateway.core import Gateway
 from archon_chat.gateway.metrics import Metrics
+from archon_chat.sio import SocketIOServer
+from archon_chat.sio.handover import HandOver
 
 from .metrics import ClusterMetrics
 from .node import ClusterNode
@@ -39,3 +43,27 @@ def new_node(
 ) -> ClusterNode:
     """This process's node; attach the gateway, then run it (``ClusterNode.run``)."""
     return ClusterNode(settings, redis, hub, ClusterMetrics(metrics.registry))
+
+
+def attach_recovery(
+    node: ClusterNode, sio: SocketIOServer, gateway: Gateway, settings: Settings
+) -> None:
+    """Connection state recovery across nodes: a CONNECT with a pid this process does not
+    hold asks the other nodes for the socket; the node holding it hands it over."""
+
+    async def fetch(pid: str, offset: str | None, namespace: str) -> HandOver | None:
+        found = await node.fetch_hand_over(pid, offset, namespace)
+        return None if found is None else HandOver.from_json(found)
+
+    def hand_over(pid: str, offset: str | None, namespace: str) -> dict[str, Any] | None:
+        handed = sio.hand_over(pid, offset, namespace)
+        return None if handed is None else handed.to_json()
+
+    node.hand_over = hand_over
+    sio.set_recovery_source(fetch, timeout_s=settings.cluster_rpc_timeout_s)
+    # The exported state: the user and a seq per session the socket watches.
+    sio.set_hand_over_hooks(
+        gateway.export_socket,
+        node.rooms_moved,
+        max_app_bytes=1024 + 160 * settings.max_sessions_per_socket,
+    )

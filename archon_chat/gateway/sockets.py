@@ -26,7 +26,7 @@ def install(sio: SocketIOServer, gateway: Gateway) -> None:
 
     async def connect(sid: str, info: ConnectInfo, auth: Any) -> None:
         try:
-            await gateway.on_connect(sid, info.recovered, auth)
+            await gateway.on_connect(sid, info.recovered, auth, info.app)
         except GatewayError as exc:
             gateway.metrics.refusals.labels(code=exc.code.value).inc()
             code = exc.code.value

@@ -1,0 +1,49 @@
+"""Connection state recovery across nodes: the stock npm ``socket.io-client`` drops its
+transport mid-reply on one node and reconnects to the other, which adopts the socket from
+the first (sid, pid, rooms, missed events): ``recovered === true``, the text whole and
+exactly once, without a re-join."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.cluster.test_nodes import two_nodes
+from tests.e2e.support import create_session
+from tests.redis_server import RedisTarget
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = Path(__file__).parent / "node" / "recover_on_another_node.mjs"
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is required")
+async def test_the_npm_client_is_recovered_on_another_node(
+    tmp_path: Path, redis_url: RedisTarget
+) -> None:
+    with trio.fail_after(40):
+        async with two_nodes(tmp_path, redis_url, delay_s=0.08, grace_s=5.0) as (agents, n0, n1):
+            session_id = await create_session(n0.url)
+            result = await trio.run_process(
+                ["node", str(SCRIPT), n0.url, n1.url, session_id, "slow", "3"],
+                capture_stdout=True,
+                capture_stderr=True,
+                cwd=ROOT,
+                check=False,
+            )
+            assert result.returncode == 0, result.stderr.decode()
+            out = json.loads(result.stdout.decode().strip().splitlines()[-1])
+            assert out["reason"] == "done", out
+            assert out["recovered"] is True, out
+            assert out["rejoined"] is False
+            expected = "".join(f"w{i} " for i in range(10))
+            assert "".join(out["chunks"]) == expected, out
+            assert out["final"] == expected
+            seqs = [s for s in out["seqs"] if s is not None]
+            assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), out
+            assert agents.disconnects == []
