@@ -19,11 +19,10 @@ import trio
 import trio.testing
 
 import archon_chat.store as store_module
-from actors.chat.messages import ChatMessage, MessageStatus
-from actors.chat.store import ChatStore
+from actors.chat.messages import ChatMessage, ErrorCode, MessageStatus
+from actors.chat.store import ChatStore, interrupted_text
 from archon_chat.store import (
     DELETE_CHUNK,
-    INTERRUPTED_TEXT,
     SCHEMA_VERSION,
     ConflictError,
     SchemaError,
@@ -255,7 +254,7 @@ async def test_a_reply_streaming_at_open_becomes_failed_above_the_mark(db_path: 
                 timestamp=STAMP,
                 agent_type="rag",
                 status=MessageStatus.FAILED,
-                error=("internal_error", INTERRUPTED_TEXT),
+                error=("internal_error", interrupted_text(ErrorCode.INTERNAL_ERROR)),
             )
             record = await store.get_session(one)
             assert record is not None
