@@ -814,6 +814,11 @@ class Settings:
     def builtin_agents(self) -> bool:
         return not self.agent_service_url
 
+    @property
+    def cluster_mode(self) -> bool:
+        """One node of a cluster (a Redis URL is set): other processes own sessions too."""
+        return bool(self.redis_url)
+
 
 _Options = TypeVar("_Options", bound="DataclassInstance")
 

@@ -25,8 +25,7 @@ import trio.lowlevel
 from actors.chat.hub import SessionHub, open_session_hub
 from actors.chat.messages import ErrorCode, MessageStatus, SessionEvent, SubmitMessage
 from actors.chat.settings import HubSettings
-from actors.chat.store import ConflictError, StoreError
-from archon_chat.store import INTERRUPTED_TEXT
+from actors.chat.store import ConflictError, StoreError, interrupted_text
 from archon_chat.store_postgres import (
     SCHEMA_VERSION,
     PostgresStore,
@@ -319,7 +318,12 @@ async def test_a_database_restart_during_a_turn_fails_it_and_the_next_message_wo
 
                     await wait_until(reachable)  # the pool reconnected
                     await hub.deliver(sid, SubmitMessage("second"))
-                    (ended,) = await recorder.turns_ended(1, sid)
+                    # The new actor first tells the room how the interrupted turn ended.
+                    lost, ended = await recorder.turns_ended(2, sid)
+                    assert (lost.status, lost.code) == (
+                        MessageStatus.FAILED,
+                        ErrorCode.INTERNAL_ERROR,
+                    )
                     assert ended.status is MessageStatus.COMPLETE  # the second turn's
 
                 messages = await store.session_messages(sid)
@@ -329,7 +333,10 @@ async def test_a_database_restart_during_a_turn_fails_it_and_the_next_message_wo
                     ("user", MessageStatus.COMPLETE, "second"),
                     ("agent", MessageStatus.COMPLETE, "back again"),
                 ]
-                assert messages[1].error == (ErrorCode.INTERNAL_ERROR.value, INTERRUPTED_TEXT)
+                assert messages[1].error == (
+                    ErrorCode.INTERNAL_ERROR.value,
+                    interrupted_text(ErrorCode.INTERNAL_ERROR),
+                )
                 seqs = [m.seq for m in messages]
                 assert seqs == sorted(set(seqs))
                 record = await store.get_session(sid)
