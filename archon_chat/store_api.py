@@ -102,6 +102,8 @@ async def open_configured_store(settings: StoreSettings) -> AsyncIterator[Gatewa
             pool_size=settings.db_pool_size,
             connect_timeout_s=settings.db_connect_timeout_s,
             timeout_s=settings.db_timeout_s,
+            # In a cluster, a dead node's turns are failed by the node that reaps it.
+            recover_orphans=not settings.redis_url,
         ) as pg:
             yield pg
     else:

@@ -421,9 +421,13 @@ class PostgresStore:
         ttl_s: float,
         pool_size: int,
         now: Callable[[], datetime],
+        recover_orphans: bool = True,
     ) -> None:
         self._pool = pool
         self._owner = owner
+        #: fail dead processes' replies in flight ourselves (not in cluster mode: there
+        #: the node that reaps a dead one takes its sessions over, so the room hears of it)
+        self._recovers_orphans = recover_orphans
         self._ttl = timedelta(seconds=ttl_s)
         self._now = now
         self._limiter = trio.CapacityLimiter(pool_size)
@@ -600,7 +604,8 @@ class PostgresStore:
         A session with a reply streaming is kept. Returns how many sessions went. Runs in
         transactions of at most ``DELETE_CHUNK`` sessions.
         """
-        await self.recover_orphans()
+        if self._recovers_orphans:
+            await self.recover_orphans()
         params = {"cutoff": self._timestamp(self._ttl), "limit": DELETE_CHUNK}
         total = 0
         while True:
@@ -912,6 +917,7 @@ async def open_postgres_store(
     connect_timeout_s: float,
     timeout_s: float,
     now: Callable[[], datetime] | None = None,
+    recover_orphans: bool = True,
 ) -> AsyncIterator[PostgresStore]:
     """Connect to the database at ``url`` (retrying for ``connect_timeout_s``), migrate
     its schema to :data:`SCHEMA_VERSION`, open a pool of ``pool_size`` connections and
@@ -952,12 +958,17 @@ async def open_postgres_store(
         ) from exc
     owner = _OwnerLock(url, connect_timeout_s)
     store = PostgresStore(
-        pool, owner, ttl_s=ttl_s, pool_size=pool_size, now=now or (lambda: datetime.now(UTC))
+        pool,
+        owner,
+        ttl_s=ttl_s,
+        pool_size=pool_size,
+        now=now or (lambda: datetime.now(UTC)),
+        recover_orphans=recover_orphans,
     )
     try:
         try:
             await trio.to_thread.run_sync(owner.ensure)
-            recovered = await store.recover_orphans()
+            recovered = await store.recover_orphans() if recover_orphans else 0
         except BaseException:
             await store.aclose()
             raise
