@@ -28,7 +28,7 @@ from tests.e2e.support import (
     running_gateway,
     turn_done,
 )
-from tests.redis_server import RedisTarget
+from tests.redis_server import RedisTarget, RespConnection
 
 pytestmark = pytest.mark.slow
 
@@ -211,5 +211,37 @@ async def test_a_message_sent_on_the_other_node_is_answered_by_the_owner(
         await b.wait_for(agent_said("Echo: two"))
         await a.wait_for(agent_said("Echo: two"))
         assert await metric(n1.url, "archon_chat_cluster_requests") >= 1
+        await a.disconnect()
+        await b.disconnect()
+
+
+def lease_holder(redis: RedisTarget, session_id: str) -> str | None:
+    with RespConnection.to_url(redis.url) as conn:
+        value = conn.command("GET", f"{redis.prefix}lease:{session_id}")
+    if not isinstance(value, bytes):
+        return None
+    return value.decode().split(" ")[0]
+
+
+async def test_an_idle_owner_lets_go_and_the_next_node_takes_over(
+    tmp_path: Path, redis_url: RedisTarget
+) -> None:
+    async with two_nodes(tmp_path, redis_url, idle_passivate_s=0.5) as (_, n0, n1):
+        session_id = await create_session(n0.url)
+        a = await joined_client(n0.url, session_id)
+        await a.call("chat_message", {"session_id": session_id, "message": "one"})
+        await a.wait_for(agent_said("Echo: one"))
+        assert lease_holder(redis_url, session_id) == "n0"
+        # Passivated: the lease is released, nobody owns the session.
+        with trio.fail_after(10):
+            while lease_holder(redis_url, session_id) is not None:
+                await trio.sleep(0.05)
+        b = await joined_client(n1.url, session_id)
+        await b.call("chat_message", {"session_id": session_id, "message": "two"})
+        await a.wait_for(agent_said("Echo: two"))
+        assert lease_holder(redis_url, session_id) == "n1"
+        # seq keeps growing across the change of owner
+        got = seqs(a.snapshot())
+        assert got == sorted(got) and len(set(got)) == len(got)
         await a.disconnect()
         await b.disconnect()
