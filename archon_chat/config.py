@@ -440,6 +440,18 @@ class Settings:
         "events waiting to be published to other nodes; past it they are dropped (counted) "
         "and the nodes' clients resume with last_seq",
     )
+    cluster_max_requests: int = _setting(
+        "ARCHON_CHAT_CLUSTER_MAX_REQUESTS",
+        1024,
+        _positive_int,
+        "commands from other nodes served at once; past it they are answered busy",
+    )
+    cluster_epochs_kept: int = _setting(
+        "ARCHON_CHAT_CLUSTER_EPOCHS_KEPT",
+        100_000,
+        _positive_int,
+        "sessions whose newest owner a node remembers (events of a deposed owner are dropped)",
+    )
     cluster_batch_bytes: int = _setting(
         "ARCHON_CHAT_CLUSTER_BATCH_BYTES",
         262_144,
