@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from tests.cluster.support import cluster_nodes, running_agents
+from tests.cluster.test_nodes import metric
 from tests.e2e.support import (
     Client,
     agent_said,
@@ -58,6 +59,7 @@ async def test_a_killed_owner_s_turn_fails_as_owner_lost_and_the_session_goes_on
         stored = await get_session(n1.url, session_id)
         reply = stored["messages"][-1]
         assert reply["sender"] == "agent" and reply["status"] == "failed"
+        assert await metric(n1.url, "archon_chat_cluster_turns_taken_over") == 1
         ack = await watcher.call("chat_message", {"session_id": session_id, "message": "again"})
         assert ack["status"] == "sent"
         await watcher.wait_for(agent_said("Echo: again"))
@@ -96,6 +98,7 @@ async def test_redis_gone_for_five_seconds_loses_nothing_and_heals(
         # The turn in flight on its owner finished and is stored; nobody exited.
         await owner_side.wait_for(agent_said("w0 w1 w2 w3 w4 w5 w6 w7 w8 w9 "), timeout=15)
         assert n0.alive and n1.alive
+        assert await metric(n0.url, "archon_chat_redis_errors") > 0
         stored = await get_session(n0.url, session_id)
         assert stored["messages"][-1]["content"] == "w0 w1 w2 w3 w4 w5 w6 w7 w8 w9 "
         # Healed without a restart: a command routed across nodes works again.
