@@ -910,7 +910,10 @@ class RoutingHub:
     async def deliver(self, session_id: str, command: Command) -> None:
         node = self.node
         cancel = isinstance(command, CancelTurn)
-        for _ in range(3):
+        for attempt in range(4):
+            if attempt:
+                # The owner was letting go (passivating) or changing: let it finish.
+                await trio.sleep(0.05 * attempt)
             owner = await node.resolve(session_id, take=not cancel)
             if owner == node.id:
                 try:
