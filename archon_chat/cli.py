@@ -41,10 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _logging(settings: Settings) -> None:
+def setup_logging(settings: Settings, tag: str = "") -> None:
+    """Log to stderr at the configured level; ``tag`` starts each line (which worker)."""
     logging.basicConfig(
         level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s {tag}%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     # One line per upstream request is noise at INFO; their warnings still show.
@@ -62,8 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"archon-chat: {exc}", file=sys.stderr)
         return 2
-    _logging(settings)
+    setup_logging(settings)
     try:
+        if args.command == "serve" and settings.workers > 1:
+            from archon_chat.workers import run_workers
+
+            return run_workers(settings)
         if args.command == "serve":
             from archon_chat.server import serve
 
