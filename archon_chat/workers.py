@@ -51,7 +51,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from urllib.parse import unquote_to_bytes
@@ -276,7 +276,8 @@ class _Pool:
             [
                 *(sys.executable, "-m", "archon_chat.cli", "agents"),
                 *("--agents-host", "127.0.0.1", "--agents-port", port),
-                *("--kb-dir", self.settings.kb_dir, "--log-level", self.settings.log_level),
+                *("--log-level", self.settings.log_level),
+                *(("--kb-dir", self.settings.kb_dir) if self.settings.kb_dir else ()),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -312,13 +313,13 @@ class _Pool:
         """Pass ``sock`` to worker ``index`` if it is ready, else to the next ready one;
         whether a worker took it."""
         count = len(self.workers)
-        order: Sequence[int]
-        if index is not None and self.workers[index].ready:
-            order = [index]
-        else:
+        order: list[int] = [] if index is None else [index]
+        if index is None or not self.workers[index].ready:
             start = self._next
             self._next = (self._next + 1) % count
-            order = [(start + k) % count for k in range(count)]
+        else:
+            start = index  # the rest only if the sid's worker fails now
+        order += [(start + k) % count for k in range(count) if (start + k) % count != index]
         fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [sock.fileno()]))]
         for i in order:
             child = self.workers[i]
@@ -408,10 +409,12 @@ async def serve_workers(
             try:
                 await _start_all(pool, nursery)
                 if pool.failure is None:
-                    nursery.start_soon(pool.accept, listener)
-                    print(f"archon-chat: serving on {url}", flush=True)
-                    task_status.started(url)
-                    await stop.wait()
+                    async with trio.open_nursery() as accepting:
+                        accepting.start_soon(pool.accept, listener)
+                        print(f"archon-chat: serving on {url}", flush=True)
+                        task_status.started(url)
+                        await stop.wait()
+                        accepting.cancel_scope.cancel()
             finally:
                 with trio.CancelScope(shield=True):
                     await listener.aclose()
