@@ -32,9 +32,11 @@ Supervision
     Unix socket at end of file) shuts down by itself.
 
 Agents
-    Unless ``AGENT_SERVICE_URL`` is set, the parent starts one built-in agents service
-    (``archon-chat agents`` on a free port of 127.0.0.1), supervised like a worker, and
-    passes its URL to every worker.
+    Unless ``AGENT_SERVICE_URL`` is set, the parent starts one built-in agents service (what
+    ``archon-chat agents`` runs, on a free port of 127.0.0.1), supervised like a worker and
+    started again on the same port, and passes its URL to every worker. It is a child of
+    the same kind as a worker (its settings and readiness on a Unix socket), so it too stops
+    when the parent is gone, even killed.
 
 Each worker's ``/healthz`` and ``/metrics`` describe that worker only.
 """
@@ -88,6 +90,8 @@ SHUTDOWN_MARGIN_S = 2.0
 # Largest message on a worker's Unix socket: the pickled settings, once.
 MAX_SETTINGS_BYTES = 1 << 20
 _READY = b"ready"
+# What a child is told to be.
+_WORKER, _AGENTS = "worker", "agents"
 _FD_SIZE = array.array("i").itemsize
 
 
@@ -242,11 +246,12 @@ class _Pool:
             with trio.CancelScope(shield=True):
                 await child.process.wait()
 
-    async def start_worker(self, child: _Child) -> None:
+    async def _spawn(self, child: _Child, role: str, settings: Settings) -> bytes:
+        """Start ``child`` as ``role`` with ``settings``; its ready message."""
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             child.process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "archon_chat.workers", str(child_end.fileno())],
+                [sys.executable, "-m", "archon_chat.workers", str(child_end.fileno()), role],
                 pass_fds=(child_end.fileno(),),
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
@@ -254,10 +259,16 @@ class _Pool:
         finally:
             child_end.close()
         child.unix = trio.socket.from_stdlib_socket(parent_end)
-        await child.unix.send(pickle.dumps(self.worker_settings(child.index)))
-        if await child.unix.recv(len(_READY)) != _READY:
+        await child.unix.send(pickle.dumps(settings))
+        reply = await child.unix.recv(64)
+        if not reply.startswith(_READY):
             raise EOFError(f"{child.name} exited before it was ready")
+        return reply
+
+    async def start_worker(self, child: _Child) -> None:
+        await self._spawn(child, _WORKER, self.worker_settings(child.index))
         child.ready = True
+        assert child.process is not None
         log.info("%s ready (pid %s)", child.name, child.process.pid)
 
     def worker_settings(self, index: int) -> Settings:
@@ -271,28 +282,13 @@ class _Pool:
         )
 
     async def start_agents(self, child: _Child) -> None:
-        port = self.agents_url.rsplit(":", 1)[1] if self.agents_url else "0"
-        child.process = await trio.lowlevel.open_process(
-            [
-                *(sys.executable, "-m", "archon_chat.cli", "agents"),
-                *("--agents-host", "127.0.0.1", "--agents-port", port),
-                *("--log-level", self.settings.log_level),
-                *(("--kb-dir", self.settings.kb_dir) if self.settings.kb_dir else ()),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            start_new_session=True,
-        )
-        assert child.process.stdout is not None
-        marker = b"archon-chat agents: serving on "
-        seen = b""
-        while marker not in seen or not seen.split(marker, 1)[1].count(b"\n"):
-            data = await child.process.stdout.receive_some(4096)
-            if not data:
-                raise EOFError("the agents service exited before it was ready")
-            seen = (seen + data)[-4096:]
-        self.agents_url = seen.split(marker, 1)[1].split(b"\n", 1)[0].decode().strip()
+        # Started again on the port it had: the workers know its URL.
+        port = int(self.agents_url.rsplit(":", 1)[1]) if self.agents_url else 0
+        settings = self.settings.replace(agents_host="127.0.0.1", agents_port=port)
+        reply = await self._spawn(child, _AGENTS, settings)
+        self.agents_url = f"http://127.0.0.1:{int(reply[len(_READY) :])}"
         child.ready = True
+        assert child.process is not None
         log.info("agents service ready on %s (pid %s)", self.agents_url, child.process.pid)
 
     # -- routing -----------------------------------------------------------------------
@@ -518,17 +514,46 @@ async def _serve_worker(settings: Settings, unix: trio.socket.SocketType) -> Non
         running.stop()
 
 
-def _worker_main(fd: int) -> int:
+async def _serve_agents(settings: Settings, unix: trio.socket.SocketType) -> None:
+    """The built-in agents service, until SIGTERM, SIGINT or the parent's end."""
+    from archon_chat.agents import serve_agents
+
+    async def stopped() -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def parent_gone() -> None:
+                while await unix.recv(64):
+                    pass
+                log.warning("the parent process is gone: shutting down")
+                nursery.cancel_scope.cancel()
+
+            async def signalled() -> None:
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+
+            nursery.start_soon(parent_gone)
+            nursery.start_soon(signalled)
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(partial(serve_agents, settings, shutdown_trigger=stopped))
+        await unix.send(_READY + str(port).encode())
+
+
+def _child_main(fd: int, role: str) -> int:
+    """A child of the parent: its settings come first on the Unix socket ``fd``."""
     from archon_chat.cli import setup_logging
 
     unix = socket.socket(fileno=fd)
     settings = pickle.loads(unix.recv(MAX_SETTINGS_BYTES))
-    if not isinstance(settings, Settings):
+    if not isinstance(settings, Settings) or role not in (_WORKER, _AGENTS):
         return 2
-    setup_logging(settings, f"[{settings.node_id}] ")
-    trio.run(_serve_worker, settings, trio.socket.from_stdlib_socket(unix))
+    tag = settings.node_id if role == _WORKER else "agents"
+    setup_logging(settings, f"[{tag}] ")
+    run = _serve_worker if role == _WORKER else _serve_agents
+    trio.run(run, settings, trio.socket.from_stdlib_socket(unix))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(_worker_main(int(sys.argv[1])))
+    sys.exit(_child_main(int(sys.argv[1]), sys.argv[2]))

@@ -62,7 +62,7 @@ class Cluster:
         return found
 
     def workers(self) -> set[int]:
-        return {pid for pid, cmd in self.children().items() if "archon_chat.workers" in cmd}
+        return {pid for pid, cmd in self.children().items() if cmd.endswith(" worker ")}
 
     def misrouted(self) -> list[tuple[str, str]]:
         """Requests a worker got for another worker's sid (from the workers' logs)."""
@@ -194,7 +194,11 @@ async def test_a_killed_worker_is_replaced_and_sigterm_stops_everything(
 
             victim = min(workers)
             os.kill(victim, signal.SIGKILL)
-            # The port keeps serving while the worker is replaced.
+            # Connections handed to it in the moment before the parent sees it die are lost
+            # with it, like those it held. Once the parent has reaped it, the port keeps
+            # serving while the worker is replaced.
+            while victim in gateway.children():
+                await trio.sleep(0.01)
             sids = await trio.to_thread.run_sync(python_polling_clients, gateway.url, session_id, 5)
             assert len(sids) == 5
             while len(gateway.workers() - {victim}) < 2:
@@ -245,3 +249,17 @@ async def test_workers_that_keep_dying_at_start_fail_the_parent(
         assert result.returncode == 1, log.read_text()[-3000:]
         assert b"serving on" not in result.stdout
         assert "died 3 times at start" in log.read_text()
+
+
+async def test_children_stop_when_the_parent_is_killed(
+    tmp_path: Path, redis_env: dict[str, str]
+) -> None:
+    with trio.fail_after(60):
+        async with cluster(tmp_path, redis_env) as gateway:
+            children = set(gateway.children())
+            assert len(children) == 3
+            gateway.process.kill()
+            await gateway.process.wait()
+            with trio.fail_after(10):  # their own graceful stop, 1 s of grace
+                while any(_alive(pid) for pid in children):
+                    await trio.sleep(0.05)
