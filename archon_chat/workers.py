@@ -7,10 +7,12 @@ Theory of operation
     ``sid`` goes to the worker that made that sid: each worker's Engine.IO sids start with
     its prefix ``w<i>.`` (``ARCHON_CHAT_SID_PREFIX``). Anything else goes to the next live
     worker, round-robin. The connection's file descriptor travels to the worker over a Unix
-    ``SOCK_SEQPACKET`` pair (``SCM_RIGHTS``) and the parent closes its copy: it never reads
-    nor proxies a byte, its cost is per connection only. A peer that closes or stays silent
-    before its request line is complete is closed; garbage and oversized lines go to a
-    worker, whose HTTP server answers them.
+    ``SOCK_SEQPACKET`` pair (``SCM_RIGHTS``); the worker acknowledges it as it takes it and
+    the parent then closes its copy: it never reads nor proxies a byte, its cost is per
+    connection only. A worker that dies with connections sent and not yet taken (their
+    bytes still unread) does not lose them: they go to another worker. A peer that closes
+    or stays silent before its request line is complete is closed; garbage and oversized
+    lines go to a worker, whose HTTP server answers them.
 
     Each worker is an ordinary ``serve`` (``archon_chat.server``) with its own node id
     (``<node id or host name>-w<i>``) whose HTTP server takes its connections from that Unix
@@ -44,6 +46,7 @@ Each worker's ``/healthz`` and ``/metrics`` describe that worker only.
 from __future__ import annotations
 
 import array
+import contextlib
 import logging
 import os
 import pickle
@@ -164,6 +167,15 @@ async def peek_request_line(
 
 
 @dataclass(eq=False)
+class _Handoff:
+    """A connection sent to a worker: the parent keeps its copy until the worker says it
+    has it (``taken``) or is gone (not taken: its bytes are unread, it goes elsewhere)."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    taken: bool = False
+
+
+@dataclass(eq=False)
 class _Child:
     """One supervised process: a worker (``index`` >= 0) or the agents service (-1)."""
 
@@ -173,6 +185,8 @@ class _Child:
     unix: trio.socket.SocketType | None = None
     ready: bool = False
     up: trio.Event = field(default_factory=trio.Event)  # set on its first successful start
+    # Connections sent to it and not acknowledged yet, oldest first.
+    pending: deque[_Handoff] = field(default_factory=deque)
     send_lock: trio.Lock = field(default_factory=trio.Lock)
     restarts: deque[float] = field(default_factory=deque)
 
@@ -213,8 +227,11 @@ class _Pool:
                     return
             else:
                 child.up.set()
-                assert child.process is not None
-                await child.process.wait()
+                assert child.process is not None and child.unix is not None
+                async with trio.open_nursery() as running:
+                    # The acknowledgements end with the socket, after the process.
+                    running.start_soon(self.collect_acks, child, child.unix)
+                    await child.process.wait()
                 child.ready = False
                 if self.stopping:
                     return
@@ -305,9 +322,30 @@ class _Pool:
             stream.socket.close()
             slots.release()
 
+    async def collect_acks(self, child: _Child, unix: trio.socket.SocketType) -> None:
+        """Settle ``child``'s handoffs as it acknowledges them (one message each, in order);
+        once its socket ends, the rest as not taken."""
+        try:
+            while True:
+                try:
+                    ack = await unix.recv(64)
+                except OSError:
+                    ack = b""
+                if not ack:
+                    return
+                if child.pending:
+                    handoff = child.pending.popleft()
+                    handoff.taken = True
+                    handoff.done.set()
+        finally:
+            child.ready = False
+            while child.pending:
+                child.pending.popleft().done.set()
+
     async def hand(self, sock: trio.socket.SocketType, index: int | None) -> bool:
-        """Pass ``sock`` to worker ``index`` if it is ready, else to the next ready one;
-        whether a worker took it."""
+        """Pass ``sock`` to worker ``index`` if it is ready, else to the next ready one, and
+        wait until one has it (at most ``http_read_timeout_s``: a worker that does not
+        answer keeps what it was sent); whether a worker took it."""
         count = len(self.workers)
         order: list[int] = [] if index is None else [index]
         if index is None or not self.workers[index].ready:
@@ -319,15 +357,22 @@ class _Pool:
         fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [sock.fileno()]))]
         for i in order:
             child = self.workers[i]
-            if not child.ready or child.unix is None:
-                continue
-            try:
-                async with child.send_lock:
+            handoff = _Handoff()
+            async with child.send_lock:
+                if not child.ready or child.unix is None:
+                    continue
+                child.pending.append(handoff)
+                try:
                     await child.unix.sendmsg([b"c"], fds)
-            except OSError:
-                child.ready = False  # dying: its supervisor restarts it
-                continue
-            return True
+                except OSError:
+                    child.ready = False  # dying: its supervisor restarts it
+                    if handoff in child.pending:
+                        child.pending.remove(handoff)
+                    continue
+            with trio.move_on_after(self.settings.http_read_timeout_s):
+                await handoff.done.wait()
+            if handoff.taken or not handoff.done.is_set():
+                return True
         return False
 
     async def accept(self, listener: trio.SocketListener) -> None:
@@ -490,6 +535,8 @@ class HandedConnections(trio.abc.Listener[trio.SocketStream]):
                 os.close(extra)
             if fds:
                 sock = socket.socket(fileno=fds[0])
+                with contextlib.suppress(OSError):  # the parent gone: seen on the next one
+                    await self._unix.send(b"a")
                 return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
 
     async def aclose(self) -> None:

@@ -122,8 +122,15 @@ async def test_a_huge_line_stops_at_the_limit_and_binary_at_once() -> None:
 
 
 def _pool(workers: int) -> tuple[_Pool, list[HandedConnections]]:
+    """A parent's pool whose workers are the other ends of their Unix sockets."""
     settings = load_settings(
-        {}, {"workers": workers, "redis_url": "redis://127.0.0.1:6379/0", "port": 0}
+        {},
+        {
+            "workers": workers,
+            "redis_url": "redis://127.0.0.1:6379/0",
+            "port": 0,
+            "http_read_timeout_s": 1.0,
+        },
     )
     pool = _Pool(settings, 0, trio.Event())
     ends = []
@@ -150,56 +157,109 @@ async def test_a_handed_connection_is_the_same_connection_in_the_worker() -> Non
     with trio.fail_after(5):
         pool, ends = _pool(2)
         client, server = await _connected_pair()
-        with client:
-            await client.send(POLL)
-            with server:
-                head = await peek_request_line(server, PEEK_BYTES, 1.0)
-                assert head is not None
-                assert await pool.hand(server, worker_of(head, 2))
-            # The parent's copy is closed: the worker's is the only one.
-            stream = await ends[1].accept()
-            assert await stream.receive_some(4096) == POLL
-            await stream.send_all(b"HTTP/1.1 200 OK\r\n\r\n")
-            assert await client.recv(100) == b"HTTP/1.1 200 OK\r\n\r\n"
-            await stream.aclose()
-            assert await client.recv(100) == b""
-        for end in ends:
-            await end.aclose()
+        async with trio.open_nursery() as nursery:
+            for child in pool.workers:
+                assert child.unix is not None
+                nursery.start_soon(pool.collect_acks, child, child.unix)
+            with client:
+                await client.send(POLL)
+                with server:
+                    head = await peek_request_line(server, PEEK_BYTES, 1.0)
+                    assert head is not None
+                    accepted: list[trio.SocketStream] = []
+
+                    async def accept() -> None:
+                        accepted.append(await ends[1].accept())
+
+                    nursery.start_soon(accept)
+                    assert await pool.hand(server, worker_of(head, 2))
+                # The parent's copy is closed: the worker's is the only one.
+                stream = accepted[0]
+                assert await stream.receive_some(4096) == POLL
+                await stream.send_all(b"HTTP/1.1 200 OK\r\n\r\n")
+                assert await client.recv(100) == b"HTTP/1.1 200 OK\r\n\r\n"
+                await stream.aclose()
+                assert await client.recv(100) == b""
+            for end in ends:
+                await end.aclose()
 
 
 async def test_new_connections_go_round_robin_and_skip_dead_workers() -> None:
     with trio.fail_after(5):
         pool, ends = _pool(3)
         got: list[int] = []
-        for _ in range(3):
+        async with trio.open_nursery() as nursery:
+            for child in pool.workers:
+                assert child.unix is not None
+                nursery.start_soon(pool.collect_acks, child, child.unix)
+
+            async def accept(index: int) -> None:
+                while True:
+                    (await ends[index].accept()).socket.close()
+                    got.append(index)
+
+            accepting = [trio.CancelScope() for _ in ends]
+            for index, scope in enumerate(accepting):
+
+                async def run(index: int = index, scope: trio.CancelScope = scope) -> None:
+                    with scope:
+                        await accept(index)
+
+                nursery.start_soon(run)
+            for _ in range(3):
+                client, server = await _connected_pair()
+                with client, server:
+                    assert await pool.hand(server, None)
+            assert sorted(got) == [0, 1, 2]
+            # Worker 1 dies: its sid and the round-robin go elsewhere, never fail.
+            accepting[1].cancel()
+            await ends[1].aclose()
+            for _ in range(4):
+                client, server = await _connected_pair()
+                with client, server:
+                    assert await pool.hand(server, 1)
+            assert not pool.workers[1].ready
+            assert len(got) == 7 and set(got[3:]) == {0, 2}
+            # No worker at all: the connection is refused (closed), the parent carries on.
+            for child in pool.workers:
+                child.ready = False
             client, server = await _connected_pair()
             with client, server:
-                assert await pool.hand(server, None)
-        for index, end in enumerate(ends):
-            with trio.move_on_after(0.2):
-                (await end.accept()).socket.close()
-                got.append(index)
-        assert sorted(got) == [0, 1, 2]
-        # Worker 1 dies: its sid and the round-robin go elsewhere, never fail.
-        await ends[1].aclose()
-        for _ in range(4):
-            client, server = await _connected_pair()
-            with client, server:
-                assert await pool.hand(server, 1)
-        assert not pool.workers[1].ready
-        for index in (0, 2):
-            with trio.move_on_after(0.2):
-                (await ends[index].accept()).socket.close()
-                got.append(index)
-        assert sorted(got) == [0, 0, 1, 2, 2]
-        # No worker at all: the connection is refused (closed), the parent carries on.
-        for child in pool.workers:
-            child.ready = False
-        client, server = await _connected_pair()
-        with client, server:
-            assert not await pool.hand(server, 0)
+                assert not await pool.hand(server, 0)
+            nursery.cancel_scope.cancel()
         for index in (0, 2):
             await ends[index].aclose()
+
+
+async def test_connections_sent_to_a_worker_that_dies_before_taking_them_go_elsewhere() -> None:
+    with trio.fail_after(5):
+        pool, ends = _pool(2)
+        async with trio.open_nursery() as nursery:
+            for child in pool.workers:
+                assert child.unix is not None
+                nursery.start_soon(pool.collect_acks, child, child.unix)
+            client, server = await _connected_pair()
+            with client:
+                await client.send(POLL)
+                with server:
+                    # Worker 1 gets the descriptor but dies without taking it.
+                    async def die_soon() -> None:
+                        await trio.sleep(0.1)
+                        await ends[1].aclose()
+
+                    nursery.start_soon(die_soon)
+                    accepted: list[trio.SocketStream] = []
+
+                    async def accept() -> None:
+                        accepted.append(await ends[0].accept())
+
+                    nursery.start_soon(accept)
+                    assert await pool.hand(server, 1)
+                assert not pool.workers[1].ready and not pool.workers[1].pending
+                assert await accepted[0].receive_some(4096) == POLL
+                await accepted[0].aclose()
+            nursery.cancel_scope.cancel()
+        await ends[0].aclose()
 
 
 async def test_a_worker_sees_its_parent_go() -> None:
