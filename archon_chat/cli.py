@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -12,7 +11,8 @@ from functools import partial
 import trio
 
 from actors.chat.store import StoreError
-from archon_chat.config import ConfigError, Settings, add_flags, describe, settings_from_args
+from archon_chat.config import ConfigError, add_flags, describe, settings_from_args
+from archon_chat.logs import setup_logging
 
 SERVE_FLAGS = (
     "host",
@@ -39,18 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(agents, AGENTS_FLAGS)
     sub.add_parser("settings", help="list every environment variable and its default")
     return parser
-
-
-def setup_logging(settings: Settings, tag: str = "") -> None:
-    """Log to stderr at the configured level; ``tag`` starts each line (which worker)."""
-    logging.basicConfig(
-        level=settings.log_level,
-        format=f"%(asctime)s {tag}%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # One line per upstream request is noise at INFO; their warnings still show.
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -64,6 +64,7 @@ from urllib.parse import unquote_to_bytes
 import trio
 
 from archon_chat.config import Settings
+from archon_chat.logs import setup_logging
 
 __all__ = [
     "PEEK_BYTES",
@@ -143,7 +144,7 @@ def _head_complete(data: bytes, limit: int) -> bool:
 
 
 async def peek_request_line(
-    sock: trio.socket.SocketType, limit: int = PEEK_BYTES, timeout_s: float = 30.0
+    sock: trio.socket.SocketType, limit: int, timeout_s: float
 ) -> bytes | None:
     """The first bytes of ``sock`` up to its first line feed (or ``limit`` bytes, or up to a
     byte no request line holds), left unread in the socket; ``None`` if the peer closes,
@@ -589,8 +590,6 @@ async def _serve_agents(settings: Settings, unix: trio.socket.SocketType) -> Non
 
 def _child_main(fd: int, role: str) -> int:
     """A child of the parent: its settings come first on the Unix socket ``fd``."""
-    from archon_chat.cli import setup_logging
-
     unix = socket.socket(fileno=fd)
     settings = pickle.loads(unix.recv(MAX_SETTINGS_BYTES))
     if not isinstance(settings, Settings) or role not in (_WORKER, _AGENTS):

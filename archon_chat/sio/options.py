@@ -63,7 +63,7 @@ class ServerOptions:
     inbox_size: int
     upgrade_timeout_s: float
     recovery: str
-    sid_prefix: str = ""
+    sid_prefix: str
 
     def __post_init__(self) -> None:
         for name in ("ping_interval_s", "ping_timeout_s", "upgrade_timeout_s", "connect_timeout_s"):

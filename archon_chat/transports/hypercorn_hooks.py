@@ -118,7 +118,7 @@ HOOKED: tuple[tuple[Any, str, tuple[str, ...]], ...] = (
     (h11_protocol, "WSStream", ("app_send", "_send_wsproto_event")),
     (ws_stream, "ASGIWebsocketState", ("CONNECTED",)),
     (hypercorn_run, "Lifespan", ("handle_lifespan", "wait_for_startup", "wait_for_shutdown")),
-    (hypercorn_run, "WorkerContext", ("terminate", "terminated")),
+    (hypercorn_run, "WorkerContext", ("event_class",)),
 )
 
 

@@ -45,6 +45,8 @@ def test_worker_serve_still_has_the_shape_serve_connections_copies() -> None:
         "self",
         "max_requests",
     ]
+    context = WorkerContext(None)
+    assert hasattr(context, "terminate") and hasattr(context.terminated, "set")
 
 
 async def test_serves_the_listener_s_connections_and_stops_on_the_trigger() -> None:
