@@ -330,7 +330,7 @@ class _Pool:
             while True:
                 try:
                     ack = await unix.recv(64)
-                except OSError:
+                except (OSError, trio.ClosedResourceError):  # closed by the shutdown
                     ack = b""
                 if not ack:
                     return
@@ -365,7 +365,7 @@ class _Pool:
                 child.pending.append(handoff)
                 try:
                     await child.unix.sendmsg([b"c"], fds)
-                except OSError:
+                except (OSError, trio.ClosedResourceError):
                     child.ready = False  # dying: its supervisor restarts it
                     if handoff in child.pending:
                         child.pending.remove(handoff)
@@ -523,7 +523,7 @@ class HandedConnections(trio.abc.Listener[trio.SocketStream]):
         while True:
             try:
                 data, ancillary, _, _ = await self._unix.recvmsg(1, socket.CMSG_SPACE(4 * _FD_SIZE))
-            except OSError:
+            except (OSError, trio.ClosedResourceError):
                 data, ancillary = b"", []
             fds = array.array("i")
             for level, kind, payload in ancillary:
@@ -570,8 +570,9 @@ async def _serve_agents(settings: Settings, unix: trio.socket.SocketType) -> Non
         async with trio.open_nursery() as nursery:
 
             async def parent_gone() -> None:
-                while await unix.recv(64):
-                    pass
+                with contextlib.suppress(OSError):
+                    while await unix.recv(64):
+                        pass
                 log.warning("the parent process is gone: shutting down")
                 nursery.cancel_scope.cancel()
 
