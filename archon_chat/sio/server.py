@@ -589,7 +589,9 @@ class SocketIOServer:
         wait = self._handshakes.retry_after(address)
         if wait > 0:
             raise TooManyRequests(f"{address}: over its handshake budget", wait)
-        eio = EngineSession(_new_id(), self.engine_config, transport, trio.current_time())
+        eio = EngineSession(
+            self.options.sid_prefix + _new_id(), self.engine_config, transport, trio.current_time()
+        )
         conn = Connection(self, eio, info, address)
         self._unconnected[address] += 1
         self._unconnected_total += 1
