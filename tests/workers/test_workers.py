@@ -28,6 +28,8 @@ import pytest
 import socketio
 import trio
 
+from tests.e2e.support import Client, turn_done
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -260,3 +262,44 @@ async def test_children_stop_when_the_parent_is_killed(
             with trio.fail_after(10):  # their own graceful stop, 1 s of grace
                 while any(_alive(pid) for pid in children):
                     await trio.sleep(0.05)
+
+
+async def test_workers_are_one_cluster_a_turn_reaches_both(
+    tmp_path: Path, redis_env: dict[str, str]
+) -> None:
+    """Two members of one session on different workers: the turn started from one reaches
+    both, and a stop from the other worker ends it."""
+    with trio.fail_after(90):
+        async with cluster(tmp_path, redis_env) as gateway:
+            session_id = await create_session(gateway.url)
+            on: dict[str, Client] = {}
+            for _ in range(12):  # new connections go round-robin: one lands on each worker
+                client = Client(gateway.url, transports=["websocket"])
+                await client.connect()
+                worker = str(client.sio.eio.sid).split(".", 1)[0]
+                if worker in on:
+                    await client.disconnect()
+                    continue
+                on[worker] = client
+                if len(on) == 2:
+                    break
+            assert sorted(on) == ["w0", "w1"], on
+            a, b = on["w0"], on["w1"]
+            for client in (a, b):
+                ack = await client.call("join_chat", {"session_id": session_id})
+                assert ack["status"] == "joined", ack
+            ack = await a.call("chat_message", {"session_id": session_id, "message": "hello"})
+            assert ack["status"] == "sent", ack
+            finals = []
+            for client in (a, b):
+                events = await client.wait_for(turn_done, timeout=20)
+                finals.append(
+                    next(
+                        d["data"]["content"]
+                        for n, d in events
+                        if n == "message" and d["data"]["sender"] == "agent"
+                    )
+                )
+            assert finals[0] == finals[1] and finals[0]
+            for client in (a, b):
+                await client.disconnect()
