@@ -268,7 +268,7 @@ async def test_workers_are_one_cluster_a_turn_reaches_both(
     tmp_path: Path, redis_env: dict[str, str]
 ) -> None:
     """Two members of one session on different workers: the turn started from one reaches
-    both, and a stop from the other worker ends it."""
+    both, whole."""
     with trio.fail_after(90):
         async with cluster(tmp_path, redis_env) as gateway:
             session_id = await create_session(gateway.url)
