@@ -188,7 +188,9 @@ async def test_one_failing_write_does_not_fail_its_batch(
             (placeholder,) = [m for m in await store.session_messages(taken)]
             assert placeholder.id == first.id  # the reply is still in progress
     # The failed transaction was ended by the store, not left to the pool to roll back.
-    assert not [r for r in caplog.records if r.name.startswith("psycopg")]
+    # (psycopg itself may warn that it ignored the aborted pipeline's second error, when
+    # the failure surfaced inside the pipeline block rather than at its end: timing.)
+    assert not [r for r in caplog.records if r.name.startswith("psycopg.pool")]
 
 
 async def test_connections_the_server_closed_are_replaced_before_use(pg_url: str) -> None:
