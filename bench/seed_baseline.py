@@ -79,9 +79,7 @@ def create_app(
     redis_url: str = "",
     redis_channel: str = "socketio",
 ) -> socketio.ASGIApp:
-    manager = (
-        socketio.AsyncRedisManager(redis_url, channel=redis_channel) if redis_url else None
-    )
+    manager = socketio.AsyncRedisManager(redis_url, channel=redis_channel) if redis_url else None
     sio = socketio.AsyncServer(
         async_mode="asgi",
         client_manager=manager,
@@ -428,9 +426,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
-            sock = (
-                socket.socket(fileno=args.fd) if args.fd >= 0 else bind(args.host, args.port)
-            )
+            sock = socket.socket(fileno=args.fd) if args.fd >= 0 else bind(args.host, args.port)
             runner.run(serve(args.host, sock, config, label))
     except KeyboardInterrupt:
         sys.exit(0)
