@@ -310,6 +310,7 @@ class Worker:
         for i, client in enumerate(self.clients):
             if client.peer is None:
                 continue
+            client.peer.completions.clear()
             token = f"{prefix}-{self.index}-{i}"
             turn = Turn(token, n, tag)
             watch = Turn(token, n, tag, threshold=threshold)
@@ -361,16 +362,19 @@ class Worker:
                 for peer in peers:
                     nursery.start_soon(recover, peer)
         failures["not usable by the deadline"] += len(peers) - len(accepted)
-        lost = await self._lost_messages(failures)
+        failed: Counter[str] = Counter()
+        lost = await self._lost_messages(failures, failed)
         return {
             "sessions": len(peers),
             "owner_lost": sum(p.owner_lost for p in peers),
             "owner_lost_stale": sum(p.owner_lost_stale for p in peers),
-            "statuses": dict(Counter(p.turn.status or "none" for p in peers if p.turn)),
+            # The reply cut by the kill ends first (failed), then the new message's.
+            "statuses": dict(Counter(p.completions[0] if p.completions else "none" for p in peers)),
             "accepted": len(accepted),
             "accept_s": accepted,
             "sent": sum(len(v) for v in self.failover_sent.values()),
             "lost": lost,
+            "stored_failed": dict(failed),
             "failures": {k: v for k, v in failures.items() if v},
         }
 
@@ -409,9 +413,10 @@ class Worker:
             sent.append(prompt)
         return True
 
-    async def _lost_messages(self, failures: Counter[str]) -> int:
+    async def _lost_messages(self, failures: Counter[str], failed: Counter[str]) -> int:
         """User messages acknowledged ``sent`` but missing from the stored history (read
-        over REST from the process member 2 is on)."""
+        over REST from the process member 2 is on); the agent messages stored as failed
+        are counted into ``failed`` by error code."""
         lost = 0
         peers = {c.session_id: c.peer for c in self.clients if c.peer is not None}
         async with httpx.AsyncClient(timeout=30) as http:
@@ -422,11 +427,11 @@ class Worker:
                 url = f"http://{peer.host}:{peer.port}/api/agent-chat/sessions/{session_id}"
                 try:
                     response = await http.get(url)
-                    stored = {
-                        str(m.get("content"))
-                        for m in response.json().get("messages", [])
-                        if m.get("sender") == "user"
-                    }
+                    messages = response.json().get("messages", [])
+                    stored = {str(m.get("content")) for m in messages if m.get("sender") == "user"}
+                    for m in messages:
+                        if m.get("sender") == "agent" and m.get("status") == "failed":
+                            failed[str((m.get("error") or {}).get("code"))] += 1
                 except (httpx.HTTPError, ValueError) as exc:
                     failures[f"history {type(exc).__name__}"] += 1
                     lost += len(prompts)

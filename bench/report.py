@@ -263,6 +263,16 @@ SCALE: list[Metric] = [
     ("Redis bytes/chunk", lambda r: r.get("redis_bytes_per_chunk")),
     ("store bytes written/turn", lambda r: r.get("store_written_per_turn_bytes")),
 ]
+SCALE_TURNS: list[Metric] = [
+    ("first chunk p50 ms", lambda r: r["ttfc_p50_ms"]),
+    ("first chunk p99 ms", lambda r: r["ttfc_p99_ms"]),
+    ("failures", lambda r: r["failures"]),
+    ("gateway CPU us/turn (all processes)", lambda r: r.get("gateway_cpu_per_turn_us")),
+    ("Redis commands/turn", lambda r: r.get("redis_commands_per_turn")),
+    ("Redis CPU us/chunk", lambda r: r.get("redis_cpu_per_chunk_us")),
+    ("Redis bytes/chunk", lambda r: r.get("redis_bytes_per_chunk")),
+    ("store bytes written/turn", lambda r: r.get("store_written_per_turn_bytes")),
+]
 SCALE_STOP: list[Metric] = [
     ("upstream cancelled", lambda r: f"{r['upstream_cancelled']}/{r['stops']}"),
     ("cancel-to-quiet p50 ms", lambda r: r["cancel_to_quiet_p50_ms"]),
@@ -282,7 +292,11 @@ FAILOVER: list[Metric] = [
     ("turns failed (owner_lost errors)", lambda r: r["turns_failed_owner_lost"]),
     ("... of which stale (seq seen)", lambda r: r.get("owner_lost_stale")),
     (
-        "member 2's reply statuses",
+        "stored as failed, by code",
+        lambda r: ",".join(f"{k}:{v}" for k, v in sorted(r["stored_failed"].items())) or "-",
+    ),
+    (
+        "member 2: how the cut reply ended",
         lambda r: ",".join(f"{k}:{v}" for k, v in sorted(r["member2_statuses"].items())) or "-",
     ),
     ("sessions usable again", lambda r: f"{r['usable']}/{r['usable_of']}"),
@@ -312,6 +326,7 @@ def scale_sections(
 
     return [
         ("7. Scale: sweep", of("sweep"), sweep_point, SCALE),
+        ("7. Scale: turn cost, one-chunk replies", of("turns"), sweep_point, SCALE_TURNS),
         ("7. Scale: cross-node, watched from both", of("cross", "normal"), cross_point, SCALE),
         (
             "7. Scale: cross-node stop (from the non-owner)",

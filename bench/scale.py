@@ -153,6 +153,29 @@ async def sweep(bench: Bench, gateways: Sequence[Server]) -> list[dict[str, Any]
                         | spec
                         | figures
                     )
+                if sessions == max(plan.scale_sessions):
+                    # What a turn costs (CPU, Redis): one-chunk replies, all at once.
+                    spec = {"n": 1, "size": plan.chunk_size, "pace": 0.0}
+                    figures = await bench.turn(
+                        gateway,
+                        sessions,
+                        spec,
+                        failures,
+                        label=f"{label}, one-chunk replies",
+                        deadline=turn_deadline(sessions, spec),
+                    )
+                    rows.append(
+                        {
+                            "gateway": gateway.label,
+                            "kind": "turns",
+                            "form": _form(gateway),
+                            "sessions": sessions,
+                            "pace_s": 0.0,
+                            "mode": "normal",
+                        }
+                        | spec
+                        | figures
+                    )
             finally:
                 bench.status(f"{label}: {gateway.label}: closing")
                 await bench.close()
@@ -274,6 +297,8 @@ async def failover(bench: Bench, gateway: Server) -> dict[str, Any]:
         "turns_failed_owner_lost": sum(int(r["owner_lost"]) for r in results),
         # owner_lost errors whose seq member 2 had already seen (a client drops those)
         "owner_lost_stale": sum(int(r["owner_lost_stale"]) for r in results),
+        # the cut replies as the store has them afterwards: failed, by error code
+        "stored_failed": dict(sum((Counter(r["stored_failed"]) for r in results), Counter[str]())),
         "member2_statuses": dict(sum((Counter(r["statuses"]) for r in results), Counter[str]())),
         "usable": sum(int(r["accepted"]) for r in results),
         "usable_of": count,

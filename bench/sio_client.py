@@ -196,6 +196,8 @@ class Client:
         self.owner_lost = 0
         #: ... of which carried a seq this client had already seen (dropped as stale)
         self.owner_lost_stale = 0
+        #: the status of every ``stream_complete`` this client saw, in order
+        self.completions: list[str] = []
         #: the session's second member, on another process (scenario 7's cross-node points)
         self.peer: Client | None = None
         self._next_ack = 1
@@ -377,6 +379,7 @@ class Client:
                 # (stream events are not stored) and no turn is in progress: it is over.
                 turn.done.set()
         elif name == "stream_complete":
+            self.completions.append(str(payload.get("status", "complete")))
             if turn is not None:
                 turn.completed_at = now
                 turn.status = str(payload.get("status", "complete"))
