@@ -141,7 +141,8 @@ def _delete_prefixed(target: RedisTarget) -> None:
 
 class RedisProbe:
     """Server-wide counters of the run's Redis: command calls (every command but the
-    probe's own ``INFO``), CPU seconds (user + system) and network bytes (in + out)."""
+    probe's own ``INFO``; in all and per command, ``cmd:<name>``), CPU seconds (user +
+    system) and network bytes (in + out)."""
 
     def __init__(self, target: RedisTarget) -> None:
         self.target = target
@@ -149,12 +150,15 @@ class RedisProbe:
     def _read(self) -> dict[str, float]:
         client = self.target.client()
         stats: dict[str, Any] = client.info("commandstats")
-        calls = sum(
-            int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info" and "calls" in v
-        )
+        by_command = {
+            f"cmd:{k.removeprefix('cmdstat_')}": float(v["calls"])
+            for k, v in stats.items()
+            if k != "cmdstat_info" and "calls" in v
+        }
+        calls = sum(by_command.values())
         cpu: dict[str, Any] = client.info("cpu")
         net: dict[str, Any] = client.info("stats")
-        return {
+        return by_command | {
             "commands": float(calls),
             "cpu_s": float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"]),
             "bytes": float(net["total_net_input_bytes"]) + float(net["total_net_output_bytes"]),
@@ -171,7 +175,14 @@ def redis_figures(
     commands = after["commands"] - before["commands"]
     cpu = after["cpu_s"] - before["cpu_s"]
     sent = after["bytes"] - before["bytes"]
+    by_command = {
+        key.removeprefix("cmd:"): round(after[key] - before.get(key, 0.0))
+        for key in after
+        if key.startswith("cmd:") and after[key] != before.get(key, 0.0)
+    }
     return {
+        #: calls per command in the window, most first: where the Redis cost goes
+        "redis_by_command": dict(sorted(by_command.items(), key=lambda kv: -kv[1])),
         "redis_commands": round(commands),
         "redis_commands_per_chunk": round(commands / chunks, 3) if chunks else None,
         "redis_commands_per_turn": round(commands / turns, 2) if turns else None,
