@@ -110,7 +110,11 @@ async def started(
                 )
             except BenchError as exc:
                 bench.status(f"[7 scale] {kind} unavailable: {exc}")
-        yield running
+        bench.idle_servers = list(running)
+        try:
+            yield running
+        finally:
+            bench.idle_servers = []
 
 
 def _form(gateway: Server) -> str:

@@ -166,6 +166,11 @@ SMOKE = Plan(
 )
 
 
+#: a server using less than this share of a core over a sample counts as idle
+IDLE_CPU_SHARE = 0.1
+IDLE_SAMPLE_S = 0.5
+
+
 def percentile(values: Sequence[float], q: float) -> float | None:
     if not values:
         return None
@@ -205,6 +210,10 @@ class Bench:
         #: the shared Redis of the gateways under test (scenario 7): its counters are read
         #: around every measured turn
         self.redis: RedisProbe | None = None
+        #: servers that must be idle before a measured run starts (scenario 7 runs its
+        #: gateways side by side), and how long to wait for that at most
+        self.idle_servers: list[Server] = []
+        self.idle_limit = 120.0
 
     def reading(self, gateway: Server) -> Reading:
         return Reading(trio.current_time(), gateway.cpu(), self.mock.cpu(), self.pool.cpu())
@@ -216,10 +225,21 @@ class Bench:
 
     async def wait_quiet(self, limit: float = 20.0) -> None:
         """Wait (bounded) until the mock agent streams nothing: a run starts on a quiet
-        machine even when the previous gateway never cancelled its upstream streams."""
+        machine even when the previous gateway never cancelled its upstream streams.
+        Then (bounded by ``idle_limit``) until every server of :attr:`idle_servers` is
+        idle: one still relaying a backlog (a gateway whose replies missed their
+        deadline) would take the CPU from the next run."""
         with trio.move_on_after(limit):
             while (await self.mock_stats("~"))["active"]:
                 await trio.sleep(0.1)
+        with trio.move_on_after(self.idle_limit):
+            while True:
+                before = [s.cpu() for s in self.idle_servers]
+                await trio.sleep(IDLE_SAMPLE_S)
+                used = sum(s.cpu() for s in self.idle_servers) - sum(before)
+                if used < IDLE_CPU_SHARE * IDLE_SAMPLE_S:
+                    return
+                self.status(f"waiting for the gateways to go idle ({used / IDLE_SAMPLE_S:.0%})")
 
     async def setup(
         self,
