@@ -242,28 +242,34 @@ async def start_gateway(
     *,
     form: str,
     lease_s: float,
+    tag: str = "",
 ) -> AsyncIterator[Group]:
     """Gateway ``kind`` of :data:`SCALE_KINDS` in ``form`` (``ports`` or ``one-port``;
-    ``ours-1`` is always one process) until the block ends.
+    ``ours-1`` is always one process) until the block ends. ``tag`` goes into its
+    processes' log names (``<tmp>/archon-bench-<tag><kind>....log``).
 
     Raises :class:`BenchError` if a process does not start."""
     async with AsyncExitStack() as stack:
         members: list[Server] = []
         ours_argv, ours_env = gateway_command("ours", agent_url, db_path)
         if kind == "ours-1":
-            members.append(await stack.enter_async_context(start_server(kind, ours_argv, ours_env)))
+            members.append(
+                await stack.enter_async_context(start_server(f"{tag}{kind}", ours_argv, ours_env))
+            )
             form = "ports"
         elif kind == "ours-2" and form == "one-port":
             env = {**ours_env, **cluster_env(target, "", lease_s)}
             del env["ARCHON_CHAT_NODE_ID"]
             argv = [*ours_command(db_path), "--workers", "2"]
-            members.append(await stack.enter_async_context(start_server(kind, argv, env)))
+            members.append(await stack.enter_async_context(start_server(f"{tag}{kind}", argv, env)))
         elif kind == "ours-2":
             # One after the other: each creates or opens the shared store at start.
             for node in ("n0", "n1"):
                 env = {**ours_env, **cluster_env(target, node, lease_s)}
                 members.append(
-                    await stack.enter_async_context(start_server(f"{kind}-{node}", ours_argv, env))
+                    await stack.enter_async_context(
+                        start_server(f"{tag}{kind}-{node}", ours_argv, env)
+                    )
                 )
         elif kind == "seed-2":
             argv = [python(), "-m", "bench.seed_baseline", "--port", "0", "--agent-url", agent_url]
@@ -272,11 +278,13 @@ async def start_gateway(
             env = {"ARCHON_CHAT_LOG_LEVEL": "WARNING"}
             if form == "one-port":
                 argv += ["--workers", "2"]
-                members.append(await stack.enter_async_context(start_server(kind, argv, env)))
+                members.append(
+                    await stack.enter_async_context(start_server(f"{tag}{kind}", argv, env))
+                )
             else:
                 for i in range(2):
                     members.append(
-                        await stack.enter_async_context(start_server(f"{kind}-{i}", argv, env))
+                        await stack.enter_async_context(start_server(f"{tag}{kind}-{i}", argv, env))
                     )
         else:
             raise BenchError(f"unknown scale gateway {kind!r} (form {form!r})")

@@ -69,10 +69,14 @@ async def scale(
         cross_kinds = [k for k in kinds if k != "ours-1"]
         if cross_kinds:
             two_ports = dict.fromkeys(cross_kinds, "ports")
-            async with started(bench, cross_kinds, agent_url, target, two_ports) as gateways:
+            async with started(
+                bench, cross_kinds, agent_url, target, two_ports, "cross-"
+            ) as gateways:
                 rows += await cross(bench, gateways)
         if "ours-2" in kinds:
-            async with started(bench, ["ours-2"], agent_url, target, {"ours-2": "ports"}) as gw:
+            async with started(
+                bench, ["ours-2"], agent_url, target, {"ours-2": "ports"}, "failover-"
+            ) as gw:
                 rows.append(await failover(bench, gw[0]))
     finally:
         bench.redis = None
@@ -86,6 +90,7 @@ async def started(
     agent_url: str,
     target: RedisTarget,
     forms: dict[str, str],
+    tag: str = "",
 ) -> AsyncIterator[list[Server]]:
     """The gateways ``kinds`` in their ``forms``, each with its own SQLite file, until the
     block ends; a gateway that does not start is left out (said on the progress line)."""
@@ -105,6 +110,7 @@ async def started(
                             target,
                             form=forms[kind],
                             lease_s=bench.plan.scale_lease_s,
+                            tag=tag,
                         )
                     )
                 )

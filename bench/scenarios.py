@@ -10,6 +10,7 @@ compares runs made moments apart.
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -367,6 +368,7 @@ class Bench:
         written_before = gateway.written()
         probe = self.redis if getattr(gateway, "uses_redis", False) else None
         redis_before = await probe.read() if probe is not None else None
+        sent_before = await redis_sent(gateway) if probe is not None else None
         before = self.reading(gateway)
         command = {"op": "turn", "spec": spec, "mode": mode, "prefix": prefix, "deadline": deadline}
         command.update(extra or {})
@@ -378,15 +380,29 @@ class Bench:
             nursery.cancel_scope.cancel()
         after = self.reading(gateway)
         redis_after = await probe.read() if probe is not None else None
+        sent_after = await redis_sent(gateway) if probe is not None else None
         written = gateway.written() - written_before
         self.pool.on_progress = None
         figures = summarize(results, setup_failures, before, after, expected, mode)
         figures["members"] = members
+        # The machine is shared: how busy it was, beside this run's own processes.
+        figures["load_average_1m"] = round(os.getloadavg()[0], 2)
         figures["store_written_bytes"] = written
         turns = int(figures["turns"]) // members
         figures["store_written_per_turn_bytes"] = round(written / turns) if turns else None
         if redis_before is not None and redis_after is not None:
             figures.update(redis_figures(redis_before, redis_after, int(figures["chunks"]), turns))
+            # What the gateway itself sent (a script counts once; INFO counts the
+            # commands it runs inside too): from its /metrics, where it has them.
+            sent = difference(sent_after, sent_before)
+            chunks = int(figures["chunks"])
+            figures["redis_sent"] = sent
+            figures["redis_sent_per_chunk"] = (
+                round(sent / chunks, 3) if sent is not None and chunks else None
+            )
+            figures["redis_sent_per_turn"] = (
+                round(sent / turns, 2) if sent is not None and turns else None
+            )
         figures["run_prefix"] = prefix
         figures["rss_before_mib"] = round(rss_before / 2**20, 1)
         figures["rss_peak_mib"] = round(max(sampler.peak, rss_before) / 2**20, 1)
@@ -744,6 +760,30 @@ async def scrape(gateway: Server) -> dict[str, float | None]:
         }
     except ValueError:
         return empty
+
+
+#: the Redis commands one of our nodes sent (a pipeline counts each, a script once)
+REDIS_SENT_METRICS = ("archon_chat_redis_commands",)
+
+
+async def redis_sent(gateway: Server) -> float | None:
+    """Redis commands sent so far by every process of ``gateway``, from each one's
+    /metrics; ``None`` if any process has no such metric (the seed) or its processes
+    share one port (/metrics would reach one of them)."""
+    if getattr(gateway, "form", "ports") != "ports":
+        return None
+    total = 0.0
+    async with httpx.AsyncClient(timeout=10) as http:
+        for url in group_urls(gateway):
+            try:
+                response = await http.get(f"{url}/metrics")
+                value = metric_value(response.text, REDIS_SENT_METRICS)
+            except (httpx.HTTPError, ValueError):
+                return None
+            if value is None:
+                return None
+            total += value
+    return total
 
 
 def difference(after: float | None, before: float | None) -> int | None:
