@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -12,7 +11,8 @@ from functools import partial
 import trio
 
 from actors.chat.store import StoreError
-from archon_chat.config import ConfigError, Settings, add_flags, describe, settings_from_args
+from archon_chat.config import ConfigError, add_flags, describe, settings_from_args
+from archon_chat.logs import setup_logging
 
 SERVE_FLAGS = (
     "host",
@@ -41,17 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # One line per upstream request is noise at INFO; their warnings still show.
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "settings":
@@ -62,8 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"archon-chat: {exc}", file=sys.stderr)
         return 2
-    _logging(settings)
+    setup_logging(settings)
     try:
+        if args.command == "serve" and settings.workers > 1:
+            from archon_chat.workers import run_workers
+
+            return run_workers(settings)
         if args.command == "serve":
             from archon_chat.server import serve
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -151,6 +152,12 @@ def _key_prefix(raw: str) -> str:
     if not value or len(value) > 64 or any(c.isspace() or c in "{}" for c in value):
         raise ValueError("must be 1-64 characters without spaces or braces")
     return value
+
+
+def _sid_prefix(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{0,16}", raw):
+        raise ValueError("must be at most 16 of A-Z a-z 0-9 _ - .")
+    return raw
 
 
 def _text(raw: str) -> str:
@@ -440,6 +447,18 @@ class Settings:
         "events waiting to be published to other nodes; past it they are dropped (counted) "
         "and the nodes' clients resume with last_seq",
     )
+    cluster_max_requests: int = _setting(
+        "ARCHON_CHAT_CLUSTER_MAX_REQUESTS",
+        1024,
+        _positive_int,
+        "commands from other nodes served at once; past it they are answered busy",
+    )
+    cluster_epochs_kept: int = _setting(
+        "ARCHON_CHAT_CLUSTER_EPOCHS_KEPT",
+        100_000,
+        _positive_int,
+        "sessions whose newest owner a node remembers (events of a deposed owner are dropped)",
+    )
     cluster_batch_bytes: int = _setting(
         "ARCHON_CHAT_CLUSTER_BATCH_BYTES",
         262_144,
@@ -453,6 +472,13 @@ class Settings:
         "gateway processes on this machine sharing the port (more than 1 needs "
         "ARCHON_CHAT_REDIS_URL)",
         "--workers",
+    )
+    sid_prefix: str = _setting(
+        "ARCHON_CHAT_SID_PREFIX",
+        "",
+        _sid_prefix,
+        "starts every Engine.IO sid of this process (set by serve --workers for each worker, "
+        "so polling requests are routed to the worker holding their sid)",
     )
 
     # storage
@@ -813,6 +839,11 @@ class Settings:
     @property
     def builtin_agents(self) -> bool:
         return not self.agent_service_url
+
+    @property
+    def cluster_mode(self) -> bool:
+        """One node of a cluster (a Redis URL is set): other processes own sessions too."""
+        return bool(self.redis_url)
 
 
 _Options = TypeVar("_Options", bound="DataclassInstance")

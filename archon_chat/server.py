@@ -17,6 +17,7 @@ import gc
 import logging
 import signal
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -89,9 +90,12 @@ async def serve(
     settings: Settings,
     *,
     handle_signals: bool = True,
+    connections: trio.abc.Listener[trio.SocketStream] | None = None,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the gateway until stopped (signal or :meth:`Running.stop`)."""
+    """Run the gateway until stopped (signal or :meth:`Running.stop`); on the connections
+    ``connections`` accepts if given (a worker of ``serve --workers``), else on a socket
+    bound to ``settings.host`` and ``settings.port``."""
     # Thousands of sessions keep many long-lived objects: the default young-generation
     # threshold makes the collector rescan them so often that it doubles the CPU per chunk.
     gc.set_threshold(10_000, 50, 50)
@@ -106,7 +110,7 @@ async def serve(
             port = await root.start(serve_agents, settings, "127.0.0.1", 0)
             agents_url = f"http://127.0.0.1:{port}"
         async with open_configured_store(settings) as store:
-            await _serve_gateway(settings, store, agents_url, stop, task_status)
+            await _serve_gateway(settings, store, agents_url, stop, connections, task_status)
         root.cancel_scope.cancel()
 
 
@@ -115,6 +119,7 @@ async def _serve_gateway(
     store: GatewayStore,
     agents_url: str,
     stop: trio.Event,
+    connections: trio.abc.Listener[trio.SocketStream] | None,
     task_status: trio.TaskStatus[Running],
 ) -> None:
     metrics = Metrics()
@@ -201,17 +206,31 @@ async def _serve_gateway(
             async def shutdown_trigger() -> None:
                 await http_closed.wait()
 
-            binds: list[str] = await nursery.start(
-                lambda task_status: hypercorn_serve(
-                    compose(engine, web),
-                    config,
-                    shutdown_trigger=shutdown_trigger,
-                    task_status=task_status,
+            if connections is None:
+                binds: list[str] = await nursery.start(
+                    lambda task_status: hypercorn_serve(
+                        compose(engine, web),
+                        config,
+                        shutdown_trigger=shutdown_trigger,
+                        task_status=task_status,
+                    )
                 )
-            )
-            url = binds[0]
-            port = int(url.rsplit(":", 1)[1])
-            print(f"archon-chat: serving on {url}", flush=True)
+                url = binds[0]
+                port = int(url.rsplit(":", 1)[1])
+                print(f"archon-chat: serving on {url}", flush=True)
+            else:
+                # Whoever hands the connections in bound the port and announces it.
+                await nursery.start(
+                    partial(
+                        hypercorn_hooks.serve_connections,
+                        compose(engine, web),
+                        config,
+                        connections,
+                        shutdown_trigger=shutdown_trigger,
+                    )
+                )
+                port = settings.port
+                url = f"http://{_host(settings.host)}:{port}"
             task_status.started(Running(url, port, agents_url, gateway, sio, stop))
 
             await stop.wait()

@@ -21,10 +21,12 @@ never leaves a half-done or unknown write behind.
 Sequence numbers (see :mod:`actors.chat.store`). Each session row keeps ``last_seq``
 (written by messages, turn ends and ``save_last_seq``) and ``hwm``, the highest seq an
 actor may have emitted (``reserve_seq``, and every stored seq). Both only grow. When the
-store opens it cannot know whether the previous process stopped each actor cleanly, so it
-assumes the worst: a reply still ``STREAMING`` becomes ``FAILED`` with seq ``hwm + 1``,
-and every session's ``last_seq`` moves up to its ``hwm``. Numbers may skip after a
-restart; they never repeat.
+store opens as the file's only writer it cannot know whether the previous process stopped
+each actor cleanly, so it assumes the worst: a reply still ``STREAMING`` becomes
+``FAILED`` (``internal_error``) with seq ``hwm + 1``, and every session's ``last_seq``
+moves up to its ``hwm``. Numbers may skip after a restart; they never repeat. When
+several processes share the file (cluster mode, ``recover_at_open=False``), another one
+may be streaming those replies: only ``acquire`` recovers them, one session at a time.
 
 History pairs each agent reply with the user message its turn answered, which
 ``begin_turn`` names (``reply_to``). Files of schema version 1 inferred that link when the
@@ -34,7 +36,9 @@ Fencing (see :mod:`actors.chat.store`). ``sessions.fence`` is the newest token h
 out by :meth:`SqliteStore.acquire`. Every write's first statement updates the session row
 ``WHERE id = ? AND fence <= ?``: a stale writer changes nothing and gets
 :class:`FencedError`. The file may be shared by processes on one machine (SQLite locks
-it), so the check is in the database, not in this object.
+it), so the check is in the database, not in this object. Each process has its own
+connection; a write waits up to :data:`BUSY_TIMEOUT_MS` for another process's
+transaction (they are short: one group commit) before it fails.
 
 Expiry. A session expires ``ttl_s`` after its last activity (``updated_at``: a message
 stored, a turn begun or finished), unless a reply is streaming. Expired sessions read as
@@ -77,10 +81,10 @@ from actors.chat.store import (
     Ownership,
     SessionNotFoundError,
     StoreError,
+    interrupted_text,
 )
 from archon_chat.group_commit import GroupCommit
 from archon_chat.store_rows import (
-    INTERRUPTED_TEXT,
     MESSAGE_COLUMNS,
     SESSION_COLUMNS,
     check_agent_type,
@@ -91,7 +95,6 @@ from archon_chat.store_rows import (
 )
 
 __all__ = [
-    "INTERRUPTED_TEXT",
     "SCHEMA_VERSION",
     "ConflictError",
     "DamagedError",
@@ -387,11 +390,14 @@ class SqliteStore:
 
         return await self._read(select)
 
-    async def acquire(self, session_id: str) -> Ownership | None:
+    async def acquire(
+        self, session_id: str, *, interrupted: ErrorCode = ErrorCode.INTERNAL_ERROR
+    ) -> Ownership | None:
         """Take ownership of the session: bump its fencing token, store a reply left
-        ``STREAMING`` by the previous owner as ``FAILED``, and lift ``last_seq`` to the
-        reserved mark (what the previous owner may have emitted). ``None`` if the session
-        is unknown or expired."""
+        ``STREAMING`` by the previous owner as ``FAILED`` with code ``interrupted``
+        (returned in ``recovered``), and lift ``last_seq`` to the reserved mark (what the
+        previous owner may have emitted). ``None`` if the session is unknown or expired."""
+        interrupted_text(interrupted)  # refuses a code before anything is written
         cutoff = self._timestamp(self._ttl)
 
         def take(conn: sqlite3.Connection) -> Ownership | None:
@@ -403,7 +409,7 @@ class SqliteStore:
             ).fetchone()
             if row is None:
                 return None
-            _fail_streaming(conn, session_id)
+            recovered = _fail_streaming(conn, session_id, interrupted)
             conn.execute(
                 "UPDATE sessions SET last_seq = hwm WHERE id = ? AND hwm > last_seq",
                 (session_id,),
@@ -411,7 +417,9 @@ class SqliteStore:
             record = conn.execute(
                 f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
             ).fetchone()
-            return Ownership(fence=int(row[0]), session=session_from_row(record))
+            return Ownership(
+                fence=int(row[0]), session=session_from_row(record), recovered=recovered
+            )
 
         return await self._write(take)
 
@@ -808,7 +816,10 @@ def _recover(conn: sqlite3.Connection) -> int:
         sessions = conn.execute(
             "SELECT DISTINCT session_id FROM messages WHERE status = 'streaming'"
         ).fetchall()
-        recovered = sum(_fail_streaming(conn, session_id) for (session_id,) in sessions)
+        recovered = sum(
+            len(_fail_streaming(conn, session_id, ErrorCode.INTERNAL_ERROR))
+            for (session_id,) in sessions
+        )
         conn.execute("UPDATE sessions SET last_seq = hwm WHERE hwm > last_seq")
         conn.execute("COMMIT")
     except BaseException:
@@ -818,31 +829,35 @@ def _recover(conn: sqlite3.Connection) -> int:
     return recovered
 
 
-def _fail_streaming(conn: sqlite3.Connection, session_id: str) -> int:
-    """Store the session's replies still ``STREAMING`` as ``FAILED``, each with the seq
-    after the reserved mark. Returns how many."""
+def _fail_streaming(
+    conn: sqlite3.Connection, session_id: str, code: ErrorCode
+) -> tuple[ChatMessage, ...]:
+    """Store the session's replies still ``STREAMING`` as ``FAILED`` with ``code``, each
+    with the seq after the reserved mark. Returns them as stored, by seq."""
     rows = conn.execute(
         "SELECT id FROM messages WHERE session_id = ? AND status = 'streaming' ORDER BY rowid",
         (session_id,),
     ).fetchall()
+    failed: list[ChatMessage] = []
     for (message_id,) in rows:
         (seq,) = conn.execute(
             "UPDATE sessions SET hwm = hwm + 1, last_seq = hwm + 1,"
             " message_count = message_count + 1 WHERE id = ? RETURNING hwm",
             (session_id,),
         ).fetchone()
-        conn.execute(
+        row = conn.execute(
             "UPDATE messages SET status = 'failed', seq = ?, error_code = ?, error_text = ?"
-            " WHERE id = ?",
-            (seq, ErrorCode.INTERNAL_ERROR.value, INTERRUPTED_TEXT, message_id),
-        )
-    return len(rows)
+            f" WHERE id = ? RETURNING {MESSAGE_COLUMNS}",
+            (seq, code.value, interrupted_text(code), message_id),
+        ).fetchone()
+        failed.append(message_from_row(row))
+    return tuple(failed)
 
 
-def _open(path: str) -> tuple[sqlite3.Connection, int]:
+def _open(path: str, recover: bool) -> tuple[sqlite3.Connection, int]:
     conn = _connect(path)
     try:
-        return conn, _recover(conn)
+        return conn, _recover(conn) if recover else 0
     except sqlite3.Error as exc:
         conn.close()
         raise StoreError(f"{path}: recovery at open failed: {exc}") from exc
@@ -860,13 +875,20 @@ def _close(conn: sqlite3.Connection) -> None:
 
 @asynccontextmanager
 async def open_store(
-    path: str, *, ttl_s: float, now: Callable[[], datetime] | None = None
+    path: str,
+    *,
+    ttl_s: float,
+    now: Callable[[], datetime] | None = None,
+    recover_at_open: bool = True,
 ) -> AsyncIterator[SqliteStore]:
     """Open (creating it and its folder if needed) the database at ``path``.
 
-    Migrates the schema to :data:`SCHEMA_VERSION` and recovers what a previous process
-    left unfinished (module docstring), then yields the store; on exit, finishes the
-    writes already called and closes the file, even if the block was cancelled.
+    Migrates the schema to :data:`SCHEMA_VERSION` and, with ``recover_at_open`` (this
+    process is the file's only writer), recovers what a previous process left unfinished
+    (module docstring), then yields the store; on exit, finishes the writes already called
+    and closes the file, even if the block was cancelled. Without it, replies left
+    ``STREAMING`` wait for the next ``acquire`` of their session: another process sharing
+    the file may still be streaming them.
     ``now`` (an aware datetime; default the wall clock) drives ``updated_at`` and expiry.
 
     Raises :class:`SchemaError` for a foreign file or one written by a newer version,
@@ -875,7 +897,7 @@ async def open_store(
     if ttl_s <= 0:
         raise ValueError("ttl_s must be positive")
     try:
-        conn, recovered = await trio.to_thread.run_sync(_open, path)
+        conn, recovered = await trio.to_thread.run_sync(_open, path, recover_at_open)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open {path}: {exc}") from exc
     except OSError as exc:

@@ -83,12 +83,15 @@ class StoreSettings(Protocol):
     def db_connect_timeout_s(self) -> float: ...
     @property
     def db_timeout_s(self) -> float: ...
+    @property
+    def redis_url(self) -> str: ...
 
 
 @asynccontextmanager
 async def open_configured_store(settings: StoreSettings) -> AsyncIterator[GatewayStore]:
     """The PostgreSQL store if ``database_url`` is set, else the SQLite file at
-    ``db_path``. Closed on exit."""
+    ``db_path``. Closed on exit. In cluster mode (``redis_url`` set) other processes may
+    share the SQLite file, so opening it recovers nothing: ``acquire`` does, per session."""
     ttl_s = settings.session_ttl_hours * 3600
     if settings.database_url:
         from archon_chat.store_postgres import open_postgres_store
@@ -99,10 +102,14 @@ async def open_configured_store(settings: StoreSettings) -> AsyncIterator[Gatewa
             pool_size=settings.db_pool_size,
             connect_timeout_s=settings.db_connect_timeout_s,
             timeout_s=settings.db_timeout_s,
+            # In a cluster, a dead node's turns are failed by the node that reaps it.
+            recover_orphans=not settings.redis_url,
         ) as pg:
             yield pg
     else:
         from archon_chat.store import open_store
 
-        async with open_store(settings.db_path, ttl_s=ttl_s) as sqlite:
+        async with open_store(
+            settings.db_path, ttl_s=ttl_s, recover_at_open=not settings.redis_url
+        ) as sqlite:
             yield sqlite

@@ -89,11 +89,11 @@ from actors.chat.store import (
     Ownership,
     SessionNotFoundError,
     StoreError,
+    interrupted_text,
 )
 from archon_chat.group_commit import GroupCommit
 from archon_chat.store import SchemaError
 from archon_chat.store_rows import (
-    INTERRUPTED_TEXT,
     MESSAGE_COLUMNS,
     SESSION_COLUMNS,
     check_agent_type,
@@ -242,6 +242,12 @@ FINISH_TURN: Final = (
 LOCK_SESSION: Final = "SELECT 1 FROM sessions WHERE id = %(sid)s FOR UPDATE"
 
 #: Bumps the fence and fails the orphaned replies, each with the next seq above the mark.
+#: The columns of :data:`MESSAGE_COLUMNS`, of the rows an ``acquire`` failed.
+_FAILED_COLUMNS: Final = (
+    "m.id, m.session_id, m.seq, m.content, m.sender, m.timestamp, m.agent_type, m.status,"
+    " m.error_code, m.error_text, m.client_message_id"
+)
+
 ACQUIRE: Final = (
     "WITH orphans AS (SELECT id, row_number() OVER (ORDER BY timestamp, id) AS n"
     " FROM messages WHERE session_id = %(sid)s AND status = 'streaming'),"
@@ -253,8 +259,12 @@ ACQUIRE: Final = (
     " RETURNING " + SESSION_COLUMNS + ", fence, hwm - k.k AS mark),"
     " failed AS (UPDATE messages m SET status = 'failed', seq = bump.mark + o.n,"
     " error_code = %(code)s, error_text = %(text)s FROM orphans o, bump"
-    " WHERE m.id = o.id RETURNING 1)"
-    " SELECT " + SESSION_COLUMNS + ", fence, (SELECT count(*) FROM failed) FROM bump"
+    " WHERE m.id = o.id RETURNING " + _FAILED_COLUMNS + ")"
+    " SELECT "
+    + SESSION_COLUMNS
+    + ", fence, (SELECT json_agg(json_build_array("
+    + MESSAGE_COLUMNS
+    + ") ORDER BY seq) FROM failed) FROM bump"
 )
 
 #: Sessions with a reply streaming whose owner holds no lock: its process is gone.
@@ -411,9 +421,13 @@ class PostgresStore:
         ttl_s: float,
         pool_size: int,
         now: Callable[[], datetime],
+        recover_orphans: bool = True,
     ) -> None:
         self._pool = pool
         self._owner = owner
+        #: fail dead processes' replies in flight ourselves (not in cluster mode: there
+        #: the node that reaps a dead one takes its sessions over, so the room hears of it)
+        self._recovers_orphans = recover_orphans
         self._ttl = timedelta(seconds=ttl_s)
         self._now = now
         self._limiter = trio.CapacityLimiter(pool_size)
@@ -525,17 +539,21 @@ class PostgresStore:
         )
         return int(rows[0][0])
 
-    async def acquire(self, session_id: str) -> Ownership | None:
+    async def acquire(
+        self, session_id: str, *, interrupted: ErrorCode = ErrorCode.INTERNAL_ERROR
+    ) -> Ownership | None:
         """Take ownership of the session: bump its fencing token, store the replies left
-        ``STREAMING`` by previous owners as ``FAILED``, and lift ``last_seq`` to the
-        reserved mark. ``None`` if the session is unknown or expired."""
+        ``STREAMING`` by previous owners as ``FAILED`` with code ``interrupted`` (returned
+        in ``recovered``), and lift ``last_seq`` to the reserved mark. ``None`` if the
+        session is unknown or expired."""
+        interrupted_text(interrupted)  # refuses a code before anything is written
         if self._closed:
             raise StoreError("the store is closed")
         try:
             owner = await trio.to_thread.run_sync(self._owner.ensure, limiter=self._limiter)
         except Exception as exc:
             raise _mapped(exc) from None
-        return await self._take_over(session_id, owner)
+        return await self._take_over(session_id, owner, interrupted=interrupted)
 
     async def recover_orphans(self) -> int:
         """Store as ``FAILED`` the replies still ``STREAMING`` whose owner's process is
@@ -549,23 +567,33 @@ class PostgresStore:
         return recovered
 
     async def _take_over(
-        self, session_id: str, owner: int | None, *, orphaned_by: int | None = None
+        self,
+        session_id: str,
+        owner: int | None,
+        *,
+        orphaned_by: int | None = None,
+        interrupted: ErrorCode = ErrorCode.INTERNAL_ERROR,
     ) -> Ownership | None:
         params = {
             "sid": session_id,
             "owner": owner,
             "orphaned_by": orphaned_by,
             "cutoff": self._timestamp(self._ttl),
-            "code": ErrorCode.INTERNAL_ERROR.value,
-            "text": INTERRUPTED_TEXT,
+            "code": interrupted.value,
+            "text": interrupted_text(interrupted),
         }
 
         def outcome(row: tuple[Any, ...] | None) -> Ownership | None:
             if row is None:
                 return None
-            if row[9]:
-                log.warning("session %s: %d interrupted replies stored as failed", row[0], row[9])
-            return Ownership(fence=int(row[8]), session=session_from_row(row[:8]))
+            recovered = tuple(message_from_row(r) for r in row[9] or ())
+            if recovered:
+                log.warning(
+                    "session %s: %d interrupted replies stored as failed", row[0], len(recovered)
+                )
+            return Ownership(
+                fence=int(row[8]), session=session_from_row(row[:8]), recovered=recovered
+            )
 
         write = _Write([(LOCK_SESSION, params), (ACQUIRE, params)], outcome)
         return cast(Ownership | None, await self._write(write))
@@ -576,7 +604,8 @@ class PostgresStore:
         A session with a reply streaming is kept. Returns how many sessions went. Runs in
         transactions of at most ``DELETE_CHUNK`` sessions.
         """
-        await self.recover_orphans()
+        if self._recovers_orphans:
+            await self.recover_orphans()
         params = {"cutoff": self._timestamp(self._ttl), "limit": DELETE_CHUNK}
         total = 0
         while True:
@@ -888,6 +917,7 @@ async def open_postgres_store(
     connect_timeout_s: float,
     timeout_s: float,
     now: Callable[[], datetime] | None = None,
+    recover_orphans: bool = True,
 ) -> AsyncIterator[PostgresStore]:
     """Connect to the database at ``url`` (retrying for ``connect_timeout_s``), migrate
     its schema to :data:`SCHEMA_VERSION`, open a pool of ``pool_size`` connections and
@@ -928,12 +958,17 @@ async def open_postgres_store(
         ) from exc
     owner = _OwnerLock(url, connect_timeout_s)
     store = PostgresStore(
-        pool, owner, ttl_s=ttl_s, pool_size=pool_size, now=now or (lambda: datetime.now(UTC))
+        pool,
+        owner,
+        ttl_s=ttl_s,
+        pool_size=pool_size,
+        now=now or (lambda: datetime.now(UTC)),
+        recover_orphans=recover_orphans,
     )
     try:
         try:
             await trio.to_thread.run_sync(owner.ensure)
-            recovered = await store.recover_orphans()
+            recovered = await store.recover_orphans() if recover_orphans else 0
         except BaseException:
             await store.aclose()
             raise

@@ -1,6 +1,5 @@
 """What the SQLite and PostgreSQL stores share: their rows as the actors' records, the
-check of an agent type, the text of a reply interrupted by a restart. Both stores select
-their columns in the orders below."""
+check of an agent type. Both stores select their columns in the orders below."""
 
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ from actors.chat.messages import (
 )
 
 __all__ = [
-    "INTERRUPTED_TEXT",
     "MESSAGE_COLUMNS",
     "SESSION_COLUMNS",
     "check_agent_type",
@@ -28,8 +26,6 @@ __all__ = [
     "session_from_row",
     "utc_text",
 ]
-
-INTERRUPTED_TEXT: Final = "Interrupted by a server restart"
 
 MESSAGE_COLUMNS: Final = (
     "id, session_id, seq, content, sender, timestamp, agent_type, status, "

@@ -49,7 +49,13 @@ def option_faults(cls: type[Any]) -> list[str]:
     for f in dataclasses.fields(cls):
         where = f"{cls.__name__}.{f.name}"
         setting = SETTINGS.get(f.name)
-        if setting is None:
+        derived = getattr(Settings, f.name, None)
+        if isinstance(derived, property) and derived.fget is not None:
+            # a read-only property of Settings computed from settings (cluster_mode)
+            kind = derived.fget.__annotations__.get("return")
+            if str(f.type) != str(kind):
+                faults.append(f"{where} is {f.type}, Settings.{f.name} is {kind}")
+        elif setting is None:
             faults.append(f"{where} is not a setting")
         elif str(f.type) != str(setting.type):
             faults.append(f"{where} is {f.type}, the setting is {setting.type}")

@@ -21,10 +21,14 @@ from datetime import UTC, datetime, timedelta
 
 import trio
 
-from actors.chat.messages import AgentType, ChatMessage, MessageStatus, SessionRecord
-from actors.chat.store import ConflictError, FencedError, Ownership, SessionNotFoundError
-
-INTERRUPTED_TEXT = "Interrupted by a server restart"
+from actors.chat.messages import AgentType, ChatMessage, ErrorCode, MessageStatus, SessionRecord
+from actors.chat.store import (
+    ConflictError,
+    FencedError,
+    Ownership,
+    SessionNotFoundError,
+    interrupted_text,
+)
 
 
 def utc_now() -> datetime:
@@ -162,13 +166,13 @@ class MemoryStore:
 
     def recover(self) -> int:
         """What opening the SQLite store after a crash does: every STREAMING reply becomes
-        FAILED (``internal_error``, :data:`INTERRUPTED_TEXT`) with its checkpointed text
-        and the seq after the session's reserved mark, and every ``last_seq`` moves up to
-        the mark. Returns how many replies. Not a checkpoint.
+        FAILED (``internal_error``, with :func:`~actors.chat.store.interrupted_text`) with
+        its checkpointed text and the seq after the session's reserved mark, and every
+        ``last_seq`` moves up to the mark. Returns how many replies. Not a checkpoint.
         """
         count = 0
         for session in self._sessions.values():
-            count += _fail_streaming(session)
+            count += len(_fail_streaming(session, ErrorCode.INTERNAL_ERROR))
             session.last_seq = max(session.last_seq, session.hwm)
         return count
 
@@ -182,16 +186,19 @@ class MemoryStore:
 
     # -- the ChatStore protocol ----------------------------------------------------------
 
-    async def acquire(self, session_id: str) -> Ownership | None:
+    async def acquire(
+        self, session_id: str, *, interrupted: ErrorCode = ErrorCode.INTERNAL_ERROR
+    ) -> Ownership | None:
         self.calls["acquire"] += 1
+        interrupted_text(interrupted)  # refuses a code before anything changes
         await trio.lowlevel.checkpoint()
         session = self._sessions.get(session_id)
         if session is None or (self._expired(session) and not _streaming(session)):
             return None
         session.fence += 1
-        _fail_streaming(session)
+        recovered = _fail_streaming(session, interrupted)
         session.last_seq = max(session.last_seq, session.hwm)
-        return Ownership(session.fence, session.record())
+        return Ownership(session.fence, session.record(), recovered)
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         self.calls["get_session"] += 1
@@ -374,17 +381,22 @@ def _streaming(session: _Session) -> bool:
     return any(m.status is MessageStatus.STREAMING for m in session.rows)
 
 
-def _fail_streaming(session: _Session) -> int:
-    count = 0
+def _fail_streaming(session: _Session, code: ErrorCode) -> tuple[ChatMessage, ...]:
+    """Store the session's STREAMING replies FAILED with ``code``, each with the seq after
+    the reserved mark; returns them as stored, by seq."""
+    failed: list[ChatMessage] = []
     for i, row in enumerate(session.rows):
         if row.status is not MessageStatus.STREAMING:
             continue
         seq = max(session.hwm, session.last_seq) + 1
         session.rows[i] = dataclasses.replace(
-            row, seq=seq, status=MessageStatus.FAILED, error=("internal_error", INTERRUPTED_TEXT)
+            row,
+            seq=seq,
+            status=MessageStatus.FAILED,
+            error=(code.value, interrupted_text(code)),
         )
         session.last_seq = session.hwm = seq
         session.seqs.add(seq)
         session.message_count += 1
-        count += 1
-    return count
+        failed.append(session.rows[i])
+    return tuple(failed)

@@ -36,8 +36,8 @@ class MessageStatus(enum.Enum):
     CANCELLED = "cancelled"
     FAILED = "failed"
     #: Only in the store: an agent reply being streamed. Never on the wire; a reply
-    #: still ``STREAMING`` when the store opens was interrupted by a crash and
-    #: becomes ``FAILED``.
+    #: still ``STREAMING`` whose writer is gone (a crash, or its owner lost the session)
+    #: becomes ``FAILED`` (see :mod:`actors.chat.store`).
     STREAMING = "streaming"
 
 
@@ -57,6 +57,8 @@ class ErrorCode(enum.Enum):
     AGENT_PROTOCOL_ERROR = "agent_protocol_error"
     AGENT_ERROR = "agent_error"
     INTERNAL_ERROR = "internal_error"
+    #: the server answering a reply stopped; the partial reply is kept, send again
+    OWNER_LOST = "owner_lost"
 
 
 @dataclass(frozen=True, slots=True)

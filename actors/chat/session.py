@@ -30,6 +30,14 @@ Ownership. The first run takes the session over (``acquire``: a fencing token th
 write carries). If the store refuses a write because another actor took the session
 over since, this one stops at once, without writing or emitting anything more.
 
+Taking over a reply in progress. If the previous owner left a reply streaming (its
+process died, or in cluster mode its node lost the session), ``acquire`` stores it
+``failed`` (``owner_lost`` in cluster mode, else ``internal_error``). Before serving any
+command, the new actor tells the room how that turn ended: the failed agent
+``MessageEmitted`` (the seq the store gave it), then with fresh seqs ``TurnFailed``,
+``StreamCompleted``, ``TypingChanged(False)`` and ``TurnEnded`` (one seq). These events
+go out once, even across a crash of the run that sends them.
+
 Crashes. If a run raises, the turn in flight is ended as ``failed`` with
 ``internal_error`` (shielded, ``save_timeout_s``) before the exception reaches the
 supervisor; if the run was cancelled from outside (forced shutdown) it is ended as
@@ -83,7 +91,7 @@ from actors.chat.messages import (
     TypingChanged,
 )
 from actors.chat.settings import HubSettings
-from actors.chat.store import ChatStore, FencedError
+from actors.chat.store import ChatStore, FencedError, interrupted_text
 from actors.runtime.mailbox import Mailbox, MailboxClosed
 
 logger = logging.getLogger(__name__)
@@ -191,6 +199,10 @@ class SessionActor:
         #: the complete turns the agent gets as history, kept here once known (this actor
         #: is its session's only writer), so a turn costs no store read for it
         self._history: deque[HistoryEntry] | None = None
+        #: replies the first run's ``acquire`` stored failed, until their end events
+        #: are built; then those events, until sent
+        self._recovered: tuple[ChatMessage, ...] = ()
+        self._recovery_events: deque[SessionEvent] = deque()
         self._queue: deque[_Pending] = deque()
         self._turn: _Turn | None = None
         self._worker_running = False
@@ -236,6 +248,7 @@ class SessionActor:
         try:
             if not await self._load():
                 return
+            await self._announce_recovered()
             while True:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
@@ -276,9 +289,11 @@ class SessionActor:
     async def _load(self) -> bool:
         record: SessionRecord | None
         if self._fence == 0:
-            owned = await self._store.acquire(self.session_id)
+            owned = await self._store.acquire(self.session_id, interrupted=self._interrupted)
             record = None if owned is None else owned.session
             self._fence = 0 if owned is None else owned.fence
+            if owned is not None:
+                self._recovered = tuple(sorted(owned.recovered, key=lambda m: m.seq))
         else:
             record = await self._store.get_session(self.session_id)
         if record is None:
@@ -295,6 +310,40 @@ class SessionActor:
         self._history = self._empty_history() if record.message_count == 0 else None
         self._last_activity = trio.current_time()
         return True
+
+    @property
+    def _interrupted(self) -> ErrorCode:
+        """The code of a reply this actor finds left streaming by the previous owner."""
+        return ErrorCode.OWNER_LOST if self._settings.cluster_mode else ErrorCode.INTERNAL_ERROR
+
+    async def _announce_recovered(self) -> None:
+        """Emit the end of the turns ``acquire`` failed (module docstring): all their
+        agent messages by seq, then each one's end events with fresh seqs. Resumable: a
+        restarted run sends only what is left. Cancellation leaves the rest for then."""
+        if not self._recovered and not self._recovery_events:
+            return
+        async with self._emit_lock:
+            if self._recovered:
+                replies = self._recovered
+                await self._reserve(3 * len(replies))
+                events: list[SessionEvent] = [
+                    MessageEmitted(self.session_id, m.seq, m) for m in replies
+                ]
+                code = self._interrupted
+                for m in replies:
+                    text = m.error[1] if m.error is not None else interrupted_text(code)
+                    events.append(TurnFailed(self.session_id, self._next_seq(), m.id, code, text))
+                    events.append(
+                        StreamCompleted(self.session_id, self._next_seq(), m.id, m.status)
+                    )
+                    last = self._next_seq()
+                    events.append(TypingChanged(self.session_id, last, False))
+                    events.append(TurnEnded(self.session_id, last, m.id, m.status, code))
+                self._recovered = ()
+                self._recovery_events.extend(events)
+            while self._recovery_events:
+                await self._events.send(self._recovery_events[0])
+                self._recovery_events.popleft()
 
     def _empty_history(self) -> deque[HistoryEntry]:
         return deque(maxlen=2 * self._settings.history_turns)

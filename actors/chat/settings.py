@@ -37,6 +37,9 @@ class HubSettings:
     shutdown_grace_s: float
     checkpoint_interval_s: float
     seq_block: int
+    #: other processes own sessions too: a reply a new owner finds in progress was lost
+    #: by a live cluster (``owner_lost``), not by a restart of this process
+    cluster_mode: bool
 
     def __post_init__(self) -> None:
         _check_durations(self)

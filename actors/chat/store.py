@@ -34,12 +34,16 @@ Turn lifecycle in the store:
 4. ``finish_turn(msg)``: the final agent message (COMPLETE, CANCELLED or FAILED, its
    seq is the seq of its ``message`` event). Sets ``last_seq``.
 
-Crash recovery. A row still STREAMING whose writer is gone is turned into FAILED (code
-``internal_error``, text "Interrupted by a server restart") with its checkpointed content,
-and the session's ``last_seq`` moves to its hwm + 1, which becomes that message's seq.
-Whoever notices first does it: ``acquire`` (the previous owner is fenced out from then
-on, so its reply in progress is orphaned), and a store that knows it is the only process
-writing (the SQLite file) also does it for every session when it opens.
+Crash recovery. A row still STREAMING whose writer is gone is turned into FAILED with its
+checkpointed content, and the session's ``last_seq`` moves to its hwm + 1, which becomes
+that message's seq. Its error is ``(code, interrupted_text(code))``: ``internal_error``
+when the process itself restarted, ``owner_lost`` when another process took the session
+over from a live cluster (the caller of ``acquire`` knows which, and says so with
+``interrupted=``). Whoever notices first does it: ``acquire`` (the previous owner is fenced
+out from then on, so its reply in progress is orphaned; the replies it failed come back in
+:attr:`Ownership.recovered`, so the new owner can tell the room), and a store that knows
+it is the only process writing (the SQLite file outside cluster mode) also does it for
+every session when it opens.
 
 Errors::
 
@@ -58,7 +62,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from actors.chat.messages import AgentType, ChatMessage, SessionRecord
+from actors.chat.messages import AgentType, ChatMessage, ErrorCode, SessionRecord
 
 __all__ = [
     "ChatStore",
@@ -67,7 +71,25 @@ __all__ = [
     "Ownership",
     "SessionNotFoundError",
     "StoreError",
+    "interrupted_text",
 ]
+
+_INTERRUPTED_TEXTS: dict[ErrorCode, str] = {
+    ErrorCode.INTERNAL_ERROR: "Interrupted by a server restart",
+    ErrorCode.OWNER_LOST: (
+        "The server answering stopped before the reply was complete; please send your message again"
+    ),
+}
+
+
+def interrupted_text(code: ErrorCode) -> str:
+    """The error text stored with a reply that recovery failed with ``code``
+    (``INTERNAL_ERROR`` or ``OWNER_LOST``). Raises ``ValueError`` for any other code.
+    Not a checkpoint."""
+    try:
+        return _INTERRUPTED_TEXTS[code]
+    except KeyError:
+        raise ValueError(f"{code.value} is not a code for an interrupted reply") from None
 
 
 class StoreError(Exception):
@@ -95,13 +117,21 @@ class Ownership:
     fence: int
     #: the session as stored once ownership was taken (after any recovery)
     session: SessionRecord
+    #: the replies this acquire found STREAMING and stored FAILED, by seq, as stored
+    #: (checkpointed content, their new seq, the error given by ``interrupted=``)
+    recovered: tuple[ChatMessage, ...] = ()
 
 
 class ChatStore(Protocol):
-    async def acquire(self, session_id: str) -> Ownership | None:
+    async def acquire(
+        self, session_id: str, *, interrupted: ErrorCode = ErrorCode.INTERNAL_ERROR
+    ) -> Ownership | None:
         """Take ownership of the session: its next fencing token, and the session once a
-        reply left STREAMING by a previous owner is stored FAILED (crash recovery).
-        ``None`` if the session is unknown or expired."""
+        reply left STREAMING by a previous owner is stored FAILED with the error
+        ``(interrupted, interrupted_text(interrupted))``, in the same transaction (crash
+        recovery; those replies come back in :attr:`Ownership.recovered`). ``None`` if
+        the session is unknown or expired. Raises ``ValueError`` for an ``interrupted``
+        code that :func:`interrupted_text` does not know."""
         ...
 
     async def get_session(self, session_id: str) -> SessionRecord | None:

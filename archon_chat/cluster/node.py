@@ -79,11 +79,6 @@ from .metrics import ClusterMetrics
 
 log = logging.getLogger(__name__)
 
-#: most remote sessions whose newest owner epoch a node remembers
-_EPOCHS_KEPT = 100_000
-#: most routed requests this node serves at once (past it: ``busy``)
-_SERVING_MAX = 1024
-
 
 #: what a lost Redis connection raises (coredis runs on anyio)
 _LINK_ERRORS = (
@@ -151,13 +146,16 @@ class ClusterNode:
         self._epochs: OrderedDict[str, int] = OrderedDict()
         #: session -> what this node registered in its room hash ("c" or "g")
         self._watching: dict[str, str] = {}
+        #: watches that could not be registered (Redis unreachable): registered again
+        self._rewatch: set[str] = set()
         #: owned sessions with a turn in flight (mirrored in turns:{id} for the reaper)
         self._turns: set[str] = set()
         self._taking: dict[str, trio.Lock] = {}
         # what the next flush sends
         self._out: dict[str, list[bytes | tuple[str, int, SessionEvent]]] = {}
         self._queued = 0
-        self._turn_ops: list[tuple[str, str]] = []  # ("+"|"-", session)
+        #: turn registrations the next flush sends: session -> True (in flight) / False
+        self._turn_ops: dict[str, bool] = {}
         self._releases: list[tuple[str, int]] = []
         self._wake = trio.Event()
         self._calls: dict[int, _Call] = {}
@@ -319,7 +317,7 @@ class ClusterNode:
             return False
         self._epochs[session_id] = epoch
         self._epochs.move_to_end(session_id)
-        while len(self._epochs) > _EPOCHS_KEPT:
+        while len(self._epochs) > self.settings.cluster_epochs_kept:
             self._epochs.popitem(last=False)
         return True
 
@@ -334,7 +332,7 @@ class ClusterNode:
         self._dest.pop(session_id, None)
         if session_id in self._turns:
             self._turns.discard(session_id)
-            self._turn_ops.append(("-", session_id))
+            self._turn_ops[session_id] = False
         if epoch is not None:
             self._releases.append((session_id, epoch))
             self._wake.set()
@@ -372,6 +370,8 @@ class ClusterNode:
             return
         self._redis_down_since = None
         self._valid_until = started + self.settings.lease_s
+        if self._rewatch and await self._register_again():
+            self._rewatch.clear()
         for index in result[1:]:
             session_id = sessions[int(index) - 1]
             if self._leases.get(session_id) == int(args[int(index) + 1]):
@@ -379,10 +379,11 @@ class ClusterNode:
         if int(result[0]) == 1:
             if self._announced:
                 log.warning("cluster: Redis lost this node's keys; registering again")
-                await self._register_again()
+                if not await self._register_again():
+                    self._rewatch.update(self._watching)  # again at the next renewal
             self._announced = True
 
-    async def _register_again(self) -> None:
+    async def _register_again(self) -> bool:
         """Redis came back empty: watches and turns in flight, as this node knows them."""
         try:
             with trio.fail_after(self.settings.redis_timeout_s):
@@ -394,10 +395,11 @@ class ClusterNode:
                     if self._turns:
                         pipe.hset(self._key("turns", self.id), dict.fromkeys(self._turns, "1"))
             self.metrics.redis_commands.inc(2 * len(self._watching) + 1)
+            return True
         except (coredis.exceptions.RedisError, trio.TooSlowError, OSError) as exc:
             self.metrics.redis_errors.inc()
             log.warning("cluster: registering again failed (%s)", exc)
-            self._announced = False  # try again at the next renewal
+            return False
 
     @property
     def _room_ttl_ms(self) -> int:
@@ -418,10 +420,14 @@ class ClusterNode:
                 )
             self.metrics.redis_commands.inc()
         except (coredis.exceptions.RedisError, trio.TooSlowError, OSError) as exc:
-            raise ClusterUnavailable(
-                f"The cluster cannot be reached ({type(exc).__name__}); retry shortly"
-            ) from None
+            # Answered from the store; registered once Redis answers again.
+            self.metrics.redis_errors.inc()
+            log.warning("cluster: could not register a watch of %s (%s)", session_id, exc)
+            self._watching[session_id] = "c"
+            self._rewatch.add(session_id)
+            return False
         self._watching[session_id] = "c"
+        self._rewatch.discard(session_id)
         lease = scripts.parse_lease(value)
         if lease is None:
             return False
@@ -434,7 +440,10 @@ class ClusterNode:
         return True
 
     async def owned_anywhere(self, session_id: str) -> bool:
-        return await self.resolve(session_id, take=False) is not None
+        try:
+            return await self.resolve(session_id, take=False) is not None
+        except ClusterUnavailable:
+            return True  # cannot tell: the command itself then says why it failed
 
     async def left(self, session_id: str, *, members_remain: bool) -> bool:
         mode = "g" if members_remain else "-"
@@ -498,11 +507,11 @@ class ClusterNode:
         kind = type(event)
         if kind is TurnStarted:
             self._turns.add(session_id)
-            self._turn_ops.append(("+", session_id))
+            self._turn_ops[session_id] = True
             self._wake.set()
         elif kind is TurnEnded and session_id in self._turns:
             self._turns.discard(session_id)
-            self._turn_ops.append(("-", session_id))
+            self._turn_ops[session_id] = False
             self._wake.set()
         dest = self._dest.get(session_id)
         if not dest:
@@ -534,7 +543,7 @@ class ClusterNode:
             self._wake = trio.Event()
             out, self._out = self._out, {}
             events, self._queued = self._queued, 0
-            turn_ops, self._turn_ops = self._turn_ops, []
+            turn_ops, self._turn_ops = self._turn_ops, {}
             releases, self._releases = self._releases, []
             messages: list[tuple[str, bytes]] = []
             for node, items in out.items():
@@ -559,8 +568,8 @@ class ClusterNode:
                     messages.append((channel, writer.finish()))
             commands = len(messages) + len(releases)
             turns_key = self._key("turns", self.id)
-            added = [s for op, s in turn_ops if op == "+" and s in self._turns]
-            removed = [s for op, s in turn_ops if op == "-" and s not in self._turns]
+            added = [s for s, on in turn_ops.items() if on and s in self._turns]
+            removed = [s for s, on in turn_ops.items() if not on and s not in self._turns]
             commands += bool(added) + bool(removed)
             if not commands:
                 continue
@@ -587,7 +596,7 @@ class ClusterNode:
                     self.metrics.dropped_events.labels(reason="redis_down").inc(events)
                 log.warning("cluster: publishing failed (%s); %d events dropped", exc, events)
                 # Turn registrations are kept: the reaper must know our turns.
-                self._turn_ops[:0] = turn_ops
+                self._turn_ops = {**turn_ops, **self._turn_ops}
                 await trio.sleep(min(1.0, self.settings.redis_timeout_s))
 
     # ------------------------------------------------------------------ inbox
@@ -691,7 +700,7 @@ class ClusterNode:
             if dest is not None:
                 dest.discard(request.origin)
             return
-        if self._serving >= _SERVING_MAX or self._nursery is None:
+        if self._serving >= self.settings.cluster_max_requests or self._nursery is None:
             self._send_reply(request.origin, request.req_id, False, "busy")
             return
         self._serving += 1
@@ -785,7 +794,7 @@ class ClusterNode:
             await trio.sleep(interval)
             try:
                 await self._reap_once()
-            except (coredis.exceptions.RedisError, trio.TooSlowError, OSError) as exc:
+            except (coredis.exceptions.RedisError, trio.TooSlowError, OSError, HubError) as exc:
                 self.metrics.redis_errors.inc()
                 log.debug("cluster: reaping skipped (%s)", exc)
 
@@ -901,7 +910,10 @@ class RoutingHub:
     async def deliver(self, session_id: str, command: Command) -> None:
         node = self.node
         cancel = isinstance(command, CancelTurn)
-        for _ in range(3):
+        for attempt in range(4):
+            if attempt:
+                # The owner was letting go (passivating) or changing: let it finish.
+                await trio.sleep(0.05 * attempt)
             owner = await node.resolve(session_id, take=not cancel)
             if owner == node.id:
                 try:

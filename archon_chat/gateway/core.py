@@ -398,7 +398,10 @@ class Gateway:
                 session_id, members_remain=self.emitter.has_members(room)
             )
             if nobody:
-                cancelled = await self._cancel(session_id, CancelReason.LEFT, "leave")
+                try:
+                    cancelled = await self._cancel(session_id, CancelReason.LEFT, "leave")
+                except GatewayError as exc:  # the leave itself is done
+                    log.warning("session %s: cancel at the last leave: %s", session_id, exc.detail)
         return {"status": "left", "session_id": session_id, "cancelled": cancelled}
 
     async def on_stop_response(self, sid: str, data: Any) -> dict[str, Any]:

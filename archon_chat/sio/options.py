@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
-__all__ = ["Recovery", "ServerOptions"]
+__all__ = ["SID_PREFIX", "Recovery", "ServerOptions"]
+
+# What a sid prefix may hold: characters that need no escaping in a query string.
+SID_PREFIX = re.compile(r"[A-Za-z0-9_.-]{0,16}")
 
 
 class Recovery(enum.StrEnum):
@@ -37,6 +41,8 @@ class ServerOptions:
     ``trusted_proxy``: the client address is the first of ``X-Forwarded-For``.
     ``recovery``: which clients get connection state recovery (a :class:`Recovery` value);
     ``all`` breaks clients that do not expect the offset argument, such as python-socketio's.
+    ``sid_prefix``: starts every Engine.IO sid this server makes, so that whatever hands
+    connections to several processes can tell which one holds a session (``serve --workers``).
     Which origins may connect is the server's :class:`~archon_chat.origins.OriginPolicy`.
     """
 
@@ -57,6 +63,7 @@ class ServerOptions:
     inbox_size: int
     upgrade_timeout_s: float
     recovery: str
+    sid_prefix: str
 
     def __post_init__(self) -> None:
         for name in ("ping_interval_s", "ping_timeout_s", "upgrade_timeout_s", "connect_timeout_s"):
@@ -78,3 +85,5 @@ class ServerOptions:
         if self.grace_s < 0 or self.max_attachments < 0:
             raise ValueError("grace_s and max_attachments must not be negative")
         Recovery(self.recovery)  # raises ValueError for anything else
+        if not SID_PREFIX.fullmatch(self.sid_prefix):
+            raise ValueError("sid_prefix must be at most 16 of A-Z a-z 0-9 _ - .")

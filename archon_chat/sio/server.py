@@ -243,7 +243,7 @@ class SocketIOServer:
         without leaving ran out. :meth:`leave_room` reports its own case by its result."""
         self._room_listener = listener
 
-    def set_recovery_source(self, fetch: RecoverySource | None, *, timeout_s: float = 1.0) -> None:
+    def set_recovery_source(self, fetch: RecoverySource | None, *, timeout_s: float) -> None:
         """Install ``fetch(pid, offset, namespace) -> HandOver | None``, asked (in the
         socket's connect job, before the connect handler) for a socket a CONNECT wants to
         recover that this process does not hold. A :class:`HandOver` is adopted: the new
@@ -262,7 +262,7 @@ class SocketIOServer:
         export: Export | None,
         rooms_moved: RoomsMoved | None = None,
         *,
-        max_app_bytes: int = 4096,
+        max_app_bytes: int,
     ) -> None:
         """Install the hooks of :meth:`hand_over`: ``export(sid) -> dict``, the application's
         state of a socket leaving (JSON-able, at most ``max_app_bytes`` encoded; it reaches
@@ -589,7 +589,9 @@ class SocketIOServer:
         wait = self._handshakes.retry_after(address)
         if wait > 0:
             raise TooManyRequests(f"{address}: over its handshake budget", wait)
-        eio = EngineSession(_new_id(), self.engine_config, transport, trio.current_time())
+        eio = EngineSession(
+            self.options.sid_prefix + _new_id(), self.engine_config, transport, trio.current_time()
+        )
         conn = Connection(self, eio, info, address)
         self._unconnected[address] += 1
         self._unconnected_total += 1

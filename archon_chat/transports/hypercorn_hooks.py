@@ -62,6 +62,12 @@ Several websocket messages in one write
     ``websocket.send`` would, and the bytes go to the peer in one write (through the write
     deadline above). The app is told that the server accepts it (``SEND_MANY``); it never
     probes for it.
+
+Connections handed in
+    ``hypercorn.trio.serve`` only accepts from sockets it binds or is given listening.
+    :func:`serve_connections` runs the same server (lifespan, worker context, one
+    ``TCPServer`` per connection, graceful shutdown) on any ``trio.abc.Listener``: under
+    ``serve --workers`` a worker's connections arrive as file descriptors from the parent.
 """
 
 from __future__ import annotations
@@ -69,13 +75,15 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
+from functools import partial
 from typing import Any
 
 import h11
 import hypercorn.protocol
 import trio
+from hypercorn.config import Config
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol import h11 as h11_protocol
 from hypercorn.protocol import ws_stream
@@ -83,13 +91,15 @@ from hypercorn.protocol.events import Data
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio import run as hypercorn_run
 from hypercorn.trio import task_group, tcp_server
+from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.utils import UnexpectedMessageError
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.utils import UnexpectedMessageError, wrap_app
 from wsproto.events import BytesMessage, TextMessage
 from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import LocalProtocolError
 
-__all__ = ["HOOKED", "SEND_MANY", "install", "refuse_permessage_deflate"]
+__all__ = ["HOOKED", "SEND_MANY", "install", "refuse_permessage_deflate", "serve_connections"]
 
 # The ASGI message type, with hooks installed, that writes several websocket frames at once.
 SEND_MANY = "websocket.send_many"
@@ -107,6 +117,8 @@ HOOKED: tuple[tuple[Any, str, tuple[str, ...]], ...] = (
     (ws_stream, "PerMessageDeflate", ()),
     (h11_protocol, "WSStream", ("app_send", "_send_wsproto_event")),
     (ws_stream, "ASGIWebsocketState", ("CONNECTED",)),
+    (hypercorn_run, "Lifespan", ("handle_lifespan", "wait_for_startup", "wait_for_shutdown")),
+    (hypercorn_run, "WorkerContext", ("event_class",)),
 )
 
 
@@ -402,3 +414,42 @@ def install(
     setattr(task_group, "_handle", _handle_app)  # noqa: B010
     setattr(hypercorn.protocol, "H11Protocol", _HTTP1Protocol)  # noqa: B010
     setattr(h11_protocol, "WSStream", _BatchingWSStream)  # noqa: B010
+
+
+async def serve_connections(
+    app: Any,
+    config: Config,
+    listener: trio.abc.Listener[trio.SocketStream],
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the ASGI ``app`` on the connections ``listener`` accepts, as
+    ``hypercorn.trio.serve`` does on a bound socket, until ``shutdown_trigger`` returns;
+    then connections get ``config.graceful_timeout`` to finish. Reports readiness once
+    the app's lifespan has started. The hooks of :func:`install` apply to every connection."""
+    wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
+    lifespan = Lifespan(wrapped, config, {})
+    context = WorkerContext(None)
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as connections:
+            # Looked up now, so that the server install() put in place serves them.
+            tcp_server_class = getattr(hypercorn_run, "TCPServer")  # noqa: B009 (no re-export)
+            server = partial(tcp_server_class, wrapped, config, context, {})
+            task_status.started()
+            try:
+                async with trio.open_nursery() as accepting:
+                    accepting.start_soon(
+                        partial(
+                            trio.serve_listeners, server, [listener], handler_nursery=connections
+                        )
+                    )
+                    await shutdown_trigger()
+                    accepting.cancel_scope.cancel()
+            finally:
+                await context.terminated.set()
+                connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()

@@ -21,6 +21,7 @@ from actors.chat.messages import (
     CancelReason,
     CancelTurn,
     ChatMessage,
+    ErrorCode,
     GetTurnState,
     SessionEvent,
     SessionRecord,
@@ -214,8 +215,10 @@ class FaultyStore(MemoryStore):
             record = dataclasses.replace(record, message_count=max(1, record.message_count))
         return record
 
-    async def acquire(self, session_id: str) -> Ownership | None:
-        owned = await super().acquire(session_id)
+    async def acquire(
+        self, session_id: str, *, interrupted: ErrorCode = ErrorCode.INTERNAL_ERROR
+    ) -> Ownership | None:
+        owned = await super().acquire(session_id, interrupted=interrupted)
         if owned is not None and session_id in self.crash_history:
             record = owned.session
             record = dataclasses.replace(record, message_count=max(1, record.message_count))

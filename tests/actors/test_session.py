@@ -8,6 +8,8 @@ Pure trio on ``autojump_clock`` (no sockets, no threads); every test runs under
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import trio
 
@@ -15,6 +17,7 @@ from actors.chat.hub import HubClosed, SessionBusy, SessionHub, SessionNotFound,
 from actors.chat.memory_store import MemoryStore
 from actors.chat.messages import (
     CancelReason,
+    ChatMessage,
     ChunkStreamed,
     ErrorCode,
     GetTurnState,
@@ -31,6 +34,7 @@ from actors.chat.messages import (
     TypingChanged,
 )
 from actors.chat.settings import HubSettings
+from actors.chat.store import interrupted_text
 from actors.runtime import MailboxFull
 from archon_chat.gateway import wire
 
@@ -748,3 +752,84 @@ async def test_stop_right_after_sending_cancels_the_reply_before_it_starts(
     ]  # fmt: skip
     agent = (await h.store.session_messages(sid))[-1]
     assert (agent.status, agent.content) == (MessageStatus.CANCELLED, "")
+
+
+@pytest.mark.parametrize("cluster_mode", [True, False], ids=["cluster", "one-process"])
+async def test_a_new_owner_ends_the_turn_its_predecessor_left_streaming(
+    autojump_clock: object, cluster_mode: bool
+) -> None:
+    upstream = Upstream(script=lambda body: [chunk(f"re: {body['prompt']}"), COMPLETE])
+    store = MemoryStore()
+    settings = dataclasses.replace(derived(HubSettings), cluster_mode=cluster_mode)
+    code = ErrorCode.OWNER_LOST if cluster_mode else ErrorCode.INTERNAL_ERROR
+    with trio.fail_after(CEILING_S):
+        sid = (await store.create_session()).session_id
+        # A complete turn, then the owner dies while streaming the next one.
+        old = await store.acquire(sid)
+        assert old is not None
+        done_q = user_message(sid, 1, "earlier")
+        await store.add_user_message(done_q, fence=old.fence)
+        await store.begin_turn(sid, "a-earlier", "rag", STAMP, reply_to=done_q.id, fence=old.fence)
+        done_a = dataclasses.replace(
+            done_q, id="a-earlier", seq=5, content="earlier answer", sender="agent"
+        )
+        await store.finish_turn(done_a, fence=old.fence)
+        question = user_message(sid, 6, "cut off")
+        await store.add_user_message(question, fence=old.fence)
+        await store.reserve_seq(sid, 20, fence=old.fence)
+        await store.begin_turn(sid, "lost", "rag", STAMP, reply_to=question.id, fence=old.fence)
+        await store.checkpoint_turn(sid, "lost", "as far as", fence=old.fence)
+
+        async with open_harness(upstream, settings, store) as h:
+            await h.submit(sid, "again")  # a new actor takes the session over
+            await h.recorder.turns_ended(2, sid)
+            ended_at = trio.current_time()
+    assert ended_at == 0  # nothing waited for a deadline
+    text = interrupted_text(code)
+    failed = ChatMessage(
+        id="lost",
+        session_id=sid,
+        seq=21,
+        content="as far as",
+        sender="agent",
+        timestamp=STAMP,
+        agent_type="rag",
+        status=MessageStatus.FAILED,
+        error=(code.value, text),
+    )
+    events = h.recorder.of(sid)
+    assert events[:5] == [
+        MessageEmitted(sid, 21, failed),
+        TurnFailed(sid, 22, "lost", code, text),
+        StreamCompleted(sid, 23, "lost", MessageStatus.FAILED),
+        TypingChanged(sid, 24, False),
+        TurnEnded(sid, 24, "lost", MessageStatus.FAILED, code),
+    ]
+    assert_wire_order(events)
+    # Then the new message is answered, with only the complete turn as history.
+    assert [event_name(e) for e in events[5:]] == [
+        "message",
+        "_turn_started",
+        "typing",
+        "stream_chunk",
+        "message",
+        "stream_complete",
+        "typing",
+        "_turn_ended",
+    ]
+    user, reply = (e.message for e in events[5:] if isinstance(e, MessageEmitted))
+    assert (user.seq, user.content) == (25, "again")
+    assert (reply.status, reply.content) == (MessageStatus.COMPLETE, "re: again")
+    (request,) = upstream.requests
+    assert request["history"] == [
+        {"role": "user", "content": "earlier"},
+        {"role": "assistant", "content": "earlier answer"},
+    ]
+    assert failed in store.rows(sid)
+
+
+STAMP = "2026-03-01T12:00:01.000000+00:00"
+
+
+def user_message(session_id: str, seq: int, content: str) -> ChatMessage:
+    return ChatMessage(f"u{seq}", session_id, seq, content, "user", STAMP, "rag")

@@ -4,17 +4,19 @@ python-socketio clients connected to different nodes."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import pytest
 import trio
 
-from archon_chat.server import Running
+from archon_chat.config import Settings
+from tests.cluster.support import cluster_nodes, running_agents
 from tests.e2e.agents_fake import AgentsFake
 from tests.e2e.support import (
     Client,
@@ -26,25 +28,50 @@ from tests.e2e.support import (
     running_gateway,
     turn_done,
 )
-from tests.redis_server import RedisTarget
+from tests.redis_server import RedisTarget, RespConnection
 
 pytestmark = pytest.mark.slow
 
 
 @asynccontextmanager
 async def two_nodes(
-    tmp_path: Path, redis: RedisTarget, delay_s: float = 0.05, **overrides: Any
-) -> AsyncIterator[tuple[AgentsFake, Running, Running]]:
+    tmp_path: Path,
+    redis: RedisTarget,
+    delay_s: float = 0.05,
+    *,
+    processes: bool = False,
+    **overrides: Any,
+) -> AsyncIterator[tuple[AgentsFake, Served, Served]]:
+    """Nodes ``n0`` and ``n1`` of one cluster (``overrides``: settings), in this process or
+    (``processes``) as real ``archon-chat serve`` processes."""
+    common: dict[str, Any] = {"lease_s": 3.0, **overrides}
+    if processes:
+        env = {_ENV[name]: str(value) for name, value in common.items()}
+        async with (
+            running_agents(delay_s) as agents,
+            cluster_nodes(tmp_path, 2, redis=redis, agents_url=agents.url, env=env) as nodes,
+        ):
+            yield agents, nodes[0], nodes[1]
+        return
     agents = AgentsFake(delay_s=delay_s)
     async with trio.open_nursery() as nursery:
         await nursery.start(agents.serve)
-        common = {"redis_url": redis.url, "redis_prefix": redis.prefix, "lease_s": 3.0}
-        common.update(overrides)
+        common.update(redis_url=redis.url, redis_prefix=redis.prefix)
         s0 = gateway_settings(tmp_path, agents.url, node_id="n0", **common)
         s1 = gateway_settings(tmp_path, agents.url, node_id="n1", **common)
         async with running_gateway(s0) as n0, running_gateway(s1) as n1:
             yield agents, n0, n1
         nursery.cancel_scope.cancel()
+
+
+class Served(Protocol):
+    url: str
+
+
+_ENV = {f.name: f.metadata["env"] for f in dataclasses.fields(Settings)}
+
+#: every scenario on nodes in this process (fast, one traceback) and on real processes
+WHERE = pytest.mark.parametrize("processes", [False, True], ids=["in-process", "processes"])
 
 
 def chunk_text(events: list[tuple[str, Any]]) -> str:
@@ -65,8 +92,11 @@ async def metric(url: str, name: str) -> float:
     return total
 
 
-async def test_a_turn_is_watched_from_both_nodes(tmp_path: Path, redis_url: RedisTarget) -> None:
-    async with two_nodes(tmp_path, redis_url) as (_, n0, n1):
+@WHERE
+async def test_a_turn_is_watched_from_both_nodes(
+    tmp_path: Path, redis_url: RedisTarget, processes: bool
+) -> None:
+    async with two_nodes(tmp_path, redis_url, processes=processes) as (_, n0, n1):
         session_id = await create_session(n0.url)
         a = await joined_client(n0.url, session_id)
         b = await joined_client(n1.url, session_id)
@@ -91,10 +121,11 @@ async def test_a_turn_is_watched_from_both_nodes(tmp_path: Path, redis_url: Redi
             await client.disconnect()
 
 
+@WHERE
 async def test_stop_from_a_node_that_does_not_own_the_turn(
-    tmp_path: Path, redis_url: RedisTarget
+    tmp_path: Path, redis_url: RedisTarget, processes: bool
 ) -> None:
-    async with two_nodes(tmp_path, redis_url) as (agents, n0, n1):
+    async with two_nodes(tmp_path, redis_url, processes=processes) as (agents, n0, n1):
         session_id = await create_session(n0.url)
         a = await joined_client(n0.url, session_id)
         b = await joined_client(n1.url, session_id)
@@ -114,8 +145,11 @@ async def test_stop_from_a_node_that_does_not_own_the_turn(
         await b.disconnect()
 
 
-async def test_the_last_leave_on_any_node_cancels(tmp_path: Path, redis_url: RedisTarget) -> None:
-    async with two_nodes(tmp_path, redis_url) as (agents, n0, n1):
+@WHERE
+async def test_the_last_leave_on_any_node_cancels(
+    tmp_path: Path, redis_url: RedisTarget, processes: bool
+) -> None:
+    async with two_nodes(tmp_path, redis_url, processes=processes) as (agents, n0, n1):
         session_id = await create_session(n0.url)
         a = await joined_client(n0.url, session_id)
         b = await joined_client(n1.url, session_id)
@@ -134,10 +168,11 @@ async def test_the_last_leave_on_any_node_cancels(tmp_path: Path, redis_url: Red
         await b.disconnect()
 
 
+@WHERE
 async def test_a_client_resumes_on_the_other_node_without_gaps(
-    tmp_path: Path, redis_url: RedisTarget
+    tmp_path: Path, redis_url: RedisTarget, processes: bool
 ) -> None:
-    async with two_nodes(tmp_path, redis_url, delay_s=0.03) as (_, n0, n1):
+    async with two_nodes(tmp_path, redis_url, delay_s=0.03, processes=processes) as (_, n0, n1):
         session_id = await create_session(n0.url)
         a = await joined_client(n0.url, session_id)
         await a.call("chat_message", {"session_id": session_id, "message": "first"})
@@ -160,10 +195,11 @@ async def test_a_client_resumes_on_the_other_node_without_gaps(
         await b.disconnect()
 
 
+@WHERE
 async def test_a_message_sent_on_the_other_node_is_answered_by_the_owner(
-    tmp_path: Path, redis_url: RedisTarget
+    tmp_path: Path, redis_url: RedisTarget, processes: bool
 ) -> None:
-    async with two_nodes(tmp_path, redis_url) as (_, n0, n1):
+    async with two_nodes(tmp_path, redis_url, processes=processes) as (_, n0, n1):
         session_id = await create_session(n0.url)
         a = await joined_client(n0.url, session_id)
         await a.call("chat_message", {"session_id": session_id, "message": "one"})
@@ -175,5 +211,37 @@ async def test_a_message_sent_on_the_other_node_is_answered_by_the_owner(
         await b.wait_for(agent_said("Echo: two"))
         await a.wait_for(agent_said("Echo: two"))
         assert await metric(n1.url, "archon_chat_cluster_requests") >= 1
+        await a.disconnect()
+        await b.disconnect()
+
+
+def lease_holder(redis: RedisTarget, session_id: str) -> str | None:
+    with RespConnection.to_url(redis.url) as conn:
+        value = conn.command("GET", f"{redis.prefix}lease:{session_id}")
+    if not isinstance(value, bytes):
+        return None
+    return value.decode().split(" ")[0]
+
+
+async def test_an_idle_owner_lets_go_and_the_next_node_takes_over(
+    tmp_path: Path, redis_url: RedisTarget
+) -> None:
+    async with two_nodes(tmp_path, redis_url, idle_passivate_s=0.5) as (_, n0, n1):
+        session_id = await create_session(n0.url)
+        a = await joined_client(n0.url, session_id)
+        await a.call("chat_message", {"session_id": session_id, "message": "one"})
+        await a.wait_for(agent_said("Echo: one"))
+        assert lease_holder(redis_url, session_id) == "n0"
+        # Passivated: the lease is released, nobody owns the session.
+        with trio.fail_after(10):
+            while lease_holder(redis_url, session_id) is not None:
+                await trio.sleep(0.05)
+        b = await joined_client(n1.url, session_id)
+        await b.call("chat_message", {"session_id": session_id, "message": "two"})
+        await a.wait_for(agent_said("Echo: two"))
+        assert lease_holder(redis_url, session_id) == "n1"
+        # seq keeps growing across the change of owner
+        got = seqs(a.snapshot())
+        assert got == sorted(got) and len(set(got)) == len(got)
         await a.disconnect()
         await b.disconnect()

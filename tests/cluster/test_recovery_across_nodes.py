@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.cluster.test_nodes import two_nodes
+from tests.cluster.test_nodes import WHERE, two_nodes
 from tests.e2e.support import create_session
 from tests.redis_server import RedisTarget
 
@@ -23,11 +23,14 @@ SCRIPT = Path(__file__).parent / "node" / "recover_on_another_node.mjs"
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is required")
+@WHERE
 async def test_the_npm_client_is_recovered_on_another_node(
-    tmp_path: Path, redis_url: RedisTarget
+    tmp_path: Path, redis_url: RedisTarget, processes: bool
 ) -> None:
     with trio.fail_after(40):
-        async with two_nodes(tmp_path, redis_url, delay_s=0.08, grace_s=5.0) as (agents, n0, n1):
+        async with two_nodes(
+            tmp_path, redis_url, delay_s=0.08, processes=processes, grace_s=5.0
+        ) as (agents, n0, n1):
             session_id = await create_session(n0.url)
             result = await trio.run_process(
                 ["node", str(SCRIPT), n0.url, n1.url, session_id, "slow", "3"],

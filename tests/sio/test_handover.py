@@ -138,7 +138,9 @@ async def node(nursery: trio.Nursery, **options: Any) -> Node:
 
     sio.set_room_listener(lambda ns, room: n.vacated.append((ns, room)))
     sio.set_hand_over_hooks(
-        lambda sid: {"user": users[sid]}, lambda ns, rooms: n.moved.append((ns, rooms))
+        lambda sid: {"user": users[sid]},
+        lambda ns, rooms: n.moved.append((ns, rooms)),
+        max_app_bytes=4096,
     )
     return n
 

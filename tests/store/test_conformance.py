@@ -21,8 +21,14 @@ import pytest
 import trio
 
 from actors.chat.memory_store import MemoryStore
-from actors.chat.messages import AgentType, ChatMessage, MessageStatus, SessionRecord
-from actors.chat.store import ChatStore, ConflictError, FencedError, SessionNotFoundError
+from actors.chat.messages import AgentType, ChatMessage, ErrorCode, MessageStatus, SessionRecord
+from actors.chat.store import (
+    ChatStore,
+    ConflictError,
+    FencedError,
+    SessionNotFoundError,
+    interrupted_text,
+)
 from archon_chat.store import open_store
 from archon_chat.store_api import GatewayStore
 from archon_chat.store_postgres import open_postgres_store
@@ -351,6 +357,52 @@ async def test_a_restart_fails_the_reply_in_progress_above_the_mark(harness: Har
         assert (record.last_seq, record.message_count) == (41, 2)
         assert [m.seq for m in await store.session_messages(done)] == [1, 2]
         assert await store.history(sid, 10) == []
+
+
+@pytest.mark.parametrize("code", [ErrorCode.INTERNAL_ERROR, ErrorCode.OWNER_LOST])
+async def test_acquire_returns_the_replies_it_failed(harness: Harness, code: ErrorCode) -> None:
+    with trio.fail_after(CEILING_S):
+        store = harness.store
+        sid = await harness.new_session()
+        await complete_turn(store, sid, 1, 2)
+        old = await store.acquire(sid)
+        assert old is not None and old.recovered == ()
+        question = user_msg(sid, 3, "go on")
+        await store.add_user_message(question, fence=old.fence)
+        await store.reserve_seq(sid, 30, fence=old.fence)
+        await store.begin_turn(sid, "lost", "rag", STAMP, reply_to=question.id, fence=old.fence)
+        await store.checkpoint_turn(sid, "lost", "half of it", fence=old.fence)
+
+        new = await store.acquire(sid, interrupted=code)  # the old owner is gone
+        assert new is not None
+        failed = ChatMessage(
+            id="lost",
+            session_id=sid,
+            seq=31,
+            content="half of it",
+            sender="agent",
+            timestamp=STAMP,
+            agent_type="rag",
+            status=MessageStatus.FAILED,
+            error=(code.value, interrupted_text(code)),
+        )
+        assert new.recovered == (failed,)
+        assert (new.session.last_seq, new.session.message_count) == (31, 4)
+        assert await store.messages_after(sid, 2, 10) == [question, failed]
+        assert [m.content for m in await store.history(sid, 10)] == ["question 1", "answer 2"]
+        # Nothing streams any more: the next owner recovers nothing.
+        again = await store.acquire(sid, interrupted=code)
+        assert again is not None and again.recovered == ()
+        assert again.session.last_seq == 31
+
+
+async def test_acquire_refuses_a_code_that_is_not_an_interruption(harness: Harness) -> None:
+    with trio.fail_after(CEILING_S):
+        sid = await harness.new_session()
+        with pytest.raises(ValueError, match="agent_timeout"):
+            await harness.store.acquire(sid, interrupted=ErrorCode.AGENT_TIMEOUT)
+        owned = await harness.store.acquire(sid)
+        assert owned is not None and owned.fence == 1  # the refused call took no token
 
 
 # -- history: the turn names the message it answers -------------------------------------

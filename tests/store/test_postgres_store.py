@@ -25,8 +25,7 @@ import trio.lowlevel
 from actors.chat.hub import SessionHub, open_session_hub
 from actors.chat.messages import ErrorCode, MessageStatus, SessionEvent, SubmitMessage
 from actors.chat.settings import HubSettings
-from actors.chat.store import ConflictError, StoreError
-from archon_chat.store import INTERRUPTED_TEXT
+from actors.chat.store import ConflictError, StoreError, interrupted_text
 from archon_chat.store_postgres import (
     SCHEMA_VERSION,
     PostgresStore,
@@ -189,7 +188,9 @@ async def test_one_failing_write_does_not_fail_its_batch(
             (placeholder,) = [m for m in await store.session_messages(taken)]
             assert placeholder.id == first.id  # the reply is still in progress
     # The failed transaction was ended by the store, not left to the pool to roll back.
-    assert not [r for r in caplog.records if r.name.startswith("psycopg")]
+    # (psycopg itself may warn that it ignored the aborted pipeline's second error, when
+    # the failure surfaced inside the pipeline block rather than at its end: timing.)
+    assert not [r for r in caplog.records if r.name.startswith("psycopg.pool")]
 
 
 async def test_connections_the_server_closed_are_replaced_before_use(pg_url: str) -> None:
@@ -319,7 +320,12 @@ async def test_a_database_restart_during_a_turn_fails_it_and_the_next_message_wo
 
                     await wait_until(reachable)  # the pool reconnected
                     await hub.deliver(sid, SubmitMessage("second"))
-                    (ended,) = await recorder.turns_ended(1, sid)
+                    # The new actor first tells the room how the interrupted turn ended.
+                    lost, ended = await recorder.turns_ended(2, sid)
+                    assert (lost.status, lost.code) == (
+                        MessageStatus.FAILED,
+                        ErrorCode.INTERNAL_ERROR,
+                    )
                     assert ended.status is MessageStatus.COMPLETE  # the second turn's
 
                 messages = await store.session_messages(sid)
@@ -329,7 +335,10 @@ async def test_a_database_restart_during_a_turn_fails_it_and_the_next_message_wo
                     ("user", MessageStatus.COMPLETE, "second"),
                     ("agent", MessageStatus.COMPLETE, "back again"),
                 ]
-                assert messages[1].error == (ErrorCode.INTERNAL_ERROR.value, INTERRUPTED_TEXT)
+                assert messages[1].error == (
+                    ErrorCode.INTERNAL_ERROR.value,
+                    interrupted_text(ErrorCode.INTERNAL_ERROR),
+                )
                 seqs = [m.seq for m in messages]
                 assert seqs == sorted(set(seqs))
                 record = await store.get_session(sid)

@@ -3,7 +3,8 @@ expiry, cancellation of reads and writes, grouped writes and its errors.
 
 Real SQLite files in ``tmp_path`` and the real clock (the store works in threads); time for
 expiry comes from an injected ``now``. Every async test runs under ``trio.fail_after``:
-5 s, or 30 s for the one that starts a Python subprocess.
+5 s, 20 s for two stores sharing one file, 30 s for the one that starts a Python
+subprocess.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ import trio
 import trio.testing
 
 import archon_chat.store as store_module
-from actors.chat.messages import ChatMessage, MessageStatus
-from actors.chat.store import ChatStore
+from actors.chat.messages import ChatMessage, ErrorCode, MessageStatus
+from actors.chat.store import ChatStore, interrupted_text
 from archon_chat.store import (
     DELETE_CHUNK,
-    INTERRUPTED_TEXT,
     SCHEMA_VERSION,
     ConflictError,
+    FencedError,
     SchemaError,
     SqliteStore,
     StoreError,
@@ -255,7 +256,7 @@ async def test_a_reply_streaming_at_open_becomes_failed_above_the_mark(db_path: 
                 timestamp=STAMP,
                 agent_type="rag",
                 status=MessageStatus.FAILED,
-                error=("internal_error", INTERRUPTED_TEXT),
+                error=("internal_error", interrupted_text(ErrorCode.INTERNAL_ERROR)),
             )
             record = await store.get_session(one)
             assert record is not None
@@ -272,6 +273,81 @@ async def test_a_reply_streaming_at_open_becomes_failed_above_the_mark(db_path: 
         async with open_store(db_path, ttl_s=TTL_S) as store:  # recovery happens once
             assert store.recovered_turns == 0
             assert [m.seq for m in await store.session_messages(one)] == [1, 257]
+
+
+async def test_a_shared_file_leaves_replies_in_flight_to_acquire(db_path: str) -> None:
+    """Cluster mode: a process opening the file does not fail the replies another one
+    is streaming; the session's next owner does, and the old owner is fenced out."""
+    with trio.fail_after(CEILING_S):
+        async with open_store(db_path, ttl_s=TTL_S, recover_at_open=False) as first:
+            sid = (await first.create_session("rag", None)).session_id
+            mine = await first.acquire(sid)
+            assert mine is not None
+            question = user_msg(sid, 1)
+            await first.add_user_message(question, fence=mine.fence)
+            await first.reserve_seq(sid, 20, fence=mine.fence)
+            await first.begin_turn(
+                sid, "live", "rag", STAMP, reply_to=question.id, fence=mine.fence
+            )
+            async with open_store(db_path, ttl_s=TTL_S, recover_at_open=False) as second:
+                assert second.recovered_turns == 0
+                # Still streaming, and still its owner's to write.
+                await first.checkpoint_turn(sid, "live", "still going", fence=mine.fence)
+                assert await second.messages_after(sid, 0, 10) == [question]
+                taken = await second.acquire(sid, interrupted=ErrorCode.OWNER_LOST)
+                assert taken is not None
+                assert [(m.id, m.seq, m.content, m.error) for m in taken.recovered] == [
+                    (
+                        "live",
+                        21,
+                        "still going",
+                        ("owner_lost", interrupted_text(ErrorCode.OWNER_LOST)),
+                    )
+                ]
+                with pytest.raises(FencedError):
+                    await first.finish_turn(agent_msg(sid, "live", 21, "late"), fence=mine.fence)
+
+        async with open_store(db_path, ttl_s=TTL_S, recover_at_open=False) as store:
+            assert store.recovered_turns == 0
+            assert [m.status for m in await store.session_messages(sid)] == [
+                MessageStatus.COMPLETE,
+                MessageStatus.FAILED,
+            ]
+
+
+async def test_two_stores_on_one_file_write_at_once(tmp_path: Path) -> None:
+    """Two connections (as two processes would have) writing their own sessions at the
+    same time: each waits for the other's short transactions instead of failing with
+    "database is locked"."""
+    path = str(tmp_path / "shared.db")
+    sessions, turns = 16, 16
+
+    async def chat(store: SqliteStore, sid: str) -> None:
+        owned = await store.acquire(sid)
+        assert owned is not None
+        for n in range(turns):
+            await complete_turn_at(store, sid, 2 * n + 1, 2 * n + 2, fence=owned.fence)
+
+    with trio.fail_after(CEILING_S * 4):
+        async with (
+            open_store(path, ttl_s=TTL_S, recover_at_open=False) as one,
+            open_store(path, ttl_s=TTL_S, recover_at_open=False) as two,
+        ):
+            mine = {
+                store: [
+                    (await store.create_session("rag", None)).session_id for _ in range(sessions)
+                ]
+                for store in (one, two)
+            }
+            async with trio.open_nursery() as nursery:
+                for store, sids in mine.items():
+                    for sid in sids:
+                        nursery.start_soon(chat, store, sid)
+            for store, sids in mine.items():
+                for sid in sids:
+                    record = await (two if store is one else one).get_session(sid)
+                    assert record is not None
+                    assert (record.last_seq, record.message_count) == (2 * turns, 2 * turns)
 
 
 async def complete_turn_at(

@@ -85,6 +85,8 @@ async def test_a_stalled_write_aborts_the_connection_and_shutdown_completes(
                     received += len(data)
             except trio.BrokenResourceError:
                 pass  # reset by the abort
-            assert 0 < received <= sent
+            # The write that stalled is counted in ``sent`` only once it returns, and it
+            # may be partly on the wire; the head and the chunked framing add a little.
+            assert 0 < received <= sent + len(b"x" * 65536) + 4096
             stop.set()
         await client.aclose()
