@@ -58,10 +58,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--ours-form",
-        choices=("ports", "one-port"),
-        default="ports",
-        help="scenario 7's ours-2: two serve processes on two ports (the load generator "
-        "spreads clients over them) or serve --workers 2 on one port",
+        choices=("one-port", "ports"),
+        default="one-port",
+        help="scenario 7's ours-2 in its sweep: serve --workers 2 on one port, or two serve "
+        "processes on two ports (the load generator spreads clients over them); the "
+        "cross-node and failover points always use two ports",
     )
     parser.add_argument(
         "--redis",

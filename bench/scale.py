@@ -60,26 +60,19 @@ async def scale(
     ours_form: str,
 ) -> list[dict[str, Any]]:
     """Every point of the scenario for ``kinds`` (of ``ours-1``, ``ours-2``, ``seed-2``)."""
-    bench.redis = RedisProbe(target)
     rows: list[dict[str, Any]] = []
     forms = {"ours-1": "ports", "ours-2": ours_form, "seed-2": "one-port"}
-    try:
-        async with started(bench, kinds, agent_url, target, forms) as gateways:
-            rows += await sweep(bench, gateways)
-        cross_kinds = [k for k in kinds if k != "ours-1"]
-        if cross_kinds:
-            two_ports = dict.fromkeys(cross_kinds, "ports")
-            async with started(
-                bench, cross_kinds, agent_url, target, two_ports, "cross-"
-            ) as gateways:
-                rows += await cross(bench, gateways)
-        if "ours-2" in kinds:
-            async with started(
-                bench, ["ours-2"], agent_url, target, {"ours-2": "ports"}, "failover-"
-            ) as gw:
-                rows.append(await failover(bench, gw[0]))
-    finally:
-        bench.redis = None
+    async with started(bench, kinds, agent_url, target, forms) as gateways:
+        rows += await sweep(bench, gateways)
+    cross_kinds = [k for k in kinds if k != "ours-1"]
+    if cross_kinds:
+        two_ports = dict.fromkeys(cross_kinds, "ports")
+        async with started(bench, cross_kinds, agent_url, target, two_ports, "cross-") as gws:
+            rows += await cross(bench, gws)
+    if "ours-2" in kinds:
+        alone = {"ours-2": "ports"}
+        async with started(bench, ["ours-2"], agent_url, target, alone, "failover-") as gws:
+            rows.append(await failover(bench, gws[0]))
     return rows
 
 
@@ -93,7 +86,9 @@ async def started(
     tag: str = "",
 ) -> AsyncIterator[list[Server]]:
     """The gateways ``kinds`` in their ``forms``, each with its own SQLite file, until the
-    block ends; a gateway that does not start is left out (said on the progress line)."""
+    block ends; a gateway that does not start is left out (said on the progress line).
+    Meanwhile the bench reads ``target``'s counters around each run and waits for these
+    gateways to be idle before one."""
     async with AsyncExitStack() as stack:
         running: list[Server] = []
         for kind in kinds:
@@ -117,10 +112,12 @@ async def started(
             except BenchError as exc:
                 bench.status(f"[7 scale] {kind} unavailable: {exc}")
         bench.idle_servers = list(running)
+        bench.redis = RedisProbe(target)
         try:
             yield running
         finally:
             bench.idle_servers = []
+            bench.redis = None
 
 
 def _form(gateway: Server) -> str:

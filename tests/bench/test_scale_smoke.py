@@ -84,6 +84,31 @@ async def test_every_point_of_the_scale_scenario_runs() -> None:
         assert leftovers == [], "the run's keys were left in the machine's Redis"
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not OURS_PRESENT, reason="no cluster mode in this tree")
+async def test_two_workers_on_one_port_carry_the_sweep() -> None:
+    """``ours-2`` as ``serve --workers 2``: the kernel's choice of worker, Redis between."""
+    plan = dataclasses.replace(scenarios.SMOKE, scale_paces=(0.0,))
+    with trio.fail_after(CEILING_S):
+        async with (
+            start_server("mock-agent", [python(), "-m", "bench.mock_agent"]) as mock,
+            open_worker_pool(1) as pool,
+            cluster.open_redis() as target,
+        ):
+            bench = scenarios.Bench(pool, mock, plan, lambda _: None)
+            forms = {"ours-2": "one-port"}
+            async with scale.started(bench, ["ours-2"], mock.url, target, forms) as gateways:
+                (gateway,) = gateways
+                assert len(gateway.tree()) >= 3  # the parent and its two workers
+                rows = await scale.sweep(bench, gateways)
+    sweep = next(r for r in rows if r["kind"] == "sweep")
+    assert sweep["form"] == "one-port"
+    assert sweep["failure_kinds"] == {}
+    assert sweep["completed"] == 4
+    assert sweep["redis_commands"] > 0
+    assert sweep["redis_sent"] is None  # /metrics would answer for one worker only
+
+
 async def test_the_machines_redis_is_cleaned_of_the_runs_keys() -> None:
     try:
         redis.Redis(*cluster.MACHINE_REDIS, socket_timeout=1).ping()
