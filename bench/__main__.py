@@ -6,7 +6,9 @@ runs the scenarios, prints a table per scenario and the targets, and writes
 ``bench/results/<mode>-<time>.json``, ``bench/results/latest.json`` and
 ``bench/results/latest.png``; ``--profile`` adds our gateway's py-spy hot spots to the
 JSON. If our gateway does not start, the baselines still run and
-the JSON says why ours is missing.
+the JSON says why ours is missing. Scenario 7 (scale: one process against two, and the
+seed scaled out on Redis) writes ``bench/results/latest-scale.json`` instead of
+``latest.json`` when it runs alone, and adds its panels to ``latest.png``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 import trio
 
-from bench import profile, report, scenarios
+from bench import cluster, profile, report, scale, scenarios
 from bench.runner import (
     BenchError,
     Server,
@@ -47,10 +49,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     size.add_argument("--full", action="store_true", help="the whole sweep")
     size.add_argument("--smoke", action="store_true", help="seconds: does the harness work")
     parser.add_argument(
-        "--scenarios", default="1,2,3,4,5,6", help="which scenarios, e.g. 1,3 (default all)"
+        "--scenarios", default="1,2,3,4,5,6,7", help="which scenarios, e.g. 1,3 (default all)"
     )
     parser.add_argument(
-        "--gateways", default=",".join(ALL_GATEWAYS), help="ours,seed,seed-shared (default all)"
+        "--gateways",
+        default=",".join(ALL_GATEWAYS + cluster.SCALE_KINDS),
+        help="ours,seed,seed-shared; for scenario 7 ours-1,ours-2,seed-2 (default all)",
+    )
+    parser.add_argument(
+        "--ours-form",
+        choices=("one-port", "ports"),
+        default="one-port",
+        help="scenario 7's ours-2 in its sweep: serve --workers 2 on one port, or two serve "
+        "processes on two ports (the load generator spreads clients over them); the "
+        "cross-node and failover points always use two ports",
+    )
+    parser.add_argument(
+        "--redis",
+        choices=("private", "machine"),
+        default="private",
+        help="scenario 7's Redis: a redis-server of the run's own (its INFO counts only the "
+        "gateways; the machine's 127.0.0.1:6379 without the binary) or the machine's",
     )
     parser.add_argument(
         "--sessions", default="", help="override the sweep's session counts, e.g. 100,1000"
@@ -73,6 +92,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         plan = dataclasses.replace(plan, sweep_sessions=sweep)
     wanted = {int(s) for s in args.scenarios.split(",") if s.strip()}
     kinds = [g for g in ALL_GATEWAYS if g in args.gateways.split(",")]
+    scale_kinds = [g for g in cluster.SCALE_KINDS if g in args.gateways.split(",")]
     progress = report.Progress()
     started = time.monotonic()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -82,19 +102,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": report.machine(),
         "plan": scenarios.plan_json(plan),
         "generator_processes": args.workers,
-        "gateways": {k: report.LABELS[k] for k in kinds},
+        "gateways": {k: report.LABELS[k] for k in kinds if wanted - {7}}
+        | {k: cluster.LABELS[k] for k in scale_kinds if 7 in wanted},
         #: what each gateway said it runs on (the seed's event loop and HTTP parser)
         "implementations": {},
         "unavailable": {},
     }
     out_json = args.out / f"{plan.mode}-{stamp}.json"
+    # A run of the scale scenario alone leaves the other scenarios' latest figures alone.
+    latest = "latest-scale.json" if wanted == {7} else "latest.json"
 
     def save() -> None:
         document["duration_s"] = round(time.monotonic() - started, 1)
         document["targets"] = report.targets(document)
         report.write_json(out_json, document)
         if not args.no_latest:
-            report.write_json(args.out / "latest.json", document)
+            report.write_json(args.out / latest, document)
 
     async with AsyncExitStack() as stack:
         progress.status("starting the mock agents service")
@@ -159,6 +182,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             save()
             progress.line(report.tables({"idle": document["idle"]}, idle_kinds)[0])
             progress.line()
+        if 7 in wanted and scale_kinds:
+            progress.status("[7 scale] starting Redis")
+            async with cluster.open_redis(prefer_private=args.redis == "private") as target:
+                document["scale_setup"] = {
+                    "redis": target.describe(),
+                    "ours_form": args.ours_form,
+                    "seed_form": "one-port",
+                    "lease_s": plan.scale_lease_s,
+                }
+                progress.line(f"[7 scale] Redis {target.url} (private: {target.private})")
+                document["scale"] = await scale.scale(
+                    bench, scale_kinds, mock.url, target, ours_form=args.ours_form
+                )
+            save()
+            progress.line(report.tables({"scale": document["scale"]}, scale_kinds)[0])
+            progress.line()
     save()
     progress.line(report.targets_table(document["targets"]))
     title = (
@@ -167,7 +206,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     # Only latest.png is kept in the tree; a run that leaves latest alone names its own.
     chart_path = args.out / (f"{plan.mode}-{stamp}.png" if args.no_latest else "latest.png")
-    drawn = report.chart(chart_path, document, title)
+    charted = document
+    if not args.no_latest and latest != "latest.json":
+        # latest.png shows the latest figures of every scenario: the others' from latest.json.
+        charted = report.combined(args.out / "latest.json", document)
+    drawn = report.chart(chart_path, charted, title)
     progress.line(f"wrote {out_json}{' and ' + str(chart_path) if drawn else ''}")
     return document
 

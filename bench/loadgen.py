@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import secrets
 import sys
 import time
 from array import array
@@ -64,6 +65,10 @@ class Worker:
         self.port = 0
         self.url = ""
         self.nursery: trio.Nursery | None = None
+        #: the failover point: user messages acknowledged ``sent``, by session
+        self.failover_sent: dict[str, list[str]] = {}
+        #: ... and when the first new message after the kill was accepted, by session
+        self.failover_accepted: dict[str, float] = {}
 
     async def reply(self, message: dict[str, Any]) -> None:
         await self.out.send_all(json.dumps(message).encode() + b"\n")
@@ -94,8 +99,14 @@ class Worker:
 
     async def op_setup(self, command: dict[str, Any]) -> dict[str, Any]:
         self.url = command["url"]
-        self.host, port_text = self.url.split("//", 1)[1].split(":")
-        self.port = int(port_text)
+        self.host, self.port = address(self.url)
+        # Several processes of one gateway (scenario 7): clients spread over them, client k
+        # (counted over every generator, from ``offset``) on ``urls[k % len(urls)]``; with
+        # ``cross`` every session gets a second member, member 1 on the first process and
+        # member 2 on the second.
+        ports = [address(u)[1] for u in command.get("urls") or [self.url]]
+        offset = int(command.get("offset", 0))
+        cross = bool(command.get("cross", False)) and len(ports) > 1
         count = int(command["count"])
         slow_rate = float(command.get("slow_rate", 0.0))
         slow_every = int(command.get("slow_every", 0))
@@ -110,11 +121,18 @@ class Worker:
             if session_id is None:
                 continue
             slow = slow_every > 0 and i % slow_every == 0
-            client = Client(self.host, self.port, session_id, slow_rate if slow else 0.0)
+            port = ports[0] if cross else ports[(offset + i) % len(ports)]
+            client = Client(self.host, port, session_id, slow_rate if slow else 0.0)
             client.heavy = slow or (heavy_every > 0 and i % heavy_every == 0)
+            if cross:
+                client.peer = Client(self.host, ports[1], session_id)
             self.clients.append(client)
         if command.get("connect", True):
             self.clients = await self._connect_all(self.clients, failures, deadline)
+            if cross:
+                peers = [c.peer for c in self.clients if c.peer is not None]
+                connected = {id(p) for p in await self._connect_all(peers, failures, deadline)}
+                self.clients = [c for c in self.clients if id(c.peer) in connected]
             if command.get("join"):
                 await self._join_all(failures, deadline)
         return {"clients": len(self.clients), "failures": dict(failures)}
@@ -131,11 +149,12 @@ class Worker:
         return {"clients": len(self.clients), "failures": dict(failures)}
 
     async def op_close(self, command: dict[str, Any]) -> dict[str, Any]:
+        everyone = self.clients + [c.peer for c in self.clients if c.peer is not None]
         with trio.move_on_after(float(command.get("deadline", 30))):
             async with trio.open_nursery() as nursery:
-                for client in self.clients:
+                for client in everyone:
                     nursery.start_soon(client.close)
-        for client in self.clients:
+        for client in everyone:
             if client.stream is not None:
                 await trio.aclose_forcefully(client.stream)
             client.scope.cancel()
@@ -169,6 +188,12 @@ class Worker:
             turn.heavy = client.heavy
             turns.append(turn)
             client.turn = turn
+            peer = client.peer
+            # The second member watches the same reply from the other process.
+            watch = Turn(token, n, tag, threshold=threshold) if peer is not None else None
+            if peer is not None and watch is not None:
+                peer.turn = watch
+                turns.append(watch)
             prompt = spec_prompt(
                 StreamSpec(
                     n,
@@ -181,6 +206,8 @@ class Worker:
                 )
             )
             turn.sent_at = time.monotonic()
+            if watch is not None:
+                watch.sent_at = turn.sent_at
             try:
                 await client.emit(
                     "chat_message",
@@ -188,6 +215,9 @@ class Worker:
                 )
             except trio_websocket.ConnectionClosed:
                 turn.errors.append("connection closed")
+                return
+            if peer is not None and watch is not None:
+                await self._cross(client, turn, peer, watch, mode, quiet, reconnect_delay, extra)
                 return
             if mode == "normal":
                 await turn.done.wait()
@@ -264,7 +294,185 @@ class Worker:
         }
         return result
 
+    async def op_failover_start(self, command: dict[str, Any]) -> dict[str, Any]:
+        """Every member 1 sends one ``chat_message`` (asking for an ack) for a long reply;
+        answers once every member 2 has seen ``threshold`` chunks of it (or the
+        deadline). The replies go on streaming in the background: the controller then
+        kills the process owning them and sends ``failover_finish``."""
+        spec = command["spec"]
+        prefix = command["prefix"]
+        tag = "".join(c for c in prefix if c.isalnum())
+        n = int(spec["n"])
+        threshold = max(1, int(n * float(command.get("stop_share", 0.2))))
+        self.failover_sent = {}
+        assert self.nursery is not None
+        watched: list[Turn] = []
+        for i, client in enumerate(self.clients):
+            if client.peer is None:
+                continue
+            client.peer.completions.clear()
+            token = f"{prefix}-{self.index}-{i}"
+            turn = Turn(token, n, tag)
+            watch = Turn(token, n, tag, threshold=threshold)
+            client.turn, client.peer.turn = turn, watch
+            watched.append(watch)
+            prompt = spec_prompt(
+                StreamSpec(n, int(spec["size"]), float(spec["pace"]), 0.0, token, tag)
+            )
+            self.nursery.start_soon(self._send_acked, client, prompt)
+        with trio.move_on_after(float(command.get("deadline", 60))):
+            for watch in watched:
+                await watch.reached.wait()
+        return {"sessions": len(watched), "reached": sum(w.reached.is_set() for w in watched)}
+
+    async def op_failover_finish(self, command: dict[str, Any]) -> dict[str, Any]:
+        """After the kill (``kill_at``, ``time.monotonic()``): every member 2 sends a new
+        message until one is acknowledged ``sent``; the time from the kill to that ack per
+        session, the ``owner_lost`` errors seen, and the user messages acknowledged
+        ``sent`` (before and after the kill) missing from the session's stored history."""
+        kill_at = float(command["kill_at"])
+        deadline = float(command.get("deadline", 30))
+        retry = float(command.get("retry_s", 0.2))
+        accepted: list[float] = []
+        accepted_by = self.failover_accepted = {}
+        failures: Counter[str] = Counter()
+        peers = [c.peer for c in self.clients if c.peer is not None]
+
+        async def recover(peer: Client) -> None:
+            # Resent under one client_message_id (the gateway answers a repeat ``sent``
+            # without storing it twice), so an attempt stuck on the dead owner does not
+            # hold the next one up.
+            token = secrets.token_hex(4)
+            prompt = f"after the failover {token}"
+            async with trio.open_nursery() as attempts:
+                while True:
+                    if peer.closed.is_set():
+                        failures["member 2 disconnected"] += 1
+                        break
+                    done = trio.Event()
+                    attempts.start_soon(self._attempt, peer, prompt, token, done)
+                    await trio.sleep(retry)
+                    if peer.session_id in accepted_by:
+                        accepted.append(accepted_by[peer.session_id] - kill_at)
+                        break
+                attempts.cancel_scope.cancel()
+
+        with trio.move_on_after(deadline):
+            async with trio.open_nursery() as nursery:
+                for peer in peers:
+                    nursery.start_soon(recover, peer)
+        failures["not usable by the deadline"] += len(peers) - len(accepted)
+        failed: Counter[str] = Counter()
+        lost = await self._lost_messages(failures, failed)
+        return {
+            "sessions": len(peers),
+            "owner_lost": sum(p.owner_lost for p in peers),
+            "owner_lost_stale": sum(p.owner_lost_stale for p in peers),
+            # The reply cut by the kill ends first (failed), then the new message's.
+            "statuses": dict(Counter(p.completions[0] if p.completions else "none" for p in peers)),
+            "accepted": len(accepted),
+            "accept_s": accepted,
+            "sent": sum(len(v) for v in self.failover_sent.values()),
+            "lost": lost,
+            "stored_failed": dict(failed),
+            "failures": {k: v for k, v in failures.items() if v},
+        }
+
+    async def _attempt(self, client: Client, prompt: str, token: str, done: trio.Event) -> None:
+        """One attempt of the failover's new message; the first ``sent`` ack is timed."""
+        try:
+            if await self._send_acked(client, prompt, client_message_id=token):
+                self.failover_accepted.setdefault(client.session_id, time.monotonic())
+        finally:
+            done.set()
+
+    async def _send_acked(
+        self,
+        client: Client,
+        prompt: str,
+        timeout: float = 10.0,
+        client_message_id: str | None = None,
+    ) -> bool:
+        """One ``chat_message`` asking for an ack; True (and the message recorded as
+        sent, once) if the ack says ``sent`` within ``timeout``."""
+        data: dict[str, Any] = {"session_id": client.session_id, "message": prompt, "context": {}}
+        if client_message_id is not None:
+            data["client_message_id"] = client_message_id
+        try:
+            ack_id, acked = await client.emit_with_ack("chat_message", data)
+        except trio_websocket.ConnectionClosed:
+            return False
+        with trio.move_on_after(timeout):
+            await acked.wait()
+        args = client.ack_args.pop(ack_id, [])
+        reply = args[0] if args and isinstance(args[0], dict) else {}
+        if reply.get("status") != "sent":
+            return False
+        sent = self.failover_sent.setdefault(client.session_id, [])
+        if prompt not in sent:
+            sent.append(prompt)
+        return True
+
+    async def _lost_messages(self, failures: Counter[str], failed: Counter[str]) -> int:
+        """User messages acknowledged ``sent`` but missing from the stored history (read
+        over REST from the process member 2 is on); the agent messages stored as failed
+        are counted into ``failed`` by error code."""
+        lost = 0
+        peers = {c.session_id: c.peer for c in self.clients if c.peer is not None}
+        async with httpx.AsyncClient(timeout=30) as http:
+            for session_id, prompts in self.failover_sent.items():
+                peer = peers.get(session_id)
+                if peer is None:
+                    continue
+                url = f"http://{peer.host}:{peer.port}/api/agent-chat/sessions/{session_id}"
+                try:
+                    response = await http.get(url)
+                    messages = response.json().get("messages", [])
+                    stored = {str(m.get("content")) for m in messages if m.get("sender") == "user"}
+                    for m in messages:
+                        if m.get("sender") == "agent" and m.get("status") == "failed":
+                            failed[str((m.get("error") or {}).get("code"))] += 1
+                except (httpx.HTTPError, ValueError) as exc:
+                    failures[f"history {type(exc).__name__}"] += 1
+                    lost += len(prompts)
+                    continue
+                lost += sum(1 for p in prompts if p not in stored)
+        return lost
+
     # -- helpers -----------------------------------------------------------------------
+
+    async def _cross(
+        self,
+        client: Client,
+        turn: Turn,
+        peer: Client,
+        watch: Turn,
+        mode: str,
+        quiet: float,
+        reconnect_delay: float,
+        extra: dict[str, Any],
+    ) -> None:
+        """A reply watched by two members on two processes. ``stop``: member 2 (not on
+        the process that received the message, so not its owner) stops it. ``drop``:
+        member 1 is cut from its process and resumes on member 2's with ``last_seq``."""
+        if mode == "normal":
+            await turn.done.wait()
+            await watch.done.wait()
+            return
+        if mode == "stop":
+            await watch.reached.wait()
+            if not peer.closed.is_set():
+                await self._stop(peer, watch, mode, quiet, extra)
+            with trio.move_on_after(quiet):
+                await turn.done.wait()
+            turn.done.set()
+            return
+        if mode == "drop":
+            await turn.reached.wait()
+            if not client.closed.is_set():
+                client.port = peer.port
+                await self._drop_and_resume(client, turn, reconnect_delay, extra)
+            await watch.done.wait()
 
     async def _stop(
         self, client: Client, turn: Turn, mode: str, quiet: float, extra: dict[str, Any]
@@ -446,6 +654,14 @@ class Worker:
             async with trio.open_nursery() as nursery:
                 for client in self.clients:
                     nursery.start_soon(join, client)
+                    if client.peer is not None:
+                        nursery.start_soon(join, client.peer)
+
+
+def address(url: str) -> tuple[str, int]:
+    """Host and port of ``http://host:port``."""
+    host, port = url.split("//", 1)[1].rstrip("/").rsplit(":", 1)
+    return host, int(port)
 
 
 def _median(values: list[float]) -> float | None:

@@ -37,7 +37,8 @@ def _engine() -> EngineSession:
 
 
 def _sio() -> SocketIOConnection:
-    conn = SocketIOConnection(Settings().max_attachments)
+    settings = Settings()
+    conn = SocketIOConnection(settings.max_attachments, settings.max_attachment_bytes)
     conn.receive_message("0")
     conn.accept("/")
     conn.events()

@@ -40,6 +40,9 @@ LABELS = {
 }
 #: the comparators, headline first: every ratio column is ours over one of them
 BASELINES = ("seed-shared", "seed")
+#: scenario 7's ratio columns: two of our processes over one, and over the seed's two
+SCALE_NUMERATOR = "ours-2"
+SCALE_BASELINES = ("ours-1", "seed-2")
 
 
 class Progress:
@@ -121,20 +124,23 @@ def table(
     point_of: Callable[[dict[str, Any]], str],
     metrics: Sequence[Metric],
     gateways: Sequence[str],
+    numerator: str = "ours",
+    baselines: Sequence[str] = BASELINES,
 ) -> str:
     """Rows grouped by point, one line per metric, one column per gateway, then the
-    ratios ours / seed-shared (the headline comparator) and ours / seed."""
+    ratios ours / seed-shared (the headline comparator) and ours / seed (or
+    ``numerator`` over each of ``baselines``)."""
     points: dict[str, dict[str, dict[str, Any]]] = {}
     for row in rows:
         points.setdefault(point_of(row), {})[row["gateway"]] = row
-    bases = ratio_bases(gateways)
-    head = ["", ""] + list(gateways) + [f"ours/{b}" for b in bases]
+    bases = ratio_bases(gateways, numerator, baselines)
+    head = ["", ""] + list(gateways) + [f"{numerator}/{b}" for b in bases]
     lines = [head]
     for point, by_gateway in points.items():
         for i, (name, get) in enumerate(metrics):
             values = [get(by_gateway[g]) if g in by_gateway else None for g in gateways]
             cells = [point if i == 0 else "", name] + [fmt(v) for v in values]
-            cells += ratios(values, gateways, bases)
+            cells += ratios(values, gateways, bases, numerator)
             lines.append(cells)
     widths = [max(len(line[c]) for line in lines) for c in range(len(head))]
     out = [title]
@@ -150,13 +156,20 @@ def table(
     return "\n".join(out)
 
 
-def ratio_bases(gateways: Sequence[str]) -> list[str]:
+def ratio_bases(
+    gateways: Sequence[str], numerator: str = "ours", baselines: Sequence[str] = BASELINES
+) -> list[str]:
     """The comparators present beside ours, headline first."""
-    return [b for b in BASELINES if b in gateways] if "ours" in gateways else []
+    return [b for b in baselines if b in gateways] if numerator in gateways else []
 
 
-def ratios(values: Sequence[Any], gateways: Sequence[str], bases: Sequence[str]) -> list[str]:
-    ours = values[list(gateways).index("ours")] if bases else None
+def ratios(
+    values: Sequence[Any],
+    gateways: Sequence[str],
+    bases: Sequence[str],
+    numerator: str = "ours",
+) -> list[str]:
+    ours = values[list(gateways).index(numerator)] if bases else None
     return [ratio(ours, values[list(gateways).index(b)]) for b in bases]
 
 
@@ -237,6 +250,107 @@ LONG: list[Metric] = [
 ]
 
 
+SCALE: list[Metric] = [
+    ("chunks/s", lambda r: r["chunks_per_s"]),
+    ("latency p50 ms", lambda r: r["latency_p50_ms"]),
+    ("latency p99 ms", lambda r: r["latency_p99_ms"]),
+    ("first chunk p99 ms", lambda r: r["ttfc_p99_ms"]),
+    ("failures", lambda r: r["failures"]),
+    ("gateway CPU us/chunk (all processes)", lambda r: r["gateway_cpu_per_chunk_us"]),
+    ("gateway CPU %", lambda r: round(100 * r["gateway_cpu_util"])),
+    ("Redis commands/chunk (INFO)", lambda r: r.get("redis_commands_per_chunk")),
+    ("Redis commands sent/chunk", lambda r: r.get("redis_sent_per_chunk")),
+    ("Redis CPU us/chunk", lambda r: r.get("redis_cpu_per_chunk_us")),
+    ("Redis bytes/chunk", lambda r: r.get("redis_bytes_per_chunk")),
+    ("store bytes written/turn", lambda r: r.get("store_written_per_turn_bytes")),
+]
+SCALE_TURNS: list[Metric] = [
+    ("first chunk p50 ms", lambda r: r["ttfc_p50_ms"]),
+    ("first chunk p99 ms", lambda r: r["ttfc_p99_ms"]),
+    ("failures", lambda r: r["failures"]),
+    ("gateway CPU us/turn (all processes)", lambda r: r.get("gateway_cpu_per_turn_us")),
+    ("Redis commands/turn (INFO)", lambda r: r.get("redis_commands_per_turn")),
+    ("Redis commands sent/turn", lambda r: r.get("redis_sent_per_turn")),
+    ("Redis CPU us/chunk", lambda r: r.get("redis_cpu_per_chunk_us")),
+    ("Redis bytes/chunk", lambda r: r.get("redis_bytes_per_chunk")),
+    ("store bytes written/turn", lambda r: r.get("store_written_per_turn_bytes")),
+]
+SCALE_STOP: list[Metric] = [
+    ("upstream cancelled", lambda r: f"{r['upstream_cancelled']}/{r['stops']}"),
+    ("cancel-to-quiet p50 ms", lambda r: r["cancel_to_quiet_p50_ms"]),
+    ("cancel-to-quiet p99 ms", lambda r: r["cancel_to_quiet_p99_ms"]),
+    ("chunks after the stop", lambda r: r["after_stop"]),
+    ("failures", lambda r: r["failures"]),
+]
+SCALE_DROP: list[Metric] = [
+    ("resumed", lambda r: r.get("resumed", 0)),
+    ("gaps (chunks)", lambda r: r["gaps"]),
+    ("duplicates", lambda r: r["duplicates"]),
+    ("resume p99 ms", lambda r: r.get("resume_p99_ms")),
+    ("failures", lambda r: r["failures"]),
+]
+FAILOVER: list[Metric] = [
+    ("turns in flight", lambda r: r["in_flight"]),
+    ("turns failed (owner_lost errors)", lambda r: r["turns_failed_owner_lost"]),
+    ("... of which stale (seq seen)", lambda r: r.get("owner_lost_stale")),
+    (
+        "stored as failed, by code",
+        lambda r: ",".join(f"{k}:{v}" for k, v in sorted(r["stored_failed"].items())) or "-",
+    ),
+    (
+        "member 2: how the cut reply ended",
+        lambda r: ",".join(f"{k}:{v}" for k, v in sorted(r["member2_statuses"].items())) or "-",
+    ),
+    ("sessions usable again", lambda r: f"{r['usable']}/{r['usable_of']}"),
+    ("kill to usable p50 ms", lambda r: r["usable_p50_ms"]),
+    ("kill to usable p99 ms", lambda r: r["usable_p99_ms"]),
+    ("kill to usable max ms", lambda r: r["usable_max_ms"]),
+    ("lease s", lambda r: r["lease_s"]),
+    ("messages acked 'sent'", lambda r: r["messages_sent"]),
+    ("messages lost", lambda r: r["messages_lost"]),
+    ("failures", lambda r: r["failures"]),
+]
+
+
+def scale_sections(
+    rows: Sequence[dict[str, Any]],
+) -> list[tuple[str, list[dict[str, Any]], Callable[[dict[str, Any]], str], list[Metric]]]:
+    """Scenario 7's tables: title, rows, point label, metrics."""
+
+    def of(kind: str, mode: str | None = None) -> list[dict[str, Any]]:
+        return [r for r in rows if r["kind"] == kind and (mode is None or r["mode"] == mode)]
+
+    def sweep_point(r: dict[str, Any]) -> str:
+        return f"{r['sessions']} sess, pace {r['pace_s'] * 1000:g} ms, {r['n']} chunks"
+
+    def cross_point(r: dict[str, Any]) -> str:
+        return f"{r['sessions']} sess x 2 members, pace {r['pace_s'] * 1000:g} ms, {r['n']} chunks"
+
+    return [
+        ("7. Scale: sweep", of("sweep"), sweep_point, SCALE),
+        ("7. Scale: turn cost, one-chunk replies", of("turns"), sweep_point, SCALE_TURNS),
+        ("7. Scale: cross-node, watched from both", of("cross", "normal"), cross_point, SCALE),
+        (
+            "7. Scale: cross-node stop (from the non-owner)",
+            of("cross", "stop"),
+            cross_point,
+            SCALE_STOP,
+        ),
+        (
+            "7. Scale: cross-node drop, resume on the other process",
+            of("cross", "drop"),
+            cross_point,
+            SCALE_DROP,
+        ),
+        (
+            "7. Scale: failover (kill -9 of the owner)",
+            of("failover"),
+            lambda r: f"{r['sessions']} turns, {r['n']} chunks at {r['pace_s'] * 1000:g} ms",
+            FAILOVER,
+        ),
+    ]
+
+
 def slow_share(every: int) -> str:
     return f"1 in {every}" if every else "none"
 
@@ -303,6 +417,22 @@ def tables(results: dict[str, Any], gateways: Sequence[str]) -> list[str]:
                 gateways,
             )
         )
+    if results.get("scale"):
+        out.append(
+            "\n\n".join(
+                table(
+                    f"[7]{title[2:]}",
+                    rows,
+                    point,
+                    metrics,
+                    [g for g in gateways if any(r["gateway"] == g for r in rows)],
+                    SCALE_NUMERATOR,
+                    SCALE_BASELINES,
+                )
+                for title, rows, point, metrics in scale_sections(results["scale"])
+                if rows
+            )
+        )
     return out
 
 
@@ -330,6 +460,14 @@ IDLE_RATIO = 0.6
 #: idle memory per joined session before this work (33-36 KiB): not to be exceeded
 IDLE_TODAY_KIB = 36.0
 CANCEL_MS = 50.0
+#: scenario 7: two of our processes over one, and over the seed's two Redis workers
+SCALE_PROCESS_RATIO = 1.7
+SCALE_SEED_RATIO = 1.5
+SCALE_SESSIONS = (100, 1000)
+#: Redis commands per delivered chunk, amortised, in cluster mode
+REDIS_PER_CHUNK = 1.0
+#: a failed-over session must take a new message within the lease plus this
+FAILOVER_SLACK_S = 1.0
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -485,6 +623,102 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 value,
                 value == 0 and row.get("resumed", 0) == row["turns"],
             )
+    out.extend(scale_targets(results.get("scale") or []))
+    return out
+
+
+def scale_targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Scenario 7's targets (issue's list), for ours-2."""
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, target: str, value: Any, met: bool | None) -> None:
+        out.append({"name": name, "target": target, "value": value, "met": met})
+
+    def over(a: Any, b: Any) -> float | None:
+        if not isinstance(a, int | float) or not isinstance(b, int | float) or not b:
+            return None
+        return round(a / b, 2)
+
+    sweep = [r for r in rows if r["kind"] == "sweep"]
+    for sessions in sorted({r["sessions"] for r in sweep}):
+        two = _find(sweep, "ours-2", sessions=sessions, pace_s=0.0)
+        if two is None:
+            continue
+        point = f"{sessions} sessions, pace 0 ms"
+        one = _find(sweep, "ours-1", sessions=sessions, pace_s=0.0)
+        seed = _find(sweep, "seed-2", sessions=sessions, pace_s=0.0)
+        if one is not None:
+            value = over(two["chunks_per_s"], one["chunks_per_s"])
+            add(
+                f"scale: ours-2 chunks/s vs ours-1, {point}",
+                f">= {SCALE_PROCESS_RATIO:g}x",
+                value,
+                value is not None and value >= SCALE_PROCESS_RATIO,
+            )
+        if seed is not None:
+            value = over(two["chunks_per_s"], seed["chunks_per_s"])
+            add(
+                f"scale: ours-2 chunks/s vs seed-2, {point}",
+                f">= {SCALE_SEED_RATIO:g}x",
+                value,
+                value is not None and value >= SCALE_SEED_RATIO,
+            )
+            value = over(two["latency_p99_ms"], seed["latency_p99_ms"])
+            add(
+                f"scale: ours-2 chunk latency p99 vs seed-2, {point}",
+                "<= 1x",
+                value,
+                value is not None and value <= 1.0,
+            )
+    for row in rows:
+        if row["gateway"] != "ours-2" or row["kind"] == "failover":
+            continue
+        # Commands sent (a script once) where the gateway counts them, else INFO's.
+        per_chunk = row.get("redis_sent_per_chunk")
+        if per_chunk is None:
+            per_chunk = row.get("redis_commands_per_chunk")
+        if per_chunk is not None and row["mode"] == "normal" and row["kind"] != "turns":
+            where = f"{row['kind']}, {row['sessions']} sessions, pace {row['pace_s'] * 1000:g} ms"
+            add(
+                f"scale: ours-2 Redis commands per chunk, {where}",
+                f"<= {REDIS_PER_CHUNK:g}",
+                per_chunk,
+                per_chunk <= REDIS_PER_CHUNK,
+            )
+        if row["kind"] == "cross" and row["mode"] == "stop":
+            p99 = row["cancel_to_quiet_p99_ms"]
+            every = row["upstream_cancelled"] == row["stops"] and row["stops"] > 0
+            add(
+                "scale: cross-node cancel-to-quiet p99 ms (stop from the non-owner)",
+                f"< {CANCEL_MS:g}, every stream cancelled",
+                p99,
+                p99 is not None and p99 < CANCEL_MS and every,
+            )
+        if row["kind"] == "cross" and row["mode"] == "drop":
+            value = row["gaps"] + row["duplicates"]
+            resumed = row.get("resumed", 0) == row["sessions"]
+            add(
+                "scale: cross-node resume gaps + duplicates (all resumed)",
+                "0",
+                value,
+                value == 0 and resumed and row["failures"] == 0,
+            )
+    for row in rows:
+        if row["gateway"] == "ours-2" and row["kind"] == "failover":
+            add(
+                "scale: failover messages lost",
+                "0",
+                row["messages_lost"],
+                row["messages_lost"] == 0 and row["messages_sent"] > 0,
+            )
+            limit = 1000 * (row["lease_s"] + FAILOVER_SLACK_S)
+            worst = row["usable_max_ms"]
+            add(
+                "scale: failover, every session usable again, max ms",
+                f"<= lease + {FAILOVER_SLACK_S:g} s ({limit:g})",
+                worst,
+                worst is not None and worst <= limit and row["usable"] == row["usable_of"],
+            )
     return out
 
 
@@ -509,14 +743,79 @@ def write_json(path: Path, document: dict[str, Any]) -> None:
 def chart(path: Path, results: dict[str, Any], title: str) -> bool:
     """Throughput and p99 latency against sessions, one line per gateway and pace."""
     rows = [r for r in results.get("throughput") or [] if r.get("kind", "sweep") == "sweep"]
-    if not rows:
+    scale_rows = [r for r in results.get("scale") or [] if r["kind"] == "sweep"]
+    if not rows and not scale_rows:
         return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    panels = (1 if rows else 0) + (1 if scale_rows else 0)
+    figure, axes = plt.subplots(panels, 2, figsize=(12, 4.8 * panels), squeeze=False)
+    if rows:
+        _sweep_panels(axes[0][0], axes[0][1], rows)
+    if scale_rows:
+        _scale_panels(axes[-1][0], axes[-1][1], scale_rows)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+SCALE_COLORS = {"ours-1": "tab:cyan", "ours-2": "tab:blue", "seed-2": "tab:orange"}
+
+
+def _scale_panels(left: Any, right: Any, rows: Sequence[dict[str, Any]]) -> None:
+    """Scenario 7: chunks/s and p99 latency per sweep point, one bar per gateway."""
+    points = sorted({(r["pace_s"], r["sessions"]) for r in rows})
+    gateways = [g for g in SCALE_COLORS if any(r["gateway"] == g for r in rows)]
+    width = 0.8 / max(1, len(gateways))
+    for i, gateway in enumerate(gateways):
+        found = [_find(rows, gateway, sessions=n, pace_s=p) for p, n in points]
+        xs = [j + (i - (len(gateways) - 1) / 2) * width for j in range(len(points))]
+        color = SCALE_COLORS[gateway]
+        left.bar(
+            xs,
+            [(r or {}).get("chunks_per_s") or 0 for r in found],
+            width,
+            color=color,
+            label=gateway,
+        )
+        right.bar(
+            xs,
+            [(r or {}).get("latency_p99_ms") or 0 for r in found],
+            width,
+            color=color,
+            label=gateway,
+        )
+    labels = [f"{n} sess\npace {p * 1000:g} ms" for p, n in points]
+    for axis, name in (
+        (left, "7. scale: chunks delivered per second"),
+        (right, "7. scale: chunk latency p99 (ms)"),
+    ):
+        axis.set_xticks(range(len(points)), labels, fontsize=8)
+        axis.set_ylabel(name)
+        axis.grid(True, axis="y", alpha=0.3)
+    right.set_yscale("log")
+    left.legend(fontsize=8)
+
+
+def combined(latest: Path, document: dict[str, Any]) -> dict[str, Any]:
+    """The figures to chart for a run of the scale scenario alone: the other scenarios'
+    from ``latest`` (if it exists), the scale scenario's from ``document``."""
+    try:
+        others: dict[str, Any] = json.loads(latest.read_text())
+    except (OSError, ValueError):
+        others = {}
+    return others | {"scale": document.get("scale") or []}
+
+
+def _sweep_panels(left: Any, right: Any, rows: Sequence[dict[str, Any]]) -> None:
+    """Scenario 1: throughput and p99 latency against sessions, one line per gateway and
+    pace."""
     styles = {
         "ours": ("tab:blue", "o"),
         "seed": ("tab:red", "s"),
@@ -556,12 +855,6 @@ def chart(path: Path, results: dict[str, Any], title: str) -> bool:
         axis.set_ylabel(name)
         axis.grid(True, which="both", alpha=0.3)
     left.legend(fontsize=8)
-    figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return True
 
 
 def markdown(document: dict[str, Any]) -> str:
@@ -582,11 +875,13 @@ def markdown(document: dict[str, Any]) -> str:
         point: Callable[[dict[str, Any]], str],
         metrics: Sequence[Metric],
         gateways: Sequence[str],
+        numerator: str = "ours",
+        baselines: Sequence[str] = BASELINES,
     ) -> None:
         if not rows:
             return
-        bases = ratio_bases(gateways)
-        head = ["point", "figure", *gateways] + [f"ours/{b}" for b in bases]
+        bases = ratio_bases(gateways, numerator, baselines)
+        head = ["point", "figure", *gateways] + [f"{numerator}/{b}" for b in bases]
         out.append(f"\n**{title}**\n")
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" * 2 + "---:|" * (len(head) - 2))
@@ -597,7 +892,7 @@ def markdown(document: dict[str, Any]) -> str:
             for i, (label, get) in enumerate(metrics):
                 values = [get(by_gateway[g]) if g in by_gateway else None for g in gateways]
                 cells = [name if i == 0 else "", label, *(fmt(v) for v in values)]
-                cells += ratios(values, gateways, bases)
+                cells += ratios(values, gateways, bases, numerator)
                 out.append("| " + " | ".join(cells) + " |")
 
     brief = THROUGHPUT[:8] + THROUGHPUT[9:10]
@@ -643,6 +938,10 @@ def markdown(document: dict[str, Any]) -> str:
         LONG,
         kinds,
     )
+    scale_kinds = [k for k in ("ours-1", "ours-2", "seed-2") if k in kinds]
+    for title, rows, point, metrics in scale_sections(document.get("scale") or []):
+        present = [k for k in scale_kinds if any(r["gateway"] == k for r in rows)]
+        grid(title, rows, point, metrics, present, SCALE_NUMERATOR, SCALE_BASELINES)
     items = document.get("targets") or []
     if items:
         out.append("\n**Targets (ours; ratios against seed-shared unless said)**\n")

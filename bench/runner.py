@@ -49,18 +49,42 @@ class Server:
     def port(self) -> int:
         return int(self.url.rsplit(":", 1)[1])
 
-    def rss(self) -> int:
+    def tree(self) -> list[psutil.Process]:
+        """The process and its descendants (worker processes of a gateway that has them)."""
         try:
-            return int(self.ps.memory_info().rss)
+            return [self.ps, *self.ps.children(recursive=True)]
         except psutil.Error:
-            return 0
+            return [self.ps]
+
+    def rss(self) -> int:
+        total = 0
+        for ps in self.tree():
+            try:
+                total += int(ps.memory_info().rss)
+            except psutil.Error:
+                pass
+        return total
 
     def cpu(self) -> float:
-        try:
-            times = self.ps.cpu_times()
-        except psutil.Error:
-            return 0.0
-        return float(times.user + times.system)
+        total = 0.0
+        for ps in self.tree():
+            try:
+                times = ps.cpu_times()
+            except psutil.Error:
+                continue
+            total += float(times.user + times.system)
+        return total
+
+    def written(self) -> int:
+        """Bytes the process tree caused to be written to storage (the store's writes;
+        sockets and pipes do not count)."""
+        total = 0
+        for ps in self.tree():
+            try:
+                total += int(ps.io_counters().write_bytes)
+            except (psutil.Error, AttributeError):
+                pass
+        return total
 
 
 def python() -> str:

@@ -10,6 +10,7 @@ compares runs made moments apart.
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ import httpx
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.cluster import RedisProbe, group_urls, redis_figures
 from bench.loadgen import unpack
 from bench.runner import (
     Sampler,
@@ -67,6 +69,17 @@ class Plan:
     long_size: int
     long_seconds: tuple[float, ...]
     reps: int
+    #: scenario 7 (scale): sessions and paces of its sweep, one turn per session
+    scale_sessions: tuple[int, ...] = (100, 1000)
+    scale_paces: tuple[float, ...] = (0.0, 0.02)
+    #: sessions of the cross-node points (two members each, on different processes)
+    scale_cross_sessions: int = 100
+    #: turns in flight when the process owning them is killed
+    scale_failover_sessions: int = 100
+    #: our nodes' ``ARCHON_CHAT_LEASE_S`` in scenario 7 (a dead owner's turns fail within it)
+    scale_lease_s: float = 6.0
+    #: how long the failover point's replies would stream if nothing died
+    scale_failover_reply_s: float = 30.0
 
 
 QUICK = Plan(
@@ -145,7 +158,18 @@ SMOKE = Plan(
     long_size=4000,
     long_seconds=(0.2, 1.0),
     reps=1,
+    scale_sessions=(4,),
+    scale_paces=(0.0,),
+    scale_cross_sessions=3,
+    scale_failover_sessions=3,
+    scale_lease_s=2.0,
+    scale_failover_reply_s=15.0,
 )
+
+
+#: a server using less than this share of a core over a sample counts as idle
+IDLE_CPU_SHARE = 0.1
+IDLE_SAMPLE_S = 0.5
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -184,6 +208,13 @@ class Bench:
         self.plan = plan
         self.status = status
         self.runs = 0
+        #: the shared Redis of the gateways under test (scenario 7): its counters are read
+        #: around every measured turn
+        self.redis: RedisProbe | None = None
+        #: servers that must be idle before a measured run starts (scenario 7 runs its
+        #: gateways side by side), and how long to wait for that at most
+        self.idle_servers: list[Server] = []
+        self.idle_limit = 120.0
 
     def reading(self, gateway: Server) -> Reading:
         return Reading(trio.current_time(), gateway.cpu(), self.mock.cpu(), self.pool.cpu())
@@ -195,10 +226,21 @@ class Bench:
 
     async def wait_quiet(self, limit: float = 20.0) -> None:
         """Wait (bounded) until the mock agent streams nothing: a run starts on a quiet
-        machine even when the previous gateway never cancelled its upstream streams."""
+        machine even when the previous gateway never cancelled its upstream streams.
+        Then (bounded by ``idle_limit``) until every server of :attr:`idle_servers` is
+        idle: one still relaying a backlog (a gateway whose replies missed their
+        deadline) would take the CPU from the next run."""
         with trio.move_on_after(limit):
             while (await self.mock_stats("~"))["active"]:
                 await trio.sleep(0.1)
+        with trio.move_on_after(self.idle_limit):
+            while True:
+                before = [s.cpu() for s in self.idle_servers]
+                await trio.sleep(IDLE_SAMPLE_S)
+                used = sum(s.cpu() for s in self.idle_servers) - sum(before)
+                if used < IDLE_CPU_SHARE * IDLE_SAMPLE_S:
+                    return
+                self.status(f"waiting for the gateways to go idle ({used / IDLE_SAMPLE_S:.0%})")
 
     async def setup(
         self,
@@ -209,6 +251,7 @@ class Bench:
         slow_every: int = 0,
         heavy_every: int = 0,
         deadline: float = 180,
+        cross: bool = False,
     ) -> Counter[str]:
         counts = split(sessions, len(self.pool.workers))
         results = await self.pool.step(
@@ -216,6 +259,9 @@ class Bench:
                 {
                     "op": "setup",
                     "url": gateway.url,
+                    "urls": list(group_urls(gateway)),
+                    "cross": cross,
+                    "offset": sum(counts[:i]),
                     "count": count,
                     "join": join,
                     "slow_every": slow_every,
@@ -223,7 +269,7 @@ class Bench:
                     "slow_rate": self.plan.slow_rate,
                     "deadline": deadline,
                 }
-                for count in counts
+                for i, count in enumerate(counts)
             ],
             timeout=deadline + 30,
         )
@@ -247,10 +293,11 @@ class Bench:
         heavy_every: int = 0,
         deadline: float = 60.0,
         extra: dict[str, Any] | None = None,
+        cross: bool = False,
     ) -> dict[str, Any]:
         """One measured run: setup, one turn for every session, close."""
         failures = await self.open_sessions(
-            gateway, sessions, label, slow_every=slow_every, heavy_every=heavy_every
+            gateway, sessions, label, slow_every=slow_every, heavy_every=heavy_every, cross=cross
         )
         try:
             return await self.turn(
@@ -262,6 +309,7 @@ class Bench:
                 label=label,
                 deadline=deadline,
                 extra=extra,
+                members=2 if cross else 1,
             )
         finally:
             self.status(f"{label}: {gateway.label}: closing")
@@ -275,11 +323,17 @@ class Bench:
         *,
         slow_every: int = 0,
         heavy_every: int = 0,
+        cross: bool = False,
     ) -> Counter[str]:
         await self.wait_quiet()
         self.status(f"{label}: {gateway.label}: creating and joining {sessions} sessions")
         return await self.setup(
-            gateway, sessions, join=True, slow_every=slow_every, heavy_every=heavy_every
+            gateway,
+            sessions,
+            join=True,
+            slow_every=slow_every,
+            heavy_every=heavy_every,
+            cross=cross,
         )
 
     async def turn(
@@ -293,12 +347,14 @@ class Bench:
         label: str = "",
         deadline: float = 60.0,
         extra: dict[str, Any] | None = None,
+        members: int = 1,
     ) -> dict[str, Any]:
-        """Every joined client sends one message and watches its reply; the figures."""
+        """Every joined client sends one message and watches its reply (with ``members``
+        2, the session's second member on another process watches it too); the figures."""
         self.runs += 1
         prefix = f"r{self.runs}{secrets.token_hex(3)}"
         await self.wait_quiet()
-        expected = sessions * int(spec["n"])
+        expected = sessions * int(spec["n"]) * members
 
         def progress(chunks: int, done: int) -> None:
             self.status(
@@ -309,6 +365,10 @@ class Bench:
         self.pool.on_progress = progress
         sampler = Sampler(gateway)
         rss_before = gateway.rss()
+        written_before = gateway.written()
+        probe = self.redis if getattr(gateway, "uses_redis", False) else None
+        redis_before = await probe.read() if probe is not None else None
+        sent_before = await redis_sent(gateway) if probe is not None else None
         before = self.reading(gateway)
         command = {"op": "turn", "spec": spec, "mode": mode, "prefix": prefix, "deadline": deadline}
         command.update(extra or {})
@@ -319,8 +379,30 @@ class Bench:
             )
             nursery.cancel_scope.cancel()
         after = self.reading(gateway)
+        redis_after = await probe.read() if probe is not None else None
+        sent_after = await redis_sent(gateway) if probe is not None else None
+        written = gateway.written() - written_before
         self.pool.on_progress = None
         figures = summarize(results, setup_failures, before, after, expected, mode)
+        figures["members"] = members
+        # The machine is shared: how busy it was, beside this run's own processes.
+        figures["load_average_1m"] = round(os.getloadavg()[0], 2)
+        figures["store_written_bytes"] = written
+        turns = int(figures["turns"]) // members
+        figures["store_written_per_turn_bytes"] = round(written / turns) if turns else None
+        if redis_before is not None and redis_after is not None:
+            figures.update(redis_figures(redis_before, redis_after, int(figures["chunks"]), turns))
+            # What the gateway itself sent (a script counts once; INFO counts the
+            # commands it runs inside too): from its /metrics, where it has them.
+            sent = difference(sent_after, sent_before)
+            chunks = int(figures["chunks"])
+            figures["redis_sent"] = sent
+            figures["redis_sent_per_chunk"] = (
+                round(sent / chunks, 3) if sent is not None and chunks else None
+            )
+            figures["redis_sent_per_turn"] = (
+                round(sent / turns, 2) if sent is not None and turns else None
+            )
         figures["run_prefix"] = prefix
         figures["rss_before_mib"] = round(rss_before / 2**20, 1)
         figures["rss_peak_mib"] = round(max(sampler.peak, rss_before) / 2**20, 1)
@@ -678,6 +760,30 @@ async def scrape(gateway: Server) -> dict[str, float | None]:
         }
     except ValueError:
         return empty
+
+
+#: the Redis commands one of our nodes sent (a pipeline counts each, a script once)
+REDIS_SENT_METRICS = ("archon_chat_redis_commands",)
+
+
+async def redis_sent(gateway: Server) -> float | None:
+    """Redis commands sent so far by every process of ``gateway``, from each one's
+    /metrics; ``None`` if any process has no such metric (the seed) or its processes
+    share one port (/metrics would reach one of them)."""
+    if getattr(gateway, "form", "ports") != "ports":
+        return None
+    total = 0.0
+    async with httpx.AsyncClient(timeout=10) as http:
+        for url in group_urls(gateway):
+            try:
+                response = await http.get(f"{url}/metrics")
+                value = metric_value(response.text, REDIS_SENT_METRICS)
+            except (httpx.HTTPError, ValueError):
+                return None
+            if value is None:
+                return None
+            total += value
+    return total
 
 
 def difference(after: float | None, before: float | None) -> int | None:

@@ -24,6 +24,14 @@ whatever is installed). Before its serving line it prints the implementations it
 got, ``seed-baseline: implementation {"loop": ..., "http": ..., "ws": ...}``, so that the
 benchmark records them; a requested implementation that is missing stops it with an error.
 
+Scaled out the way its users scale it (the benchmark's scenario 7): ``--redis-url`` puts
+python-socketio's ``AsyncRedisManager`` behind the server (every emit is published on one
+Redis channel, ``--redis-channel``, and every process emits to its own members of the room),
+and ``--workers N`` runs N such processes on one port, as ``uvicorn --workers N`` does: this
+process binds the socket and starts N children that accept on it (the kernel hands each
+connection to one of them; no sid routing, so websocket-only clients). It prints its serving
+line once every child is ready and stops them all when it is stopped.
+
 Run: ``python -m bench.seed_baseline --port 0 --agent-url http://127.0.0.1:8052``; it
 prints ``seed-baseline: serving on http://127.0.0.1:<port>`` once bound.
 """
@@ -34,8 +42,11 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import socket
+import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
@@ -55,9 +66,23 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def create_app(agent_url: str, *, shared_client: bool = False) -> socketio.ASGIApp:
+#: how long ``--workers`` waits for every child to be ready before giving up
+WORKERS_READY_TIMEOUT_S = 30.0
+#: how long a stopped ``--workers`` parent waits for its children to exit before killing them
+WORKERS_STOP_GRACE_S = 5.0
+
+
+def create_app(
+    agent_url: str,
+    *,
+    shared_client: bool = False,
+    redis_url: str = "",
+    redis_channel: str = "socketio",
+) -> socketio.ASGIApp:
+    manager = socketio.AsyncRedisManager(redis_url, channel=redis_channel) if redis_url else None
     sio = socketio.AsyncServer(
         async_mode="asgi",
+        client_manager=manager,
         cors_allowed_origins="*",
         ping_timeout=int(os.environ.get("SOCKETIO_PING_TIMEOUT", "60")),
         ping_interval=int(os.environ.get("SOCKETIO_PING_INTERVAL", "25")),
@@ -222,15 +247,31 @@ def create_app(agent_url: str, *, shared_client: bool = False) -> socketio.ASGIA
     return socketio.ASGIApp(sio, other_asgi_app=rest)
 
 
-def make_config(agent_url: str, shared_client: bool, loop: str, http: str) -> uvicorn.Config:
+def make_config(
+    agent_url: str,
+    shared_client: bool,
+    loop: str,
+    http: str,
+    *,
+    redis_url: str = "",
+    redis_channel: str = "socketio",
+) -> uvicorn.Config:
     """The uvicorn configuration, loaded: its protocol classes are resolved.
 
     Raises :class:`ImportError` naming the missing package if ``http`` asks for an
-    implementation that is not installed (uvicorn itself would exit without a word)."""
+    implementation that is not installed (uvicorn itself would exit without a word), or
+    ``redis`` when ``redis_url`` is set without it."""
     if http == "httptools":
         import httptools  # noqa: F401 (only its presence is checked)
+    if redis_url:
+        import redis  # noqa: F401 (AsyncRedisManager imports it only when it connects)
     config = uvicorn.Config(
-        create_app(agent_url, shared_client=shared_client),
+        create_app(
+            agent_url,
+            shared_client=shared_client,
+            redis_url=redis_url,
+            redis_channel=redis_channel,
+        ),
         loop=loop,
         http=http,
         log_level="warning",
@@ -262,10 +303,14 @@ def implementation(config: uvicorn.Config) -> dict[str, str]:
     }
 
 
-async def serve(host: str, port: int, config: uvicorn.Config, label: str) -> None:
+def bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    return sock
+
+
+async def serve(host: str, sock: socket.socket, config: uvicorn.Config, label: str) -> None:
     server = uvicorn.Server(config)
     task = asyncio.ensure_future(server.serve(sockets=[sock]))
     while not server.started and not task.done():
@@ -274,6 +319,57 @@ async def serve(host: str, port: int, config: uvicorn.Config, label: str) -> Non
         print(f"{label}: implementation {json.dumps(implementation(config))}", flush=True)
         print(f"{label}: serving on http://{host}:{sock.getsockname()[1]}", flush=True)
     await task
+
+
+def supervise(argv: list[str], workers: int, host: str, port: int, label: str) -> None:
+    """``--workers N``: bind here, run N children accepting on the same socket (each its
+    own event loop, app and Redis manager), print the serving line once all are ready,
+    and on SIGTERM or a child's exit stop them all."""
+    sock = bind(host, port)
+    sock.listen(4096)
+    child_argv = [sys.executable, "-m", "bench.seed_baseline", *argv, "--fd", str(sock.fileno())]
+    children = [
+        subprocess.Popen(
+            [*child_argv, "--worker-index", str(i)],
+            pass_fds=(sock.fileno(),),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for i in range(workers)
+    ]
+    ready = threading.Semaphore(0)
+    stopping = threading.Event()
+
+    def relay(child: subprocess.Popen[bytes]) -> None:
+        assert child.stdout is not None
+        for raw in child.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            if ": serving on " in line:
+                ready.release()
+                continue
+            print(line, flush=True)
+        stopping.set()
+
+    for child in children:
+        threading.Thread(target=relay, args=(child,), daemon=True).start()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        started = all(ready.acquire(timeout=WORKERS_READY_TIMEOUT_S) for _ in children)
+        if started and not stopping.is_set():
+            print(f"{label}: serving on http://{host}:{sock.getsockname()[1]}", flush=True)
+            stopping.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(WORKERS_STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -292,10 +388,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--http", default="httptools", choices=("httptools", "h11", "auto"), help="HTTP parser"
     )
+    parser.add_argument(
+        "--redis-url", default="", help="scale out: python-socketio's AsyncRedisManager on it"
+    )
+    parser.add_argument(
+        "--redis-channel", default="socketio", help="the AsyncRedisManager's pub/sub channel"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes sharing the port (needs --redis-url)"
+    )
+    parser.add_argument("--fd", type=int, default=-1, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-index", type=int, default=-1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     label = "seed-baseline-shared" if args.shared_client else "seed-baseline"
+    if args.workers > 1 and args.fd < 0:
+        if not args.redis_url:
+            parser.error("--workers above 1 needs --redis-url: the workers share rooms through it")
+        own = list(sys.argv[1:] if argv is None else argv)
+        supervise(own, args.workers, args.host, args.port, label)
+        return
+    if args.worker_index >= 0:
+        label = f"{label}-{args.worker_index}"
     try:
-        config = make_config(args.agent_url.rstrip("/"), args.shared_client, args.loop, args.http)
+        config = make_config(
+            args.agent_url.rstrip("/"),
+            args.shared_client,
+            args.loop,
+            args.http,
+            redis_url=args.redis_url,
+            redis_channel=args.redis_channel,
+        )
         factory = loop_factory(config)
     except ImportError as exc:
         # The bench extra installs uvicorn[standard]; without it the figures would be
@@ -304,7 +426,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(serve(args.host, args.port, config, label))
+            sock = socket.socket(fileno=args.fd) if args.fd >= 0 else bind(args.host, args.port)
+            runner.run(serve(args.host, sock, config, label))
     except KeyboardInterrupt:
         sys.exit(0)
 

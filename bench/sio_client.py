@@ -190,6 +190,16 @@ class Client:
         self.turn: Turn | None = None
         self.errors: list[str] = []
         self.acks: dict[int, trio.Event] = {}
+        #: the arguments of each acknowledgement received, by ack id (read by the caller)
+        self.ack_args: dict[int, list[Any]] = {}
+        #: ``error`` events with code ``owner_lost`` (a cluster node died with the turn)
+        self.owner_lost = 0
+        #: ... of which carried a seq this client had already seen (dropped as stale)
+        self.owner_lost_stale = 0
+        #: the status of every ``stream_complete`` this client saw, in order
+        self.completions: list[str] = []
+        #: the session's second member, on another process (scenario 7's cross-node points)
+        self.peer: Client | None = None
         self._next_ack = 1
         self.scope = trio.CancelScope()
         self.connected_ok = False
@@ -311,6 +321,8 @@ class Client:
                 self._on_event(str(args[0]), args[1] if len(args) > 1 else None, now)
             elif kind == "ack" and ack_id is not None:
                 done = self.acks.pop(ack_id, None)
+                if done is not None:
+                    self.ack_args[ack_id] = args
                 if self.turn is not None and self.turn.stop_ack_id == ack_id:
                     self.turn.stop_acked = True
                 if done is not None:
@@ -335,6 +347,10 @@ class Client:
         payload: dict[str, Any] = data if isinstance(data, dict) else {}
         seq = payload.get("seq")
         turn = self.turn
+        if name == "error" and payload.get("code") == "owner_lost":
+            self.owner_lost += 1
+            if isinstance(seq, int) and seq <= self.last_seq:
+                self.owner_lost_stale += 1
         if isinstance(seq, int):
             if seq <= self.last_seq and name != "connection_confirmed":
                 if turn is not None:
@@ -363,6 +379,7 @@ class Client:
                 # (stream events are not stored) and no turn is in progress: it is over.
                 turn.done.set()
         elif name == "stream_complete":
+            self.completions.append(str(payload.get("status", "complete")))
             if turn is not None:
                 turn.completed_at = now
                 turn.status = str(payload.get("status", "complete"))

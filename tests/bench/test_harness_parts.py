@@ -103,8 +103,10 @@ def sha(text: str) -> str:
 
 
 def test_a_reply_is_whole_by_its_chunks_or_by_its_final_message() -> None:
-    streams = {t: {"text_sha256": sha("abc")} for t in ("a", "b", "c", "d")}
-    texts = {
+    streams: dict[str, dict[str, str | None]] = {
+        t: {"text_sha256": sha("abc")} for t in ("a", "b", "c", "d")
+    }
+    texts: dict[str, dict[str, str | bool | None]] = {
         "a": {"chunks_sha256": sha("abc"), "message_sha256": None, "cut": False},
         "b": {"chunks_sha256": sha("a"), "message_sha256": sha("abc"), "cut": True},
         "c": {"chunks_sha256": sha("ab"), "message_sha256": sha("ab"), "cut": True},
