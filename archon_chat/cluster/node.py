@@ -545,16 +545,16 @@ class ClusterNode:
             events, self._queued = self._queued, 0
             turn_ops, self._turn_ops = self._turn_ops, {}
             releases, self._releases = self._releases, []
+            # Requests and replies first: a stop or a join's state must not queue behind
+            # a flush's worth of chunks (joins drop what they already replayed).
+            control: list[tuple[str, bytes]] = []
             messages: list[tuple[str, bytes]] = []
             for node, items in out.items():
                 channel = self._key("node", node)
                 writer: codec.BatchWriter | None = None
                 for item in items:
                     if isinstance(item, bytes):
-                        if writer is not None:
-                            messages.append((channel, writer.finish()))
-                            writer = None
-                        messages.append((channel, item))
+                        control.append((channel, item))
                         continue
                     if writer is None:
                         writer = codec.BatchWriter(self.settings.cluster_batch_bytes)
@@ -566,6 +566,7 @@ class ClusterNode:
                             events -= 1
                 if writer is not None:
                     messages.append((channel, writer.finish()))
+            messages[:0] = control
             commands = len(messages) + len(releases)
             turns_key = self._key("turns", self.id)
             added = [s for s, on in turn_ops.items() if on and s in self._turns]
@@ -679,7 +680,15 @@ class ClusterNode:
         self.metrics.routed.labels(kind=kind).inc()
         try:
             with trio.move_on_after(self.settings.cluster_rpc_timeout_s):
-                await call.done.wait()
+                while True:
+                    # A dead owner never answers: once its lease is gone or taken, the
+                    # command goes to whoever owns the session now (checked each slice).
+                    with trio.move_on_after(self.settings.lease_s / 4):
+                        await call.done.wait()
+                    if call.done.is_set() or not session_id:
+                        break
+                    if await self._lease_moved(session_id, node):
+                        raise NotOwner(session_id)
         finally:
             del self._calls[call_id]
         if not call.done.is_set():
@@ -689,6 +698,17 @@ class ClusterNode:
         if call.ok:
             return call.result
         raise _error_of(call.result)
+
+    async def _lease_moved(self, session_id: str, owner: str) -> bool:
+        """Whether ``owner`` no longer holds the session's lease (unknown: ``False``)."""
+        try:
+            with trio.fail_after(self.settings.redis_timeout_s):
+                value = await self.redis.get(self._key("lease", session_id))
+            self.metrics.redis_commands.inc()
+        except (coredis.exceptions.RedisError, trio.TooSlowError, OSError):
+            return False
+        lease = scripts.parse_lease(value)
+        return lease is None or lease[0] != owner
 
     def _serve(self, request: codec.Request) -> None:
         if request.kind == "watch":

@@ -129,6 +129,8 @@ class Gateway:
         self._cancel_requested: dict[str, float] = {}
         #: sessions whose turn was stopped and has not ended: its chunks are dropped
         self._stopped: set[str] = set()
+        #: session -> {sid: seq}: a socket that just joined has had everything up to seq
+        self._floors: dict[str, dict[str, int]] = {}
         #: cluster mode: session -> seq of the newest event relayed to its room here
         #: (sessions with members or a turn in flight)
         self._last_seq: dict[str, int] = {}
@@ -359,6 +361,9 @@ class Gateway:
             self.metrics.replay_reloads.inc()
         confirmed = wire.confirmed(session_id, state, reload=reload)
         self.emitter.emit("connection_confirmed", confirmed, to=sid)
+        # Events up to the state's seq that are still on their way (in the fan-out's
+        # channel, or from the owning node) were just replayed: not again to this socket.
+        self._floors.setdefault(session_id, {})[sid] = state.last_seq
         for event in join.parked:
             if event.seq > state.last_seq:
                 self._emit(event, to=sid)
@@ -392,6 +397,11 @@ class Gateway:
         session_id = validation.session_id_of(data)
         cancelled = False
         room = wire.room_of(session_id)
+        floors = self._floors.get(session_id)
+        if floors is not None:
+            floors.pop(sid, None)
+            if not floors:
+                del self._floors[session_id]
         if self.emitter.leave_room(sid, room):
             # No connected member is left here; in a cluster, maybe on other nodes.
             nobody = self.cluster is None or await self.cluster.left(
@@ -573,6 +583,7 @@ class Gateway:
         session_id = wire.session_of(room)
         if session_id is None:
             return
+        self._floors.pop(session_id, None)
         if self.cluster is not None:
             if session_id not in self._turns_in_flight:
                 self._last_seq.pop(session_id, None)
@@ -705,6 +716,16 @@ class Gateway:
             return
         joins = self._joining.get(session_id)
         skip: list[str] = []
+        floors = self._floors.get(session_id)
+        if floors:
+            seq = event.seq
+            for joined, floor in list(floors.items()):
+                if seq <= floor:
+                    skip.append(joined)
+                else:  # in seq order from here: nothing more to hold back for it
+                    del floors[joined]
+            if not floors:
+                del self._floors[session_id]
         if joins:
             for sid, join in joins.items():
                 if len(join.parked) >= self.settings.join_buffer:
