@@ -144,6 +144,9 @@ class ClusterNode:
         self._dest: dict[str, set[str]] = {}
         #: session -> newest owner epoch seen (events of older owners are dropped)
         self._epochs: OrderedDict[str, int] = OrderedDict()
+        #: session -> the node whose events for it arrived last (a hint: a stop or a
+        #: join's state request goes there without asking Redis first)
+        self._owners: dict[str, str] = {}
         #: session -> what this node registered in its room hash ("c" or "g")
         self._watching: dict[str, str] = {}
         #: watches that could not be registered (Redis unreachable): registered again
@@ -318,7 +321,8 @@ class ClusterNode:
         self._epochs[session_id] = epoch
         self._epochs.move_to_end(session_id)
         while len(self._epochs) > self.settings.cluster_epochs_kept:
-            self._epochs.popitem(last=False)
+            forgotten, _ = self._epochs.popitem(last=False)
+            self._owners.pop(forgotten, None)
         return True
 
     def release(self, session_id: str) -> None:
@@ -439,7 +443,18 @@ class ClusterNode:
             self._send_request(owner, "watch", session_id, {})
         return True
 
+    def owner_hint(self, session_id: str) -> str | None:
+        """The node this one last received the session's events from, if it still has
+        the session in mind: likely its owner (a request to it says if it is not)."""
+        owner = self._owners.get(session_id)
+        return None if owner is None or session_id not in self._epochs else owner
+
+    def forget_owner(self, session_id: str) -> None:
+        self._owners.pop(session_id, None)
+
     async def owned_anywhere(self, session_id: str) -> bool:
+        if self.owns(session_id) or self.owner_hint(session_id) is not None:
+            return True
         try:
             return await self.resolve(session_id, take=False) is not None
         except ClusterUnavailable:
@@ -653,6 +668,7 @@ class ClusterNode:
                 if not self._saw_epoch(event.session_id, epoch) or owner == self.id:
                     self.metrics.dropped_events.labels(reason="deposed").inc()
                     continue
+                self._owners[event.session_id] = owner
                 gateway.relay_remote(event)
                 received += 1
             self.metrics.received_events.inc(received)
@@ -930,11 +946,16 @@ class RoutingHub:
     async def deliver(self, session_id: str, command: Command) -> None:
         node = self.node
         cancel = isinstance(command, CancelTurn)
+        hint = None if isinstance(command, SubmitMessage) else node.owner_hint(session_id)
         for attempt in range(4):
             if attempt:
                 # The owner was letting go (passivating) or changing: let it finish.
                 await trio.sleep(0.05 * attempt)
-            owner = await node.resolve(session_id, take=not cancel)
+            if hint is not None and not node.owns(session_id):
+                owner: str | None = hint  # a stop must not wait for a Redis round trip
+                hint = None
+            else:
+                owner = await node.resolve(session_id, take=not cancel)
             if owner == node.id:
                 try:
                     await self.local.deliver(session_id, command)
@@ -949,6 +970,7 @@ class RoutingHub:
             try:
                 result = await node.request(owner, *_request_of(command, session_id))
             except NotOwner:
+                node.forget_owner(session_id)
                 continue
             _answer(command, _result_of(command, result))
             return
