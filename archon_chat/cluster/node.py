@@ -699,7 +699,7 @@ class ClusterNode:
                 while True:
                     # A dead owner never answers: once its lease is gone or taken, the
                     # command goes to whoever owns the session now (checked each slice).
-                    with trio.move_on_after(self.settings.lease_s / 4):
+                    with trio.move_on_after(min(0.5, self.settings.lease_s / 10)):
                         await call.done.wait()
                     if call.done.is_set() or not session_id:
                         break
