@@ -87,7 +87,9 @@ def _free_port() -> int:
 
 
 @asynccontextmanager
-async def open_redis(prefer_private: bool = True) -> AsyncIterator[RedisTarget]:
+async def open_redis(
+    prefer_private: bool = True, machine: tuple[str, int] = MACHINE_REDIS
+) -> AsyncIterator[RedisTarget]:
     """The run's Redis (see the module's docstring); cleaned up or stopped on exit.
 
     Raises :class:`BenchError` if there is neither a redis-server binary nor a Redis
@@ -95,8 +97,8 @@ async def open_redis(prefer_private: bool = True) -> AsyncIterator[RedisTarget]:
     prefix = f"bench{secrets.token_hex(4)}:"
     binary = shutil.which("redis-server")
     if binary is None or not prefer_private:
-        if await trio.to_thread.run_sync(_answers, *MACHINE_REDIS):
-            target = RedisTarget(*MACHINE_REDIS, db=0, prefix=prefix, private=False)
+        if await trio.to_thread.run_sync(_answers, *machine):
+            target = RedisTarget(*machine, db=0, prefix=prefix, private=False)
             try:
                 yield target
             finally:

@@ -12,23 +12,20 @@ a timing.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
-import redis
 import trio
 
 from bench import cluster, report, scale, scenarios
 from bench.runner import open_worker_pool, python, start_server
 
-OURS_PRESENT = importlib.util.find_spec("archon_chat.cluster") is not None
 #: the whole scenario, three gateways, with the failover's lease expiry in it
 CEILING_S = 240
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not OURS_PRESENT, reason="no cluster mode in this tree")
 async def test_every_point_of_the_scale_scenario_runs() -> None:
     statuses: list[str] = []
     with trio.fail_after(CEILING_S):
@@ -85,7 +82,6 @@ async def test_every_point_of_the_scale_scenario_runs() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not OURS_PRESENT, reason="no cluster mode in this tree")
 async def test_two_workers_on_one_port_carry_the_sweep() -> None:
     """``ours-2`` as ``serve --workers 2``: the kernel's choice of worker, Redis between."""
     plan = dataclasses.replace(scenarios.SMOKE, scale_paces=(0.0,))
@@ -109,13 +105,13 @@ async def test_two_workers_on_one_port_carry_the_sweep() -> None:
     assert sweep["redis_sent"] is None  # /metrics would answer for one worker only
 
 
-async def test_the_machines_redis_is_cleaned_of_the_runs_keys() -> None:
-    try:
-        redis.Redis(*cluster.MACHINE_REDIS, socket_timeout=1).ping()
-    except redis.RedisError:
-        pytest.skip("no Redis on 127.0.0.1:6379 (the private path is the smoke test's)")
+async def test_the_machines_redis_is_cleaned_of_the_runs_keys(redis_server: str) -> None:
+    """A shared Redis (the tests' one: the machine's, else a private server) keeps none
+    of the run's keys."""
+    address = urlsplit(redis_server)
+    machine = (address.hostname or "127.0.0.1", address.port or 6379)
     with trio.fail_after(30):
-        async with cluster.open_redis(prefer_private=False) as target:
+        async with cluster.open_redis(prefer_private=False, machine=machine) as target:
             assert not target.private
             client = target.client()
             client.set(f"{target.prefix}a", "1")
