@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.cluster.test_nodes import WHERE, two_nodes
+from tests.cluster.test_nodes import WHERE, metric, two_nodes
 from tests.e2e.support import create_session
 from tests.redis_server import RedisTarget
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = Path(__file__).parent / "node" / "recover_on_another_node.mjs"
+SCRIPT = ROOT / "tests" / "e2e" / "node" / "recover_mid_stream.mjs"
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is required")
@@ -33,7 +33,7 @@ async def test_the_npm_client_is_recovered_on_another_node(
         ) as (agents, n0, n1):
             session_id = await create_session(n0.url)
             result = await trio.run_process(
-                ["node", str(SCRIPT), n0.url, n1.url, session_id, "slow", "3"],
+                ["node", str(SCRIPT), n0.url, session_id, "slow", "3", "opt-in", n1.url],
                 capture_stdout=True,
                 capture_stderr=True,
                 cwd=ROOT,
@@ -50,3 +50,6 @@ async def test_the_npm_client_is_recovered_on_another_node(
             seqs = [s for s in out["seqs"] if s is not None]
             assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), out
             assert agents.disconnects == []
+            # recovered by the other node (a hand-over), not by the one it dropped from
+            assert await metric(n1.url, "archon_chat_connection_recoveries") == 1
+            assert await metric(n0.url, "archon_chat_connection_recoveries") == 0

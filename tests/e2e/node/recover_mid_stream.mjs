@@ -1,11 +1,14 @@
 // The stock socket.io-client loses its transport mid-stream. Prints one JSON line:
 // {recovered, rejoined, chunks, seqs, final, events, pid}.
 // usage: node recover_mid_stream.mjs <url> <session_id> <prompt> <drop_after_chunks> [opt-in]
+//        [url_after_drop]
 // With "opt-in" (the default) the client asks for recovery (auth {recover: true}); with
-// "plain" it sends no auth at all, as a page that knows nothing of our option.
+// "plain" it sends no auth at all, as a page that knows nothing of our option. With
+// url_after_drop, the reconnect goes there (another node of a cluster).
 import { io } from "socket.io-client";
 
-const [url, sessionId, prompt, dropAfterRaw, ask = "opt-in"] = process.argv.slice(2);
+const [url, sessionId, prompt, dropAfterRaw, ask = "opt-in", urlAfterDrop] =
+  process.argv.slice(2);
 const dropAfter = Number(dropAfterRaw);
 const out = { recovered: null, rejoined: false, chunks: [], seqs: [], final: null, events: [] };
 const deadline = setTimeout(() => finish("timeout"), 20000);
@@ -35,6 +38,7 @@ for (const name of ["message", "stream_chunk", "stream_complete", "typing", "err
       out.chunks.push(data.content);
       if (!dropped && out.chunks.length >= dropAfter) {
         dropped = true;
+        if (urlAfterDrop) socket.io.uri = urlAfterDrop; // the reconnect goes there
         socket.io.engine.close();
       }
     }
