@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from archon_chat.origins import OriginPolicy
 
@@ -158,6 +158,14 @@ def _sid_prefix(raw: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.-]{0,16}", raw):
         raise ValueError("must be at most 16 of A-Z a-z 0-9 _ - .")
     return raw
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its userinfo (``http://user:pass@host`` -> ``http://***@host``)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
 def _text(raw: str) -> str:

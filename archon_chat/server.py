@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import trio
@@ -34,7 +33,7 @@ from actors.chat.messages import SessionEvent
 from actors.chat.settings import AgentsClientSettings, HubSettings
 from archon_chat.agents import serve_agents
 from archon_chat.cluster.serve import attach_recovery, new_node, open_redis
-from archon_chat.config import Settings, derive
+from archon_chat.config import Settings, derive, redact_url
 from archon_chat.gateway import sockets
 from archon_chat.gateway.core import Gateway
 from archon_chat.gateway.emitter import LocalEmitter
@@ -246,14 +245,6 @@ async def _serve_gateway(
             nursery.cancel_scope.cancel()
         # The hub has stopped every actor: no more events.
         events_send.close()
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its userinfo (``http://user:pass@host`` -> ``http://***@host``)."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
 def _host(host: str) -> str:

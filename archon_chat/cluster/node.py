@@ -70,7 +70,7 @@ from actors.chat.messages import (
     TurnStarted,
     TurnState,
 )
-from archon_chat.config import Settings
+from archon_chat.config import Settings, redact_url
 from archon_chat.gateway import wire
 from archon_chat.gateway.core import Gateway
 
@@ -208,7 +208,7 @@ class ClusterNode:
             except (coredis.exceptions.RedisError, trio.TooSlowError, OSError) as exc:
                 if trio.current_time() + delay > deadline:
                     raise ClusterUnavailable(
-                        f"Redis at {redact(self.settings.redis_url)} cannot be reached: {exc}"
+                        f"Redis at {redact_url(self.settings.redis_url)} cannot be reached: {exc}"
                     ) from None
                 log.warning("Redis not reachable yet (%s); retrying", exc)
                 await trio.sleep(delay)
@@ -914,15 +914,6 @@ def _error_of(code: Any) -> HubError:
     if code == "closed":
         return HubClosed("the node owning the session is shutting down")
     return ClusterUnavailable(f"The node owning the session failed ({code}); retry")
-
-
-def redact(url: str) -> str:
-    """``url`` without its password."""
-    head, at, tail = url.rpartition("@")
-    if not at:
-        return url
-    scheme, _, _ = head.partition("://")
-    return f"{scheme}://***@{tail}"
 
 
 class RoutingHub:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import trio
 
-from archon_chat.server import redact_url
+from archon_chat.config import redact_url
 from tests.e2e.agents_fake import AgentsFake
 from tests.e2e.support import gateway_settings, running_gateway
 
