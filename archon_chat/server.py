@@ -122,14 +122,6 @@ async def _serve_gateway(
     task_status: trio.TaskStatus[Running],
 ) -> None:
     metrics = Metrics()
-    hypercorn_hooks.install(
-        write_timeout_s=settings.write_timeout_s,
-        read_timeout_s=settings.http_read_timeout_s,
-        max_connections_per_address=(
-            0 if settings.trusted_proxy else settings.max_connections_per_address
-        ),
-        on_error=lambda kind: metrics.connection_errors.labels(kind).inc(),
-    )
     events_send, events_receive = trio.open_memory_channel[SessionEvent](
         settings.events_channel_size
     )
@@ -200,6 +192,15 @@ async def _serve_gateway(
             config.errorlog = logging.getLogger("archon_chat.http")
             config.websocket_max_message_size = settings.max_http_buffer_size
             config.keep_alive_timeout = settings.http_keep_alive_s
+            hypercorn_hooks.install(
+                config,
+                write_timeout_s=settings.write_timeout_s,
+                read_timeout_s=settings.http_read_timeout_s,
+                max_connections_per_address=(
+                    0 if settings.trusted_proxy else settings.max_connections_per_address
+                ),
+                on_error=lambda kind: metrics.connection_errors.labels(kind).inc(),
+            )
             http_closed = trio.Event()
 
             async def shutdown_trigger() -> None:

@@ -1,10 +1,13 @@
 """Every hook into hypercorn's (and through it h11's and wsproto's) internals, in one place.
 
 Hypercorn has no settings for what follows, so :func:`install` swaps a few of its classes
-for subclasses, process-wide (every connection its trio worker accepts from then on; calling
-it again only changes the values). The hooked internals are listed in ``HOOKED``; the
-hypercorn version is pinned to a range in pyproject.toml, and
-``tests/hardening/test_hooks_shape.py`` fails when one of them changes shape.
+for subclasses, process-wide, and attaches the values below to one server's ``Config``:
+each server keeps its own (the gateway and the built-in agents service share a process, and
+the gateway's own connections to that service must not count against its clients' cap). A
+server whose config was not given values gets hypercorn's behaviour plus containment. The
+hooked internals are listed in ``HOOKED``; the hypercorn version is pinned to a range in
+pyproject.toml, and ``tests/hardening/test_hooks_shape.py`` fails when one of them changes
+shape.
 
 Containment
     Hypercorn runs each connection in a task of the server's nursery, which sits in our root
@@ -77,6 +80,7 @@ import math
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -99,7 +103,15 @@ from wsproto.events import BytesMessage, TextMessage
 from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import LocalProtocolError
 
-__all__ = ["HOOKED", "SEND_MANY", "install", "refuse_permessage_deflate", "serve_connections"]
+__all__ = [
+    "HOOKED",
+    "SEND_MANY",
+    "Guard",
+    "guard_of",
+    "install",
+    "refuse_permessage_deflate",
+    "serve_connections",
+]
 
 # The ASGI message type, with hooks installed, that writes several websocket frames at once.
 SEND_MANY = "websocket.send_many"
@@ -136,19 +148,38 @@ def _ignore(kind: str) -> None:
     return None
 
 
-_on_error: Callable[[str], None] = _ignore
+@dataclass(eq=False)
+class Guard:
+    """One server's values for the hooks (see :func:`install`), and its open connections."""
+
+    write_timeout_s: float = math.inf
+    read_timeout_s: float = math.inf
+    max_connections_per_address: int = 0  # 0: no cap
+    on_error: Callable[[str], None] = _ignore
+    open_per_address: Counter[str] = field(default_factory=Counter)
 
 
+# Where install() keeps a server's Guard: an attribute of its hypercorn Config.
+_GUARD = "_archon_chat_guard"
+# A server nobody gave values: no deadlines or cap beyond hypercorn's own, errors contained.
+_UNGUARDED = Guard()
+
+
+def guard_of(config: Any) -> Guard:
+    """The values :func:`install` attached to ``config`` (hypercorn's behaviour if none)."""
+    guard = getattr(config, _GUARD, None)
+    return guard if isinstance(guard, Guard) else _UNGUARDED
+
+
+@dataclass(eq=False)
 class _Connection:
     """Per connection, shared by its tasks (they inherit the context of its run)."""
 
-    reported = False
+    guard: Guard
+    reported: bool = False
 
 
 _connection: ContextVar[_Connection] = ContextVar("archon_chat_connection")
-
-# Open connections per peer address (the process's hypercorn connections).
-_open_per_address: Counter[str] = Counter()
 
 
 def _first_report() -> bool:
@@ -161,7 +192,7 @@ def _first_report() -> bool:
     return first
 
 
-def _report(group: BaseExceptionGroup[Exception], peer: str) -> None:
+def _report(group: BaseExceptionGroup[Exception], peer: str, guard: Guard) -> None:
     """Log an error that ended a connection (its traceback only if it is our bug) and
     count it: once per connection, the first error being the cause of the rest."""
     if not _first_report():
@@ -172,7 +203,7 @@ def _report(group: BaseExceptionGroup[Exception], peer: str) -> None:
         log.error("connection from %s aborted by an error", peer, exc_info=error)
     else:
         log.info("connection from %s aborted: %s (%r)", peer, kind, error)
-    _on_error(kind)
+    guard.on_error(kind)
 
 
 async def _handle_app(
@@ -192,7 +223,7 @@ async def _handle_app(
         await app(scope, receive, send, sync_spawn, call_soon)
     except* Exception as group:
         client = scope.get("client")
-        _report(group, f"{client[0]}:{client[1]}" if client else "?")
+        _report(group, f"{client[0]}:{client[1]}" if client else "?", guard_of(config))
     finally:
         await send(None)
 
@@ -260,33 +291,34 @@ class _BatchingWSStream(ws_stream.WSStream):
 
 
 class _GuardedTCPServer(TCPServer):
-    # Set by install() from the settings of the same meaning, before the first connection.
-    write_timeout_s: float
-    read_timeout_s: float
-    max_connections_per_address: int  # 0: no cap
+    @property
+    def guard(self) -> Guard:
+        return guard_of(self.config)
 
     async def run(self) -> None:
-        _connection.set(_Connection())
+        guard = self.guard
+        _connection.set(_Connection(guard))
         address = _peer(self.stream).rsplit(":", 1)[0]
-        cap = self.max_connections_per_address
-        if cap and _open_per_address[address] >= cap:
+        cap = guard.max_connections_per_address
+        open_now = guard.open_per_address
+        if cap and open_now[address] >= cap:
             log.info("connection from %s refused: %d already open", address, cap)
-            _on_error("address_cap")
+            guard.on_error("address_cap")
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self.stream)
             return
-        _open_per_address[address] += 1
+        open_now[address] += 1
         try:
             await super().run()
         except* Exception as group:
             await self._contain(group)
         finally:
-            _open_per_address[address] -= 1
-            if _open_per_address[address] <= 0:
-                del _open_per_address[address]
+            open_now[address] -= 1
+            if open_now[address] <= 0:
+                del open_now[address]
 
     async def _contain(self, group: BaseExceptionGroup[Exception]) -> None:
-        _report(group, _peer(self.stream))
+        _report(group, _peer(self.stream), self.guard)
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(self.stream)
 
@@ -297,26 +329,28 @@ class _GuardedTCPServer(TCPServer):
         async with self.send_lock:
             try:
                 with trio.CancelScope(shield=True) as scope:
-                    scope.deadline = trio.current_time() + self.write_timeout_s
+                    scope.deadline = trio.current_time() + self.guard.write_timeout_s
                     await self.stream.send_all(event.data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 await self.protocol.handle(Closed())
                 return
             if scope.cancelled_caught:
                 if _first_report():
-                    log.info("write stalled for %.1f s: connection aborted", self.write_timeout_s)
-                    _on_error("write_timeout")
+                    guard = self.guard
+                    log.info("write stalled for %.1f s: connection aborted", guard.write_timeout_s)
+                    guard.on_error("write_timeout")
                 with trio.CancelScope(shield=True):
                     await trio.aclose_forcefully(self.stream)
                     await self.protocol.handle(Closed())
 
     async def _read_data(self) -> None:
+        read_timeout_s = self.guard.read_timeout_s
         deadline = math.inf
         while True:
             if not self._reading_request():
                 deadline = math.inf
             elif deadline == math.inf:
-                deadline = trio.current_time() + self.read_timeout_s
+                deadline = trio.current_time() + read_timeout_s
             with trio.move_on_at(deadline) as timer:
                 try:
                     data = await self.stream.receive_some(tcp_server.MAX_RECV)
@@ -325,7 +359,7 @@ class _GuardedTCPServer(TCPServer):
             if timer.cancelled_caught:
                 # Raised, so that the connection's other tasks (its idle timer, an app
                 # waiting for the body) end with it.
-                raise RequestReadTimeoutError(f"request not read within {self.read_timeout_s} s")
+                raise RequestReadTimeoutError(f"request not read within {read_timeout_s} s")
             await self.protocol.handle(RawData(bytes(data)))
             if data == b"":
                 break
@@ -390,30 +424,30 @@ def refuse_permessage_deflate() -> None:
 
 
 def install(
+    config: Config,
     *,
     write_timeout_s: float,
     read_timeout_s: float,
     max_connections_per_address: int,
     on_error: Callable[[str], None] = _ignore,
-) -> None:
+) -> Guard:
     """Put the hooks above in place for every connection hypercorn's trio worker accepts
-    from now on; ``on_error(kind)`` hears of every aborted or refused connection.
-    ``max_connections_per_address`` (0: no cap) refuses a peer's connection beyond that
-    many open at once. Not a checkpoint."""
+    from now on, and give the server of ``config`` these values: ``on_error(kind)`` hears
+    of every one of its connections aborted or refused; ``max_connections_per_address``
+    (0: no cap) refuses a peer's connection beyond that many open at once on this server.
+    Other servers in the process keep their own values. Not a checkpoint."""
     if not write_timeout_s > 0 or not read_timeout_s > 0:
         raise ValueError("the write and read timeouts must be positive")
     if max_connections_per_address < 0:
         raise ValueError("max_connections_per_address must not be negative")
-    _GuardedTCPServer.write_timeout_s = write_timeout_s
-    _GuardedTCPServer.read_timeout_s = read_timeout_s
-    _GuardedTCPServer.max_connections_per_address = max_connections_per_address
-    global _on_error
-    _on_error = on_error
+    guard = Guard(write_timeout_s, read_timeout_s, max_connections_per_address, on_error)
+    setattr(config, _GUARD, guard)
     setattr(hypercorn_run, "TCPServer", _GuardedTCPServer)  # noqa: B010 (no re-export)
     setattr(ws_stream, "WebsocketBuffer", _BoundedWebsocketBuffer)  # noqa: B010
     setattr(task_group, "_handle", _handle_app)  # noqa: B010
     setattr(hypercorn.protocol, "H11Protocol", _HTTP1Protocol)  # noqa: B010
     setattr(h11_protocol, "WSStream", _BatchingWSStream)  # noqa: B010
+    return guard
 
 
 async def serve_connections(

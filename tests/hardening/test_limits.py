@@ -114,3 +114,30 @@ async def test_open_connections_are_capped_per_address(tmp_path: Path) -> None:
                             await trio.sleep(0.05)
                 await serves_a_turn(gw.url)
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.slow
+async def test_the_address_cap_is_the_gateways_own_not_its_built_in_agents(
+    tmp_path: Path,
+) -> None:
+    """The built-in agents service runs in the gateway's process: the gateway's cap on
+    connections per address must not apply to it (the gateway's own connections to it all
+    come from 127.0.0.1), nor its connections count against the gateway's clients. Twice:
+    the second gateway's agents service starts with the hooks already in place."""
+    with trio.fail_after(30):
+        settings = gateway_settings(tmp_path, "", max_connections_per_address=3)
+        for _ in range(2):
+            async with running_gateway(settings) as gw:
+                assert gw.agents_url
+                held = [await trio.open_tcp_stream("127.0.0.1", gw.port) for _ in range(3)]
+                agents_port = int(gw.agents_url.rsplit(":", 1)[1])
+                also = [await trio.open_tcp_stream("127.0.0.1", agents_port) for _ in range(4)]
+                async with httpx.AsyncClient(base_url=gw.agents_url) as agents:
+                    assert (await agents.get("/health")).status_code == 200
+                for stream in also:
+                    await stream.aclose()
+                refused = await trio.open_tcp_stream("127.0.0.1", gw.port)
+                assert await closed_by_peer(refused, within_s=5)
+                await refused.aclose()
+                for stream in held:
+                    await stream.aclose()

@@ -37,14 +37,16 @@ async def serve_sio_hooked(
     and the app told it may send ``websocket.send_many``."""
     settings = Settings().replace(**options)
     hypercorn_hooks.refuse_permessage_deflate()
+    sio = await _start(nursery, settings)
+    engine = EngineIOApp(sio, send_many_bytes=settings.ws_write_bytes)
+    config = _config()
     hypercorn_hooks.install(
+        config,
         write_timeout_s=settings.write_timeout_s,
         read_timeout_s=settings.http_read_timeout_s,
         max_connections_per_address=0,
     )
-    sio = await _start(nursery, settings)
-    engine = EngineIOApp(sio, send_many_bytes=settings.ws_write_bytes)
-    return sio, await serve_app(nursery, engine if app is None else app(engine))
+    return sio, await serve_app(nursery, engine if app is None else app(engine), config)
 
 
 async def _start(nursery: trio.Nursery, settings: Settings) -> SocketIOServer:
@@ -53,11 +55,17 @@ async def _start(nursery: trio.Nursery, settings: Settings) -> SocketIOServer:
     return sio
 
 
-async def serve_app(nursery: trio.Nursery, app: Any) -> int:
+def _config() -> Config:
     config = Config()
     config.bind = ["127.0.0.1:0"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 0.1
+    return config
+
+
+async def serve_app(nursery: trio.Nursery, app: Any, config: Config | None = None) -> int:
+    """Serve ``app`` with hypercorn on 127.0.0.1 port 0 (``config`` if given); its port."""
+    config = _config() if config is None else config
     binds: list[str] = await nursery.start(serve, app, config)
     return int(binds[0].rsplit(":", 1)[1])

@@ -8,7 +8,7 @@ client. Ceiling: ``trio.fail_after(10)`` (``20`` for the stalled reader).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -23,20 +23,6 @@ from archon_chat.sio.asgi import SEND_MANY
 from archon_chat.transports import hypercorn_hooks
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
-
-
-@pytest.fixture
-def hooks() -> Iterator[None]:
-    """The hooks installed (process-wide); their settings put back afterwards."""
-    guarded = hypercorn_hooks._GuardedTCPServer
-    previous = dict(vars(guarded))
-    hypercorn_hooks.install(write_timeout_s=0.3, read_timeout_s=30.0, max_connections_per_address=0)
-    try:
-        yield
-    finally:
-        for name in ("write_timeout_s", "read_timeout_s", "max_connections_per_address"):
-            if name in previous:
-                setattr(guarded, name, previous[name])
 
 
 async def lifespan(receive: Any, send: Any) -> None:
@@ -57,6 +43,9 @@ async def serving(nursery: trio.Nursery, app: App, stop: trio.Event) -> int:
     config = Config()
     config.bind = ["127.0.0.1:0"]
     config.graceful_timeout = 0.5
+    hypercorn_hooks.install(
+        config, write_timeout_s=0.3, read_timeout_s=30.0, max_connections_per_address=0
+    )
     binds = await nursery.start(
         lambda task_status: serve(
             routed, config, shutdown_trigger=stop.wait, task_status=task_status
@@ -84,7 +73,6 @@ def test_the_app_and_the_hook_name_the_same_message() -> None:
     assert SEND_MANY == hypercorn_hooks.SEND_MANY == "websocket.send_many"
 
 
-@pytest.mark.usefixtures("hooks")
 async def test_frames_of_one_message_go_in_one_write_in_order(writes: list[bytes]) -> None:
     errors: list[BaseException] = []
     done = trio.Event()
@@ -121,7 +109,6 @@ async def test_frames_of_one_message_go_in_one_write_in_order(writes: list[bytes
     assert [type(exc) for exc in errors] == [UnexpectedMessageError, *[TypeError] * 3]
 
 
-@pytest.mark.usefixtures("hooks")
 async def test_a_stalled_reader_of_batches_is_aborted(caplog: pytest.LogCaptureFixture) -> None:
     """The write deadline holds for ``websocket.send_many``: a peer that never reads is
     aborted and the server's shutdown completes."""

@@ -10,7 +10,6 @@ Ceiling: ``trio.fail_after(20)``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,22 +22,6 @@ from archon_chat.transports import hypercorn_hooks
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def short_write_deadline() -> Iterator[None]:
-    """A 0.3 s write deadline for this test; the hooks' process-wide settings are put back
-    afterwards, whether the test passed or not (other tests run in this process)."""
-    guarded = hypercorn_hooks._GuardedTCPServer
-    previous = dict(vars(guarded))
-    hypercorn_hooks.install(write_timeout_s=0.3, read_timeout_s=30.0, max_connections_per_address=0)
-    try:
-        yield
-    finally:
-        for name in ("write_timeout_s", "read_timeout_s", "max_connections_per_address"):
-            if name in previous:
-                setattr(guarded, name, previous[name])
-
-
-@pytest.mark.usefixtures("short_write_deadline")
 async def test_a_stalled_write_aborts_the_connection_and_shutdown_completes(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -63,6 +46,9 @@ async def test_a_stalled_write_aborts_the_connection_and_shutdown_completes(
     config = Config()
     config.bind = ["127.0.0.1:0"]
     config.graceful_timeout = 0.5
+    hypercorn_hooks.install(
+        config, write_timeout_s=0.3, read_timeout_s=30.0, max_connections_per_address=0
+    )
     stop = trio.Event()
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
