@@ -65,9 +65,13 @@ _ENGINE_TYPES: Final = frozenset("0123456")
 _SEPARATORS: Final = (",", ":")
 
 
+# One encoder for every frame: json.dumps with options builds a new one per call.
+_ENCODER: Final = json.JSONEncoder(separators=_SEPARATORS)
+
+
 def dumps(value: Any) -> str:
     """Compact JSON, ASCII only (so a frame's length in characters is its length in bytes)."""
-    return json.dumps(value, separators=_SEPARATORS)
+    return _ENCODER.encode(value)
 
 
 # --- Engine.IO payloads (long-polling bodies) ---------------------------------------------
