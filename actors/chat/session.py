@@ -158,6 +158,8 @@ class _Turn:
     started_at: float = 0.0
     first_chunk_latency_s: float | None = None
     last_saved_at: float = 0.0
+    #: a checkpoint of the partial text is being written (at most one at a time)
+    saving: bool = False
     #: the end of the turn, once decided: the final message, its events, progress
     final: ChatMessage | None = None
     end_events: list[SessionEvent] = field(default_factory=list)
@@ -615,26 +617,47 @@ class SessionActor:
             context=turn.context,
             history=tuple(self._history),
         )
+        # Checkpoints are written beside the relay, never in its way: one rewriting a long
+        # reply (the whole text so far) behind other sessions' writes took seconds, and
+        # every chunk waited for it. Leaving this block waits for one still in flight, so
+        # it lands before the final message replaces it.
+        async with trio.open_nursery() as saves:
+            try:
+                async with self._agents.open_stream(request) as stream:
+                    while True:
+                        event = await stream.receive()
+                        if isinstance(event, StreamFinished):
+                            break
+                        if isinstance(event, ChunkReceived):
+                            # Waiting for the gateway is not the agent's silence: no gap
+                            # deadline while the chunk is relayed.
+                            scope.deadline = turn_deadline
+                            await self._emit_chunk(turn, event.content)
+                        now = trio.current_time()
+                        scope.deadline = min(turn_deadline, now + settings.agent_idle_timeout_s)
+                        if (
+                            now - turn.last_saved_at >= settings.checkpoint_interval_s
+                            and not turn.saving
+                        ):
+                            turn.last_saved_at = now
+                            turn.saving = True
+                            saves.start_soon(self._checkpoint, turn)
+            except AgentsError as exc:
+                failure: tuple[ErrorCode, str] | None = (exc.code, str(exc))
+            else:
+                failure = None
+            # The agent is done: waiting for our own checkpoint is no agent timeout.
+            scope.deadline = math.inf
+        return failure
+
+    async def _checkpoint(self, turn: _Turn) -> None:
+        """Save the partial text of ``turn`` (recovered after a crash of the process)."""
         try:
-            async with self._agents.open_stream(request) as stream:
-                while True:
-                    event = await stream.receive()
-                    if isinstance(event, StreamFinished):
-                        return None
-                    if isinstance(event, ChunkReceived):
-                        # Waiting for the gateway is not the agent's silence: no gap
-                        # deadline while the chunk is relayed.
-                        scope.deadline = turn_deadline
-                        await self._emit_chunk(turn, event.content)
-                    now = trio.current_time()
-                    scope.deadline = min(turn_deadline, now + settings.agent_idle_timeout_s)
-                    if now - turn.last_saved_at >= settings.checkpoint_interval_s:
-                        turn.last_saved_at = now
-                        await self._store.checkpoint_turn(
-                            self.session_id, turn.message_id, turn.joined(), fence=self._fence
-                        )
-        except AgentsError as exc:
-            return exc.code, str(exc)
+            await self._store.checkpoint_turn(
+                self.session_id, turn.message_id, turn.joined(), fence=self._fence
+            )
+        finally:
+            turn.saving = False
 
     async def _end_turn(
         self,

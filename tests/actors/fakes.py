@@ -242,6 +242,12 @@ class FaultyStore(MemoryStore):
         await self._gate("finish_turn")
         await super().finish_turn(message, fence=fence)
 
+    async def checkpoint_turn(
+        self, session_id: str, agent_message_id: str, content: str, *, fence: int
+    ) -> None:
+        await self._gate("checkpoint_turn")
+        await super().checkpoint_turn(session_id, agent_message_id, content, fence=fence)
+
 
 def assert_wire_order(events: Sequence[SessionEvent]) -> None:
     """Per session, wire events leave in strictly increasing seq order, and each marker

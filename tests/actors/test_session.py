@@ -668,6 +668,34 @@ async def test_the_partial_reply_is_checkpointed_while_it_streams(autojump_clock
             await h.cancel(sid)
 
 
+async def test_a_slow_checkpoint_never_holds_the_reply_and_lands_before_the_final(
+    autojump_clock: object,
+) -> None:
+    """A checkpoint stalled in the store (a long reply's text behind other writes): the
+    chunks keep flowing, no second checkpoint starts meanwhile, the agent's silence
+    deadline does not count the wait, and the final message is stored after it."""
+    upstream = script(
+        chunk("a"), Sleep(2), chunk("b"), Sleep(1), chunk("c"), Sleep(1), chunk("d"), COMPLETE
+    )
+    settings = derived(HubSettings, checkpoint_interval_s=2, agent_idle_timeout_s=3)
+    store = FaultyStore()
+    with trio.fail_after(CEILING_S):
+        async with open_harness(upstream, settings, store) as h:
+            store.gates["checkpoint_turn"] = gate = trio.Event()
+            sid = (await store.create_session()).session_id
+            await h.submit(sid, "q")
+            await trio.sleep(60)  # the reply is over; its checkpoint is still stalled
+            events = h.recorder.of(sid)
+            assert [e.content for e in events if isinstance(e, ChunkStreamed)] == list("abcd")
+            assert not any(isinstance(e, TurnEnded) for e in events)
+            gate.set()
+            (ended,) = await h.recorder.turns_ended(1)
+            assert ended.status is MessageStatus.COMPLETE
+            assert store.calls["checkpoint_turn"] == 1
+            (reply,) = [m for m in store.rows(sid) if m.sender == "agent"]
+            assert (reply.status, reply.content) == (MessageStatus.COMPLETE, "abcd")
+
+
 async def test_a_slow_gateway_is_not_an_agent_timeout(autojump_clock: object) -> None:
     upstream = script(chunk("a"), chunk("b"), COMPLETE)
     settings = derived(HubSettings, agent_first_event_timeout_s=3, agent_idle_timeout_s=3)
