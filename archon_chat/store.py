@@ -587,16 +587,26 @@ class SqliteStore:
         await self._write(insert)
 
     async def checkpoint_turn(
-        self, session_id: str, agent_message_id: str, content: str, *, fence: int
+        self,
+        session_id: str,
+        agent_message_id: str,
+        content: str,
+        *,
+        fence: int,
+        offset: int = 0,
     ) -> None:
-        """Save the partial text of the reply in progress (recovered after a crash)."""
+        """Save the partial text of the reply in progress (recovered after a crash): the
+        first ``offset`` characters saved before, then ``content``."""
+        if offset < 0:
+            raise ValueError("offset must not be negative")
 
         def update(conn: sqlite3.Connection) -> None:
             cur = conn.execute(
-                "UPDATE messages SET content = ?1"
+                "UPDATE messages SET content = substr(content, 1, ?5) || ?1"
                 " WHERE id = ?2 AND session_id = ?3 AND status = 'streaming'"
+                " AND length(content) >= ?5"
                 " AND (SELECT fence FROM sessions WHERE id = ?3) <= ?4",
-                (content, agent_message_id, session_id, fence),
+                (content, agent_message_id, session_id, fence, offset),
             )
             if cur.rowcount == 0:
                 _refused(conn, session_id, fence)

@@ -216,9 +216,10 @@ BEGIN_TURN: Final = (
 )
 
 CHECKPOINT_TURN: Final = (
-    _OWNER + ", done AS (UPDATE messages m SET content = %(content)s FROM owner"
+    _OWNER + ", done AS (UPDATE messages m"
+    " SET content = left(m.content, %(offset)s) || %(content)s FROM owner"
     " WHERE m.id = %(id)s AND m.session_id = owner.id AND m.status = 'streaming'"
-    " RETURNING 1)" + _VERDICT
+    " AND char_length(m.content) >= %(offset)s RETURNING 1)" + _VERDICT
 )
 
 FINISH_TURN: Final = (
@@ -733,10 +734,25 @@ class PostgresStore:
         await self._write(_Write([(BEGIN_TURN, params)], _verdict(session_id, fence, what)))
 
     async def checkpoint_turn(
-        self, session_id: str, agent_message_id: str, content: str, *, fence: int
+        self,
+        session_id: str,
+        agent_message_id: str,
+        content: str,
+        *,
+        fence: int,
+        offset: int = 0,
     ) -> None:
-        """Save the partial text of the reply in progress (recovered after a crash)."""
-        params = {"sid": session_id, "fence": fence, "id": agent_message_id, "content": content}
+        """Save the partial text of the reply in progress (recovered after a crash): the
+        first ``offset`` characters saved before, then ``content``."""
+        if offset < 0:
+            raise ValueError("offset must not be negative")
+        params = {
+            "sid": session_id,
+            "fence": fence,
+            "id": agent_message_id,
+            "content": content,
+            "offset": offset,
+        }
         what = f"no reply {agent_message_id} in progress in {session_id}"
         write = _Write([(CHECKPOINT_TURN, params)], _verdict(session_id, fence, what), False)
         await self._write(write)

@@ -312,15 +312,28 @@ class MemoryStore:
         session.updated_at = self._now()
 
     async def checkpoint_turn(
-        self, session_id: str, agent_message_id: str, content: str, *, fence: int
+        self,
+        session_id: str,
+        agent_message_id: str,
+        content: str,
+        *,
+        fence: int,
+        offset: int = 0,
     ) -> None:
         self.calls["checkpoint_turn"] += 1
+        if offset < 0:
+            raise ValueError("offset must not be negative")
         await trio.lowlevel.checkpoint()
         session = self._require(session_id, fence)
         i = session.index.get(agent_message_id)
-        if i is None or session.rows[i].status is not MessageStatus.STREAMING:
+        if (
+            i is None
+            or session.rows[i].status is not MessageStatus.STREAMING
+            or len(session.rows[i].content) < offset
+        ):
             raise ConflictError(f"no reply {agent_message_id} in progress in {session_id}")
-        session.rows[i] = dataclasses.replace(session.rows[i], content=content)
+        saved = session.rows[i].content[:offset]
+        session.rows[i] = dataclasses.replace(session.rows[i], content=saved + content)
 
     async def finish_turn(self, message: ChatMessage, *, fence: int) -> None:
         self.calls["finish_turn"] += 1

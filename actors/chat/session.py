@@ -160,6 +160,8 @@ class _Turn:
     last_saved_at: float = 0.0
     #: a checkpoint of the partial text is being written (at most one at a time)
     saving: bool = False
+    #: characters of the text the store holds from the checkpoints so far
+    saved_len: int = 0
     #: the end of the turn, once decided: the final message, its events, progress
     final: ChatMessage | None = None
     end_events: list[SessionEvent] = field(default_factory=list)
@@ -167,11 +169,25 @@ class _Turn:
     sent: int = 0
 
     def joined(self) -> str:
-        """The text so far; the pieces are joined once and kept joined, so rejoins and
-        checkpoints do not each rebuild the whole reply from its chunks."""
+        """The text so far; the pieces are joined once and kept joined, so rejoins do not
+        each rebuild the whole reply from its chunks."""
         if len(self.text) != 1:
             self.text[:] = ["".join(self.text)]
         return self.text[0] if self.text else ""
+
+    def tail(self, start: int) -> str:
+        """The text from character ``start`` on, built from the last pieces only."""
+        need = self.text_len - start
+        parts: list[str] = []
+        for piece in reversed(self.text):
+            if need <= 0:
+                break
+            if len(piece) > need:
+                piece = piece[len(piece) - need :]
+            parts.append(piece)
+            need -= len(piece)
+        parts.reverse()
+        return "".join(parts)
 
 
 class SessionActor:
@@ -651,11 +667,18 @@ class SessionActor:
         return failure
 
     async def _checkpoint(self, turn: _Turn) -> None:
-        """Save the partial text of ``turn`` (recovered after a crash of the process)."""
+        """Save the partial text of ``turn`` (recovered after a crash of the process): the
+        text that came since the last checkpoint, appended to what that one saved."""
+        start, end = turn.saved_len, turn.text_len
         try:
             await self._store.checkpoint_turn(
-                self.session_id, turn.message_id, turn.joined(), fence=self._fence
+                self.session_id,
+                turn.message_id,
+                turn.tail(start),
+                fence=self._fence,
+                offset=start,
             )
+            turn.saved_len = end
         finally:
             turn.saving = False
 

@@ -179,9 +179,19 @@ class ChatStore(Protocol):
         ...
 
     async def checkpoint_turn(
-        self, session_id: str, agent_message_id: str, content: str, *, fence: int
+        self,
+        session_id: str,
+        agent_message_id: str,
+        content: str,
+        *,
+        fence: int,
+        offset: int = 0,
     ) -> None:
-        """Save the partial text of the reply in progress (recovered after a crash)."""
+        """Save the partial text of the reply in progress (recovered after a crash):
+        ``content`` is that text from character ``offset`` on, following the first
+        ``offset`` characters saved before (0: the whole text), so a long reply's
+        checkpoints cost its new text only. Raises :class:`ConflictError` if no such reply
+        is in progress or less than ``offset`` characters of it were saved."""
         ...
 
     async def finish_turn(self, message: ChatMessage, *, fence: int) -> None:

@@ -243,10 +243,18 @@ class FaultyStore(MemoryStore):
         await super().finish_turn(message, fence=fence)
 
     async def checkpoint_turn(
-        self, session_id: str, agent_message_id: str, content: str, *, fence: int
+        self,
+        session_id: str,
+        agent_message_id: str,
+        content: str,
+        *,
+        fence: int,
+        offset: int = 0,
     ) -> None:
         await self._gate("checkpoint_turn")
-        await super().checkpoint_turn(session_id, agent_message_id, content, fence=fence)
+        await super().checkpoint_turn(
+            session_id, agent_message_id, content, fence=fence, offset=offset
+        )
 
 
 def assert_wire_order(events: Sequence[SessionEvent]) -> None:

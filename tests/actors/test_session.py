@@ -668,6 +668,46 @@ async def test_the_partial_reply_is_checkpointed_while_it_streams(autojump_clock
             await h.cancel(sid)
 
 
+async def test_each_checkpoint_sends_only_the_text_since_the_last(autojump_clock: object) -> None:
+    """Checkpoints append: the second one sends the new text at the right offset, also
+    after a rejoin joined the pieces so far into one."""
+    sent: list[tuple[str, int]] = []
+
+    class Recording(MemoryStore):
+        async def checkpoint_turn(
+            self,
+            session_id: str,
+            agent_message_id: str,
+            content: str,
+            *,
+            fence: int,
+            offset: int = 0,
+        ) -> None:
+            sent.append((content, offset))
+            await super().checkpoint_turn(
+                session_id, agent_message_id, content, fence=fence, offset=offset
+            )
+
+    upstream = script(
+        chunk("ab"), Sleep(2), chunk("cd"), Sleep(1), chunk("é"), Sleep(1), chunk("f"), Hang()
+    )
+    settings = derived(HubSettings, checkpoint_interval_s=2)
+    store = Recording()
+    with trio.fail_after(CEILING_S):
+        async with open_harness(upstream, settings, store) as h:
+            sid = (await store.create_session()).session_id
+            await h.submit(sid, "q")
+            await trio.sleep(3.5)
+            state = await h.turn_state(sid, after_seq=0)  # joins "ab", "cd", "é" into one
+            (missed,) = [e for e in state.events if isinstance(e, ChunkStreamed)]
+            assert missed.content == "abcdé"
+            await trio.sleep(1)
+            assert sent == [("abcd", 0), ("éf", 4)]
+            (reply,) = [m for m in store.rows(sid) if m.sender == "agent"]
+            assert reply.content == "abcdéf"
+            await h.cancel(sid)
+
+
 async def test_a_slow_checkpoint_never_holds_the_reply_and_lands_before_the_final(
     autojump_clock: object,
 ) -> None:

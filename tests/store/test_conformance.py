@@ -359,6 +359,32 @@ async def test_a_restart_fails_the_reply_in_progress_above_the_mark(harness: Har
         assert await store.history(sid, 10) == []
 
 
+async def test_checkpoints_continue_the_saved_text_at_a_character_offset(
+    harness: Harness,
+) -> None:
+    """A long reply's checkpoints send only its new text: counted in characters, not
+    bytes; an offset past what was saved is refused and changes nothing."""
+    with trio.fail_after(CEILING_S):
+        store = harness.store
+        sid = await harness.new_session()
+        question = user_msg(sid, 1, "go on")
+        await store.add_user_message(question, fence=0)
+        await store.reserve_seq(sid, 40, fence=0)
+        await store.begin_turn(sid, "r1", "rag", STAMP, reply_to=question.id, fence=0)
+        await store.checkpoint_turn(sid, "r1", "héllo ", fence=0)
+        await store.checkpoint_turn(sid, "r1", "wörld 🙂", fence=0, offset=6)
+        late = store.checkpoint_turn(sid, "r1", "x", fence=0, offset=14)
+        assert await outcome(late) == "conflict"
+        await store.checkpoint_turn(sid, "r1", "🙂!!", fence=0, offset=12)
+
+        await harness.restart()
+
+        store = harness.store
+        assert await store.acquire(sid) is not None
+        (reply,) = await store.messages_after(sid, 1, 10)
+        assert (reply.id, reply.content) == ("r1", "héllo wörld 🙂!!")
+
+
 @pytest.mark.parametrize("code", [ErrorCode.INTERNAL_ERROR, ErrorCode.OWNER_LOST])
 async def test_acquire_returns_the_replies_it_failed(harness: Harness, code: ErrorCode) -> None:
     with trio.fail_after(CEILING_S):
