@@ -30,7 +30,8 @@ Turn lifecycle in the store:
 2. ``begin_turn(session_id, agent_message_id, agent_type, timestamp, reply_to=user_id)``:
    a placeholder agent row with status STREAMING and empty content, answering the user
    message ``reply_to`` (history pairs them).
-3. ``checkpoint_turn(...)`` from time to time with the partial text (optional).
+3. ``checkpoint_turn(...)`` from time to time with the partial text (optional; each one
+   may send only the text since the previous one, with its ``offset``).
 4. ``finish_turn(msg)``: the final agent message (COMPLETE, CANCELLED or FAILED, its
    seq is the seq of its ``message`` event). Sets ``last_seq``.
 
