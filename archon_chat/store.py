@@ -878,7 +878,11 @@ def _open(path: str, recover: bool) -> tuple[sqlite3.Connection, int]:
 
 def _close(conn: sqlite3.Connection) -> None:
     try:
+        # Only a hint to the query planner: another process sharing the file (cluster
+        # mode) may hold it locked past the busy timeout, and shutting down must not fail.
         conn.execute("PRAGMA optimize")
+    except sqlite3.OperationalError as exc:
+        log.info("closing the store: PRAGMA optimize skipped (%s)", exc)
     finally:
         conn.close()
 

@@ -759,3 +759,26 @@ async def test_stats_count_sessions_and_finished_messages(store: SqliteStore) ->
         )
         await store.create_session("task", None)
         assert await store.stats() == {"sessions": 2, "messages": 3}
+
+
+def test_closing_while_another_process_holds_the_file_locked_still_closes(
+    tmp_path: Path,
+) -> None:
+    """Closing runs ``PRAGMA optimize``, a hint only: a file another writer holds locked
+    (nodes sharing it in cluster mode) must not fail the shutdown."""
+    path = tmp_path / "shared.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("INSERT INTO t VALUES (1)")
+    closing = sqlite3.connect(path, timeout=0.05, isolation_level=None)
+    closing.execute("SELECT count(*) FROM t").fetchall()
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            closing.execute("PRAGMA optimize")  # what closing runs, here refused
+        store_module._close(closing)
+        with pytest.raises(sqlite3.ProgrammingError):
+            closing.execute("SELECT 1")  # closed
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
