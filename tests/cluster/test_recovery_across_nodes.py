@@ -22,7 +22,13 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "e2e" / "node" / "recover_mid_stream.mjs"
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is required")
+def _node() -> str:
+    """Node.js, which `make setup` needs anyway (npm ci): missing, the test fails."""
+    node = shutil.which("node")
+    assert node, "node is needed for the npm client tests"
+    return node
+
+
 @WHERE
 async def test_the_npm_client_is_recovered_on_another_node(
     tmp_path: Path, redis_url: RedisTarget, processes: bool
@@ -33,7 +39,7 @@ async def test_the_npm_client_is_recovered_on_another_node(
         ) as (agents, n0, n1):
             session_id = await create_session(n0.url)
             result = await trio.run_process(
-                ["node", str(SCRIPT), n0.url, session_id, "slow", "3", "opt-in", n1.url],
+                [_node(), str(SCRIPT), n0.url, session_id, "slow", "3", "opt-in", n1.url],
                 capture_stdout=True,
                 capture_stderr=True,
                 cwd=ROOT,

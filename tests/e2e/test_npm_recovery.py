@@ -25,7 +25,13 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).parent / "node" / "recover_mid_stream.mjs"
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is required")
+def _node() -> str:
+    """Node.js, which `make setup` needs anyway (npm ci): missing, the test fails."""
+    node = shutil.which("node")
+    assert node, "node is needed for the npm client tests"
+    return node
+
+
 @pytest.mark.parametrize(
     ("mode", "ask", "recovered"),
     [
@@ -46,7 +52,7 @@ async def test_npm_client_recovers_mid_stream(
             async with running_gateway(settings) as gw:
                 session_id = await create_session(gw.url)
                 result = await trio.run_process(
-                    ["node", str(SCRIPT), gw.url, session_id, "slow", "3", ask],
+                    [_node(), str(SCRIPT), gw.url, session_id, "slow", "3", ask],
                     capture_stdout=True,
                     capture_stderr=True,
                     cwd=ROOT,
