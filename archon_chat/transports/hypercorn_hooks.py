@@ -336,8 +336,9 @@ class _GuardedTCPServer(TCPServer):
             data = event.data
             # First as much as the kernel takes right now, without a scheduling round
             # (trio's send_all yields once even when the kernel took everything).
+            fd = _plain_fd(self.stream)
             try:
-                sent = os.write(self.stream.socket.fileno(), data)
+                sent = 0 if fd is None else os.write(fd, data)
             except BlockingIOError:
                 sent = 0
             except OSError:  # reset, broken pipe, closed: as send_all would have found
@@ -402,6 +403,12 @@ class _GuardedTCPServer(TCPServer):
         if connection.their_state is h11.IDLE:
             return protocol.keep_alive_requests == 0 or bool(connection.trailing_data[0])
         return False
+
+
+def _plain_fd(stream: Any) -> int | None:
+    """The descriptor of a plain TCP connection, written to directly; ``None`` for any
+    other stream (TLS, whose bytes must go through its own ``send_all``)."""
+    return stream.socket.fileno() if type(stream) is trio.SocketStream else None
 
 
 def _first_leaf(group: BaseExceptionGroup[Exception]) -> Exception:

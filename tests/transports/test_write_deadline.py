@@ -10,6 +10,7 @@ Ceiling: ``trio.fail_after(20)``.
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
 
 import pytest
@@ -76,3 +77,15 @@ async def test_a_stalled_write_aborts_the_connection_and_shutdown_completes(
             assert 0 < received <= sent + len(b"x" * 65536) + 4096
             stop.set()
         await client.aclose()
+
+
+async def test_only_a_plain_tcp_connection_is_written_to_directly() -> None:
+    """The first write goes straight to the socket only without TLS: a TLS stream's bytes
+    must go through the stream itself (encrypted)."""
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    with trio.fail_after(10):
+        async with listener, await trio.open_tcp_stream("127.0.0.1", port) as plain:
+            assert hypercorn_hooks._plain_fd(plain) == plain.socket.fileno()
+            tls = trio.SSLStream(plain, ssl.create_default_context(), server_hostname="x")
+            assert hypercorn_hooks._plain_fd(tls) is None
