@@ -32,6 +32,11 @@ class ClusterMetrics:
             ["reason"],
             registry=r,
         )
+        self.resent = Counter(
+            "archon_chat_cluster_requests_resent",
+            "Requests and replies published again because no node was subscribed to take them",
+            registry=r,
+        )
         self.routed = Counter(
             "archon_chat_cluster_requests",
             "Commands sent to the node owning their session, by kind",

@@ -103,6 +103,27 @@ class _Call:
     done: trio.Event = field(default_factory=trio.Event)
     ok: bool = False
     result: Any = None
+    #: the caller stopped waiting (answered, timed out, or the owner moved)
+    over: bool = False
+
+
+#: how soon a request or reply that reached no subscriber is published again
+_RESEND_S = 0.1
+
+
+@dataclass
+class _Control:
+    """A request or reply on its way to a node's inbox. PUBLISH says how many subscribers
+    got it: none means the node is not listening at that moment (resubscribing after a
+    Redis hiccup, or gone), so it is certainly undelivered and safe to publish again, which
+    happens until ``until`` or until its caller stops waiting."""
+
+    data: bytes
+    until: float
+    call: _Call | None = None
+
+    def wanted(self, now: float) -> bool:
+        return now < self.until and (self.call is None or not self.call.over)
 
 
 def default_node_id() -> str:
@@ -155,7 +176,9 @@ class ClusterNode:
         self._turns: set[str] = set()
         self._taking: dict[str, trio.Lock] = {}
         # what the next flush sends
-        self._out: dict[str, list[bytes | tuple[str, int, SessionEvent]]] = {}
+        self._out: dict[str, list[_Control | tuple[str, int, SessionEvent]]] = {}
+        #: requests and replies that reached no subscriber: (node, item), published again
+        self._resend: list[tuple[str, _Control]] = []
         self._queued = 0
         #: turn registrations the next flush sends: session -> True (in flight) / False
         self._turn_ops: dict[str, bool] = {}
@@ -540,36 +563,57 @@ class ClusterNode:
             self._queued += 1
         self._wake.set()
 
-    def _send_request(self, node: str, kind: str, session_id: str, args: dict[str, Any]) -> int:
+    def _send_request(
+        self,
+        node: str,
+        kind: str,
+        session_id: str,
+        args: dict[str, Any],
+        call: _Call | None = None,
+    ) -> int:
         call_id = next(self._call_ids)
-        self._out.setdefault(node, []).append(
-            codec.encode_request(call_id, self.id, kind, session_id, args)
-        )
-        self._wake.set()
+        if call is not None:
+            self._calls[call_id] = call
+        self._send(node, codec.encode_request(call_id, self.id, kind, session_id, args), call)
         return call_id
 
     def _send_reply(self, node: str, call_id: int, ok: bool, result: Any) -> None:
-        self._out.setdefault(node, []).append(codec.encode_reply(call_id, ok, result))
+        self._send(node, codec.encode_reply(call_id, ok, result))
+
+    def _send(self, node: str, data: bytes, call: _Call | None = None) -> None:
+        until = trio.current_time() + self.settings.cluster_rpc_timeout_s
+        self._out.setdefault(node, []).append(_Control(data, until, call))
         self._wake.set()
 
     async def _flush(self) -> None:
         while True:
-            await self._wake.wait()
+            with trio.move_on_after(_RESEND_S if self._resend else math.inf):
+                await self._wake.wait()
             self._wake = trio.Event()
             out, self._out = self._out, {}
+            now = trio.current_time()
+            if self._resend:
+                # What reached nobody goes again, ahead of what came since (kept in order).
+                fresh, out = out, {}
+                for node, again in self._resend:
+                    if again.wanted(now):
+                        out.setdefault(node, []).append(again)
+                for node, items in fresh.items():
+                    out.setdefault(node, []).extend(items)
+                self._resend = []
             events, self._queued = self._queued, 0
             turn_ops, self._turn_ops = self._turn_ops, {}
             releases, self._releases = self._releases, []
             # Requests and replies first: a stop or a join's state must not queue behind
             # a flush's worth of chunks (joins drop what they already replayed).
-            control: list[tuple[str, bytes]] = []
+            control: list[tuple[str, _Control]] = []
             messages: list[tuple[str, bytes]] = []
             for node, items in out.items():
                 channel = self._key("node", node)
                 writer: codec.BatchWriter | None = None
                 for item in items:
-                    if isinstance(item, bytes):
-                        control.append((channel, item))
+                    if isinstance(item, _Control):
+                        control.append((node, item))
                         continue
                     if writer is None:
                         writer = codec.BatchWriter(self.settings.cluster_batch_bytes)
@@ -581,8 +625,7 @@ class ClusterNode:
                             events -= 1
                 if writer is not None:
                     messages.append((channel, writer.finish()))
-            messages[:0] = control
-            commands = len(messages) + len(releases)
+            commands = len(control) + len(messages) + len(releases)
             turns_key = self._key("turns", self.id)
             added = [s for s, on in turn_ops.items() if on and s in self._turns]
             removed = [s for s, on in turn_ops.items() if not on and s not in self._turns]
@@ -592,6 +635,10 @@ class ClusterNode:
             try:
                 with trio.fail_after(self.settings.redis_timeout_s):
                     async with self.redis.pipeline(transaction=False) as pipe:
+                        reached = [
+                            pipe.publish(self._key("node", node), item.data)
+                            for node, item in control
+                        ]
                         for channel, data in messages:
                             pipe.publish(channel, data)
                         if added:
@@ -604,13 +651,22 @@ class ClusterNode:
                                 [self._key("lease", session_id)],
                                 [f"{self.id} {epoch}"],
                             )
+                    for (node, item), receivers in zip(control, reached, strict=True):
+                        if not await receivers:
+                            self._resend.append((node, item))
                 self.metrics.redis_commands.inc(commands)
                 self.metrics.published_events.inc(events)
+                self.metrics.resent.inc(len(self._resend))
             except (coredis.exceptions.RedisError, trio.TooSlowError, OSError) as exc:
                 self.metrics.redis_errors.inc()
                 if events:
                     self.metrics.dropped_events.labels(reason="redis_down").inc(events)
                 log.warning("cluster: publishing failed (%s); %d events dropped", exc, events)
+                for _, item in control:
+                    # Its caller hears now what it would hear at the routing timeout.
+                    if item.call is not None and not item.call.done.is_set():
+                        item.call.result = "unreachable"
+                        item.call.done.set()
                 # Turn registrations are kept: the reaper must know our turns.
                 self._turn_ops = {**turn_ops, **self._turn_ops}
                 await trio.sleep(min(1.0, self.settings.redis_timeout_s))
@@ -691,8 +747,8 @@ class ClusterNode:
         """Ask ``node`` to do ``kind`` for the session; its answer. Raises
         :class:`NotOwner`, :class:`ClusterUnavailable` (no answer within
         ``cluster_rpc_timeout_s``) or the hub error the owner met."""
-        call_id = self._send_request(node, kind, session_id, args)
-        call = self._calls[call_id] = _Call()
+        call = _Call()
+        call_id = self._send_request(node, kind, session_id, args, call)
         self.metrics.routed.labels(kind=kind).inc()
         try:
             with trio.move_on_after(self.settings.cluster_rpc_timeout_s):
@@ -702,10 +758,14 @@ class ClusterNode:
                     with trio.move_on_after(min(0.5, self.settings.lease_s / 10)):
                         await call.done.wait()
                     if call.done.is_set() or not session_id:
+                        # A request for no session (a hand-over) has one slice: a live
+                        # node answers it from memory, and clients of a dead one must not
+                        # wait for it.
                         break
                     if await self._lease_moved(session_id, node):
                         raise NotOwner(session_id)
         finally:
+            call.over = True
             del self._calls[call_id]
         if not call.done.is_set():
             raise ClusterUnavailable(
@@ -913,6 +973,8 @@ def _error_of(code: Any) -> HubError:
         return SessionBusy("the session's owner is busy")
     if code == "closed":
         return HubClosed("the node owning the session is shutting down")
+    if code == "unreachable":
+        return ClusterUnavailable("The cluster's Redis cannot be reached; retry shortly")
     return ClusterUnavailable(f"The node owning the session failed ({code}); retry")
 
 
