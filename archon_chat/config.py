@@ -160,6 +160,12 @@ def _sid_prefix(raw: str) -> str:
     return raw
 
 
+def worker_sid_prefix(index: int) -> str:
+    """The sid prefix of worker ``index`` of ``serve --workers`` (its Engine.IO sids start
+    with it; the parent routes by it)."""
+    return f"w{index}."
+
+
 def redact_url(url: str) -> str:
     """``url`` without its userinfo (``http://user:pass@host`` -> ``http://***@host``)."""
     parts = urlsplit(url)
@@ -847,6 +853,12 @@ class Settings:
     @property
     def builtin_agents(self) -> bool:
         return not self.agent_service_url
+
+    @property
+    def worker_index(self) -> int | None:
+        """Which worker of ``serve --workers`` this process is (``None``: not one)."""
+        found = re.fullmatch(r"w(\d{1,6})\.", self.sid_prefix)
+        return int(found[1]) if found else None
 
     @property
     def cluster_mode(self) -> bool:

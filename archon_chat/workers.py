@@ -40,7 +40,9 @@ Agents
     the same kind as a worker (its settings and readiness on a Unix socket), so it too stops
     when the parent is gone, even killed.
 
-Each worker's ``/healthz`` and ``/metrics`` describe that worker only.
+Each worker's ``/healthz`` and ``/metrics`` describe that worker only: ``?worker=<i>`` sends
+the request to worker ``i``, whose answer closes the connection, so that the next scrape
+(even one a client would send on the same keep-alive connection) is routed afresh.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ from urllib.parse import unquote_to_bytes
 
 import trio
 
-from archon_chat.config import Settings
+from archon_chat.config import Settings, worker_sid_prefix
 from archon_chat.logs import setup_logging
 
 __all__ = [
@@ -103,21 +105,30 @@ class WorkersFailedError(Exception):
     """A child kept dying (at start, or more often than the restart intensity allows)."""
 
 
-def sid_prefix(index: int) -> str:
-    """The prefix of every Engine.IO sid worker ``index`` makes."""
-    return f"w{index}."
+#: the prefix of every Engine.IO sid worker ``index`` makes
+sid_prefix = worker_sid_prefix
 
 
 def worker_of(head: bytes, workers: int) -> int | None:
-    """The worker holding the sid an HTTP request's head names, from its request line
-    (``GET /socket.io/?EIO=4&transport=polling&sid=w1.xyz HTTP/1.1``); ``None`` when the
-    request names no sid of one of ``workers`` workers, or is no HTTP request at all.
-    Never raises."""
+    """The worker an HTTP request's head names, from its request line: the one holding the
+    sid of a ``/socket.io/`` request (``GET /socket.io/?EIO=4&transport=polling&sid=w1.xyz
+    HTTP/1.1``), or the one a ``/metrics`` or ``/healthz`` request asks for
+    (``GET /metrics?worker=1``); ``None`` when the request names no worker of ``workers``,
+    or is no HTTP request at all. Never raises."""
     line = head.split(b"\n", 1)[0]
     parts = line.split(b" ")
     if len(parts) != 3:
         return None
     path, _, query = parts[1].partition(b"?")
+    if path in (b"/metrics", b"/healthz"):
+        for pair in query.split(b"&"):
+            key, _, value = pair.partition(b"=")
+            if key == b"worker":
+                digits = value
+                if not digits.isdigit() or len(digits) > 6:
+                    return None
+                return int(digits) if int(digits) < workers else None
+        return None
     if not path.startswith(b"/socket.io"):
         return None
     for pair in query.split(b"&"):

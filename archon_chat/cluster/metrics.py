@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Info
 
 
 class ClusterMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
+        self.node = Info(
+            "archon_chat_cluster_node",
+            "This process's node of the cluster (under serve --workers: <host>-w<worker>)",
+            registry=r,
+        )
         self.redis_commands = Counter(
             "archon_chat_redis_commands",
             "Redis commands sent (a pipeline counts each of its commands)",

@@ -144,6 +144,7 @@ class ClusterNode:
     ) -> None:
         self.settings = settings
         self.id = settings.node_id or default_node_id()
+        metrics.node.info({"node": self.id})
         self.redis = redis
         self.hub = hub
         self.metrics = metrics

@@ -11,6 +11,7 @@ ones get CORS headers, preflights included.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
@@ -149,7 +150,35 @@ def create_rest_blueprint(
         gateway.rate_limit(f"rest:{remote}")
         return json_response(await gateway.send(outgoing, caller), 202)
 
+    worker = settings.worker_index
+
+    def this_worker(answer: Callable[[], Awaitable[Response]]) -> Callable[[], Awaitable[Response]]:
+        """Under ``serve --workers`` an operator's request names the worker it is for
+        (``?worker=<i>``; the parent routes it there) and its answer closes the
+        connection, so the next request is routed afresh rather than reaching this
+        worker on a kept-alive connection."""
+
+        @functools.wraps(answer)
+        async def answered() -> Response:
+            if worker is None:
+                return await answer()
+            asked = request.args.get("worker")
+            if asked is not None and asked != str(worker):
+                response = refused(
+                    421,
+                    f"This is worker {worker}; send the request for worker {asked} "
+                    "on a new connection",
+                    "misdirected",
+                )
+            else:
+                response = await answer()
+            response.headers["Connection"] = "close"
+            return response
+
+        return answered
+
     @bp.get("/healthz")
+    @this_worker
     async def healthz() -> Response:
         ok, body = await health()
         if not has_api_key():
@@ -158,6 +187,7 @@ def create_rest_blueprint(
         return json_response(body, 200 if ok else 503)
 
     @bp.get("/metrics")
+    @this_worker
     async def metrics() -> Response:
         return Response(
             gateway.metrics.render(), status=200, content_type=gateway.metrics.content_type

@@ -46,6 +46,16 @@ POLL = b"GET /socket.io/?EIO=4&transport=polling&t=PZk3&sid=w1.AbC-d_9 HTTP/1.1\
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 2, None),  # a TLS hello
         (bytes(range(256)) * 8, 2, None),
         (b"GET /socket.io/?" + b"a=b&" * 5000 + b"sid=w1.x HTTP/1.1", 2, 1),
+        # an operator's request for one worker
+        (b"GET /metrics?worker=1 HTTP/1.1\r\n", 2, 1),
+        (b"GET /healthz?x=y&worker=0 HTTP/1.1\r\n", 2, 0),
+        (b"GET /metrics?worker=2 HTTP/1.1\r\n", 2, None),
+        (b"GET /metrics?worker=-1 HTTP/1.1\r\n", 2, None),
+        (b"GET /metrics?worker=1x HTTP/1.1\r\n", 2, None),
+        (b"GET /metrics?worker= HTTP/1.1\r\n", 2, None),
+        (b"GET /metrics HTTP/1.1\r\n", 2, None),
+        (b"GET /metricsx?worker=1 HTTP/1.1\r\n", 2, None),
+        (b"GET /api/agent-chat/sessions?worker=1 HTTP/1.1\r\n", 2, None),
     ],
 )
 def test_worker_of_a_request_head(head: bytes, workers: int, expected: int | None) -> None:
@@ -57,6 +67,9 @@ def test_the_prefix_is_what_the_parser_reads() -> None:
         sid = sid_prefix(index) + "Zm9v-_bar"
         head = f"GET /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\n".encode()
         assert worker_of(head, 32) == index
+        settings = load_settings({}, {"sid_prefix": sid_prefix(index)})
+        assert settings.worker_index == index
+    assert load_settings({}, {}).worker_index is None
 
 
 async def test_peek_leaves_the_bytes_for_the_worker() -> None:

@@ -28,7 +28,7 @@ import pytest
 import socketio
 import trio
 
-from tests.e2e.support import Client, turn_done
+from tests.e2e.support import Client, turn_done, world
 
 pytestmark = pytest.mark.slow
 
@@ -303,3 +303,39 @@ async def test_workers_are_one_cluster_a_turn_reaches_both(
             assert finals[0] == finals[1] and finals[0]
             for client in (a, b):
                 await client.disconnect()
+
+
+async def test_each_worker_answers_the_scrapes_that_name_it(
+    tmp_path: Path, redis_env: dict[str, str]
+) -> None:
+    with trio.fail_after(90):
+        async with cluster(tmp_path, redis_env) as gateway, httpx.AsyncClient() as http:
+            # One client, as Prometheus scraping both targets over its connection pool.
+            for index in (0, 1, 1, 0, 0, 1):
+                response = await http.get(f"{gateway.url}/metrics", params={"worker": index})
+                assert response.status_code == 200, response.text
+                assert response.headers["connection"] == "close"
+                assert f'archon_chat_cluster_node_info{{node="node-w{index}"}} 1.0' in (
+                    response.text
+                )
+                health = await http.get(f"{gateway.url}/healthz", params={"worker": index})
+                assert health.status_code == 200 and health.json()["status"] == "ok"
+            # Without a worker named, whichever worker the connection went to answers.
+            response = await http.get(f"{gateway.url}/metrics")
+            assert response.status_code == 200
+            assert re.search(r'archon_chat_cluster_node_info\{node="node-w[01]"\}', response.text)
+
+
+async def test_a_worker_refuses_a_scrape_meant_for_another_and_closes(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with world(tmp_path, sid_prefix="w0.") as (_, gateway), httpx.AsyncClient() as http:
+            wrong = await http.get(f"{gateway.url}/metrics", params={"worker": 1})
+            assert wrong.status_code == 421, wrong.text
+            assert wrong.json()["code"] == "misdirected"
+            assert wrong.headers["connection"] == "close"
+            right = await http.get(f"{gateway.url}/healthz", params={"worker": 0})
+            assert right.status_code == 200 and right.headers["connection"] == "close"
+        # A process that is no worker keeps its connections open as usual.
+        async with world(tmp_path / "one") as (_, gateway), httpx.AsyncClient() as http:
+            plain = await http.get(f"{gateway.url}/metrics", params={"worker": 1})
+            assert plain.status_code == 200 and "connection" not in plain.headers
