@@ -15,6 +15,7 @@ A client that disconnects cancels its agent and the agent's LLM request.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -38,6 +39,7 @@ from archon_chat.agents.schema import decode_body, describe_request, parse_reque
 from archon_chat.agents.sse import EventStream
 from archon_chat.agents.task import TaskAgent
 from archon_chat.config import Settings
+from archon_chat.transports import hypercorn_hooks
 
 log = logging.getLogger("archon_chat.agents")
 
@@ -196,6 +198,11 @@ async def serve_agents(
     config.accesslog = None
     # Our own logger, so hypercorn adds no handler of its own (that would print twice).
     config.errorlog = logging.getLogger("archon_chat.agents.http")
+    # hypercorn's behaviour, its connections' errors contained and a response that ends
+    # its connection (``Connection: close``) closing it at once.
+    hypercorn_hooks.install(
+        config, write_timeout_s=math.inf, read_timeout_s=math.inf, max_connections_per_address=0
+    )
     app = create_agents_app(settings, pacing_s=pacing_s)
     tools: Toolkit = app.extensions[EXTENSION]
     try:

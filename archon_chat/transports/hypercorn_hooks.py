@@ -329,6 +329,15 @@ class _GuardedTCPServer(TCPServer):
             await trio.aclose_forcefully(self.stream)
 
     async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, Closed):
+            # Shielded: hypercorn sends this from inside the app's last send when the
+            # response ends the connection (``Connection: close``), and quart-trio cancels
+            # that very send as the ``http.disconnect`` it caused arrives; unshielded, the
+            # close stopped at its first checkpoint and the socket stayed open until the
+            # peer went away.
+            with trio.CancelScope(shield=True):
+                await super().protocol_send(event)
+            return
         if not isinstance(event, RawData):
             await super().protocol_send(event)
             return
