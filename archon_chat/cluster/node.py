@@ -121,6 +121,9 @@ class _Control:
     data: bytes
     until: float
     call: _Call | None = None
+    #: ``False``: reaching nobody fails the call at once instead (a hand-over request:
+    #: a node that is not listening does not hold the socket asked for)
+    resend: bool = True
 
     def wanted(self, now: float) -> bool:
         return now < self.until and (self.call is None or not self.call.over)
@@ -575,15 +578,18 @@ class ClusterNode:
         call_id = next(self._call_ids)
         if call is not None:
             self._calls[call_id] = call
-        self._send(node, codec.encode_request(call_id, self.id, kind, session_id, args), call)
+        data = codec.encode_request(call_id, self.id, kind, session_id, args)
+        self._send(node, data, call, resend=kind != "handover")
         return call_id
 
     def _send_reply(self, node: str, call_id: int, ok: bool, result: Any) -> None:
         self._send(node, codec.encode_reply(call_id, ok, result))
 
-    def _send(self, node: str, data: bytes, call: _Call | None = None) -> None:
+    def _send(
+        self, node: str, data: bytes, call: _Call | None = None, *, resend: bool = True
+    ) -> None:
         until = trio.current_time() + self.settings.cluster_rpc_timeout_s
-        self._out.setdefault(node, []).append(_Control(data, until, call))
+        self._out.setdefault(node, []).append(_Control(data, until, call, resend))
         self._wake.set()
 
     async def _flush(self) -> None:
@@ -653,8 +659,13 @@ class ClusterNode:
                                 [f"{self.id} {epoch}"],
                             )
                     for (node, item), receivers in zip(control, reached, strict=True):
-                        if not await receivers:
+                        if await receivers:
+                            continue
+                        if item.resend:
                             self._resend.append((node, item))
+                        elif item.call is not None and not item.call.done.is_set():
+                            item.call.result = "unreachable"
+                            item.call.done.set()
                 self.metrics.redis_commands.inc(commands)
                 self.metrics.published_events.inc(events)
                 self.metrics.resent.inc(len(self._resend))
@@ -758,12 +769,9 @@ class ClusterNode:
                     # command goes to whoever owns the session now (checked each slice).
                     with trio.move_on_after(min(0.5, self.settings.lease_s / 10)):
                         await call.done.wait()
-                    if call.done.is_set() or not session_id:
-                        # A request for no session (a hand-over) has one slice: a live
-                        # node answers it from memory, and clients of a dead one must not
-                        # wait for it.
+                    if call.done.is_set():
                         break
-                    if await self._lease_moved(session_id, node):
+                    if session_id and await self._lease_moved(session_id, node):
                         raise NotOwner(session_id)
         finally:
             call.over = True
@@ -857,7 +865,10 @@ class ClusterNode:
         self, pid: str, offset: str | None, namespace: str
     ) -> dict[str, Any] | None:
         """Ask every other live node for the socket with ``pid`` (connection state
-        recovery of a client whose reconnect landed here); its hand-over, or ``None``."""
+        recovery of a client whose reconnect landed here); its hand-over, or ``None``.
+        A node that is not listening (dead, not yet reaped) is passed over at once; the
+        others are waited for up to ``cluster_rpc_timeout_s``, so a busy holder that
+        already gave the socket up is still heard."""
         try:
             with trio.fail_after(self.settings.redis_timeout_s):
                 nodes = await self.redis.smembers(self._key("nodes", "all"))

@@ -89,3 +89,51 @@ async def test_a_request_to_a_node_resubscribing_waits_for_it_instead_of_being_l
                     await trio.sleep(0.02)
                 assert result == [{"answered": True}]
                 nursery.cancel_scope.cancel()
+
+
+async def test_a_hand_over_skips_a_node_not_listening_and_waits_for_a_slow_holder(
+    tmp_path: Path, redis_url: RedisTarget
+) -> None:
+    settings = gateway_settings(
+        tmp_path,
+        "http://127.0.0.1:9",
+        node_id="n0",
+        redis_url=redis_url.url,
+        redis_prefix=redis_url.prefix,
+        lease_s=6.0,
+        cluster_rpc_timeout_s=60.0,  # never reached: the ceiling below is 15 s
+    )
+    p = redis_url.prefix
+    with trio.fail_after(15):
+        async with open_redis(settings) as redis:
+            assert redis is not None
+            node = ClusterNode(settings, redis, _Hub(), ClusterMetrics(CollectorRegistry()))  # type: ignore[arg-type]
+            node.attach(object())  # type: ignore[arg-type]
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.run)
+                # A dead node still listed: nobody listens to its inbox.
+                await redis.sadd(f"{p}nodes:all", ["n8"])
+                assert await node.fetch_hand_over("pid-1", "1-0", "/") is None
+                # A live holder that takes its time (longer than a renewal slice).
+                holder: coredis.Redis[bytes] = coredis.Redis.from_url(
+                    redis_url.url, decode_responses=False
+                )
+                async with holder, holder.pubsub(channels=[f"{p}node:n9"]) as pubsub:
+                    await redis.sadd(f"{p}nodes:all", ["n9"])
+
+                    async def answer_late() -> None:
+                        async for message in pubsub:
+                            if message["type"] != "message":
+                                continue
+                            request = codec.decode_message(message["data"], max_bytes=1 << 20)
+                            assert isinstance(request, codec.Request)
+                            assert request.kind == "handover"
+                            assert request.args["pid"] == "pid-1"
+                            await trio.sleep(1.0)
+                            reply = codec.encode_reply(request.req_id, True, {"sid": "s"})
+                            await holder.publish(f"{p}node:n0", reply)
+                            return
+
+                    nursery.start_soon(answer_late)
+                    assert await node.fetch_hand_over("pid-1", "1-0", "/") == {"sid": "s"}
+                nursery.cancel_scope.cancel()
