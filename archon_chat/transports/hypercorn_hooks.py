@@ -38,6 +38,13 @@ End of input
     When the peer closes, the connection ends at once; hypercorn kept it (and its file
     descriptor) until its idle timer fired.
 
+Closing
+    A response that ends its connection (``Connection: close``, HTTP/1.0) closes the socket
+    at once. Hypercorn closes it from inside the app's last send, which quart-trio cancels
+    as the ``http.disconnect`` that very close queued arrives: the close stopped at its first
+    checkpoint and the socket stayed open until the peer went away. The close is shielded
+    (within the write deadline, for a TLS close_notify).
+
 Connections per address
     A peer address may hold at most ``max_connections_per_address`` connections at once;
     one more is closed at once (off behind a trusted proxy, where every peer is the proxy).
@@ -330,13 +337,17 @@ class _GuardedTCPServer(TCPServer):
 
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, Closed):
-            # Shielded: hypercorn sends this from inside the app's last send when the
-            # response ends the connection (``Connection: close``), and quart-trio cancels
-            # that very send as the ``http.disconnect`` it caused arrives; unshielded, the
-            # close stopped at its first checkpoint and the socket stayed open until the
-            # peer went away.
-            with trio.CancelScope(shield=True):
-                await super().protocol_send(event)
+            # Hypercorn's own handling, with the socket's close shielded: hypercorn sends
+            # this from inside the app's last send when the response ends the connection
+            # (``Connection: close``), and quart-trio cancels that very send as the
+            # ``http.disconnect`` it caused arrives; unshielded, the close stopped at its
+            # first checkpoint and the socket stayed open until the peer went away. Only
+            # the close is shielded (a TLS close_notify within the write deadline): telling
+            # the protocol may wait on the app's queue and stays cancellable.
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + self.guard.write_timeout_s
+                await self._close()
+            await self.protocol.handle(Closed())
             return
         if not isinstance(event, RawData):
             await super().protocol_send(event)

@@ -43,6 +43,13 @@ def test_the_replaced_callables_keep_their_signatures() -> None:
     assert (buffer.value, buffer.length, buffer.max_length) == (None, 0, 10)
     assert "_handle," in inspect.getsource(hypercorn.trio.task_group.TaskGroup.spawn_app)
     assert "self._read_data()" in inspect.getsource(TCPServer.run)
+    # the close the hooks shield is hypercorn's whole handling of Closed
+    send = inspect.getsource(TCPServer.protocol_send)
+    closed = send[send.index("elif isinstance(event, Closed):") :]
+    assert closed.split("\n")[1:3] == [
+        " " * 12 + "await self._close()",
+        " " * 12 + "await self.protocol.handle(Closed())",
+    ], closed
     assert "self.idle_task = TrioSingleTask()" in inspect.getsource(TCPServer.__init__)
     assert "WebsocketBuffer(config.websocket_max_message_size)" in inspect.getsource(
         hypercorn.protocol.ws_stream.WSStream.__init__
