@@ -163,11 +163,11 @@ def create_rest_blueprint(
             if worker is None:
                 return await answer()
             asked = request.args.get("worker")
-            if asked is not None and asked != str(worker):
+            # Read as the parent routes it: a number (``01`` is worker 1).
+            if asked is not None and not (asked.isdigit() and int(asked) == worker):
                 response = refused(
                     421,
-                    f"This is worker {worker}; send the request for worker {asked} "
-                    "on a new connection",
+                    f"This is worker {worker}; ask for another worker on a new connection",
                     "misdirected",
                 )
             else:

@@ -48,6 +48,7 @@ POLL = b"GET /socket.io/?EIO=4&transport=polling&t=PZk3&sid=w1.AbC-d_9 HTTP/1.1\
         (b"GET /socket.io/?" + b"a=b&" * 5000 + b"sid=w1.x HTTP/1.1", 2, 1),
         # an operator's request for one worker
         (b"GET /metrics?worker=1 HTTP/1.1\r\n", 2, 1),
+        (b"GET /metrics?worker=01 HTTP/1.1\r\n", 2, 1),
         (b"GET /healthz?x=y&worker=0 HTTP/1.1\r\n", 2, 0),
         (b"GET /metrics?worker=2 HTTP/1.1\r\n", 2, None),
         (b"GET /metrics?worker=-1 HTTP/1.1\r\n", 2, None),

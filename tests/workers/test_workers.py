@@ -335,6 +335,11 @@ async def test_a_worker_refuses_a_scrape_meant_for_another_and_closes(tmp_path: 
             assert wrong.headers["connection"] == "close"
             right = await http.get(f"{gateway.url}/healthz", params={"worker": 0})
             assert right.status_code == 200 and right.headers["connection"] == "close"
+            # the number the parent routes by, however it is written
+            padded = await http.get(f"{gateway.url}/metrics", params={"worker": "00"})
+            assert padded.status_code == 200, padded.text
+            garbage = await http.get(f"{gateway.url}/metrics", params={"worker": "x"})
+            assert garbage.status_code == 421
         # A process that is no worker keeps its connections open as usual.
         async with world(tmp_path / "one") as (_, gateway), httpx.AsyncClient() as http:
             plain = await http.get(f"{gateway.url}/metrics", params={"worker": 1})
